@@ -1,0 +1,98 @@
+"""Typed configuration: defaults < YAML file (--config) < SYSMON_BLT_* environment < CLI flags.
+
+Unknown keys are errors (a typo in a security tool's config must not silently fall back to a
+default), reported with the file or variable that holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from plugin.errors import UsageError
+
+ENV_PREFIX = "SYSMON_BLT_"
+
+
+@dataclass
+class Config:
+    db: str = "sysmon-blt.duckdb"  # the DuckDB file commands read and write
+    schemas_dir: str | None = None  # a user's own copy of schemas/sysmon (default: shipped)
+    model: str | None = None  # model directory (default: the one shipped in the package)
+    batch_size: int = 5000  # events per write transaction
+    evtx_threads: int = 0  # pyevtx-rs worker threads; 0 lets it choose
+    log_format: str = "auto"  # auto (console on a terminal, JSON elsewhere), console, json
+
+    def validate(self, origin: str) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"{origin}: batch_size must be a positive integer")
+        if not isinstance(self.evtx_threads, int) or self.evtx_threads < 0:
+            raise UsageError(f"{origin}: evtx_threads must be an integer >= 0")
+        if self.log_format not in ("auto", "console", "json"):
+            raise UsageError(f"{origin}: log_format must be auto, console or json")
+
+    def digest(self) -> str:
+        """Hash of what changes the stored text (schemas, model): recorded per import."""
+        from plugin.resources import schemas_dir
+
+        sdir = Path(self.schemas_dir) if self.schemas_dir else schemas_dir() / "sysmon"
+        h = hashlib.sha256(json.dumps({"model": self.model}, sort_keys=True).encode())
+        for f in sorted(sdir.glob("*.yaml")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()[:16]
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    kind = _TYPES[key]
+    if "int" in str(kind):
+        if isinstance(value, bool):
+            raise UsageError(f"{origin}: {key} must be an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{origin}: {key} must be an integer, got {value!r}") from exc
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"{origin}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _apply(cfg: Config, values: Mapping[str, Any], origin: str) -> None:
+    for key, value in values.items():
+        if key not in _TYPES:
+            raise UsageError(f"{origin}: unknown key {key!r} (known: {', '.join(sorted(_TYPES))})")
+        setattr(cfg, key, _coerce(key, value, f"{origin}"))
+
+
+def load_config(path: str | None, overrides: Mapping[str, Any],
+                environ: Mapping[str, str] | None = None) -> Config:
+    cfg = Config()
+    if path:
+        p = Path(path)
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise UsageError(f"--config {path}: cannot read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--config {path}: not valid YAML: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise UsageError(f"--config {path}: top level must be a mapping")
+        _apply(cfg, doc, f"config file {path}")
+    env = os.environ if environ is None else environ
+    env_values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    for key in env_values:
+        if key not in _TYPES:
+            raise UsageError(f"environment: unknown variable {ENV_PREFIX}{key.upper()}")
+    _apply(cfg, env_values, "environment")
+    _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    cfg.validate("configuration")
+    return cfg

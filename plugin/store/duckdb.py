@@ -1,0 +1,185 @@
+"""The DuckDB store: migrations, idempotent event writes, dead letters, import bookkeeping.
+
+One process writes a database file. Events are keyed by `event_key` and inserted with
+INSERT OR IGNORE from Arrow batches inside one transaction per batch, so a replay stores nothing
+twice and a crash loses at most the batch in flight (its input is then re-imported on resume).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import duckdb
+import pyarrow as pa
+import structlog
+
+from plugin import __version__
+from plugin.errors import UsageError
+from plugin.resources import schemas_dir
+
+log = structlog.get_logger(__name__)
+
+_MIGRATION_RE = re.compile(r"^-- migration: (\d+)\s*$", re.MULTILINE)
+
+EVENT_COLUMNS = (
+    "event_key", "source", "position", "event_id", "computer", "user_name", "ts", "record_id",
+    "channel", "shape", "normalized", "text_hash", "fields", "raw", "imported_at",
+)
+_EVENT_SCHEMA = pa.schema([
+    ("event_key", pa.string()), ("source", pa.string()), ("position", pa.int64()),
+    ("event_id", pa.int32()), ("computer", pa.string()), ("user_name", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")), ("record_id", pa.int64()), ("channel", pa.string()),
+    ("shape", pa.string()), ("normalized", pa.string()), ("text_hash", pa.string()),
+    ("fields", pa.string()), ("raw", pa.string()), ("imported_at", pa.timestamp("us", tz="UTC")),
+])
+_DEAD_SCHEMA = pa.schema([
+    ("source", pa.string()), ("position", pa.int64()), ("reason", pa.string()),
+    ("payload", pa.string()), ("at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def load_migrations(path: Path | None = None) -> list[tuple[int, str]]:
+    text = (path or schemas_dir() / "duckdb.sql").read_text(encoding="utf-8")
+    marks = list(_MIGRATION_RE.finditer(text))
+    out = []
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        out.append((int(m.group(1)), text[m.end():end]))
+    versions = [v for v, _ in out]
+    if versions != sorted(set(versions)) or not versions:
+        raise UsageError(f"{path or 'schemas/duckdb.sql'}: migrations must be numbered upward")
+    return out
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class DeadLetter:
+    source: str
+    position: int | None
+    reason: str
+    payload: str | None
+
+
+class Store:
+    """A writable sysmon-blt database."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path = str(path)
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" in msg.lower():
+                raise UsageError(
+                    f"database {self.path} is open in another process (DuckDB allows one writer); "
+                    "stop it or use another --db file"
+                ) from exc
+            raise UsageError(f"cannot open database {self.path}: {msg}") from exc
+        except duckdb.Error as exc:
+            raise UsageError(f"{self.path} is not a usable DuckDB database: {exc}") from exc
+        if not read_only:
+            self.migrate()
+
+    # -- schema ----------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        try:
+            row = self._run("SELECT max(version) FROM schema_version")[0]
+        except duckdb.CatalogException:
+            return 0
+        return int(row[0] or 0)
+
+    def migrate(self) -> None:
+        current = self.schema_version()
+        migrations = load_migrations()
+        newest = migrations[-1][0]
+        if current > newest:
+            raise UsageError(
+                f"database {self.path} has schema version {current}, newer than this release "
+                f"knows ({newest}); upgrade sysmon-blt"
+            )
+        for version, sql in migrations:
+            if version <= current:
+                continue
+            self.con.begin()
+            try:
+                self._run(sql)
+                self._run(
+                    "INSERT INTO schema_version VALUES (?, ?, ?)", [version, utcnow(), __version__]
+                )
+                self.con.commit()
+            except Exception:
+                self.con.rollback()
+                raise
+            log.info("db_migrated", db=self.path, version=version)
+
+    # -- writes ----------------------------------------------------------------------------
+    def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter]) -> int:
+        """Insert one batch of event rows (column lists) and dead letters; return new events."""
+        n = len(events["event_key"]) if events else 0
+        self.con.begin()
+        try:
+            new = 0
+            if n:
+                before = self._count_events()
+                tbl = pa.Table.from_pydict(events, schema=_EVENT_SCHEMA)
+                self.con.register("_batch_events", tbl)
+                self._run(
+                    f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
+                    f"SELECT {', '.join(EVENT_COLUMNS)} FROM _batch_events"
+                )
+                self.con.unregister("_batch_events")
+                new = self._count_events() - before
+            if dead:
+                at = utcnow()
+                dtbl = pa.Table.from_pydict({
+                    "source": [d.source for d in dead],
+                    "position": [d.position for d in dead],
+                    "reason": [d.reason for d in dead],
+                    "payload": [d.payload for d in dead],
+                    "at": [at] * len(dead),
+                }, schema=_DEAD_SCHEMA)
+                self.con.register("_batch_dead", dtbl)
+                self._run("INSERT INTO dead_letters SELECT * FROM _batch_dead")
+                self.con.unregister("_batch_dead")
+            self.con.commit()
+        except Exception:
+            self.con.rollback()
+            raise
+        return new
+
+    def _run(self, sql: str, params: list | None = None) -> list:
+        """Execute and drain the result (newer DuckDB refuses work on a connection with one open)."""
+        return self.con.execute(sql, params or []).fetchall()
+
+    def _count_events(self) -> int:
+        return int(self._run("SELECT count(*) FROM events")[0][0])
+
+    # -- imports (chain of custody, resume) -------------------------------------------------
+    def completed_import(self, sha256: str) -> dict[str, Any] | None:
+        rows = self._run(
+            "SELECT path, sysmon_events, records FROM imports WHERE sha256 = ? AND status = 'complete' "
+            "ORDER BY finished DESC LIMIT 1", [sha256]
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return {"path": row[0], "sysmon_events": int(row[1] or 0), "records": int(row[2] or 0)}
+
+    def record_import(self, row: dict[str, Any]) -> None:
+        cols = ["path", "sha256", "bytes", "records", "sysmon_events", "new_events", "duplicates",
+                "skipped_non_sysmon", "dead_letters", "started", "finished", "status",
+                "tool_version", "model_version", "config_hash"]
+        self._run(
+            f"INSERT INTO imports ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [row.get(c) for c in cols],
+        )
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,57 @@
+-- sysmon-blt DuckDB schema, as numbered migrations applied in order.
+-- A database records the last migration it holds in schema_version; opening it with a newer
+-- release applies the missing ones, each in its own transaction. Never edit a released migration:
+-- add a new one below it.
+
+-- migration: 1
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL,
+    applied TIMESTAMPTZ NOT NULL,
+    tool_version VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS events (
+    event_key   VARCHAR PRIMARY KEY,   -- see DESIGN.md: sha256(computer|channel|record_id|utc_time) or raw bytes
+    source      VARCHAR NOT NULL,      -- input path as given, PATH!member in archives, kafka:topic/partition
+    position    BIGINT,                -- record index in the file, or Kafka offset
+    event_id    INTEGER NOT NULL,
+    computer    VARCHAR,
+    user_name   VARCHAR,
+    ts          TIMESTAMPTZ,           -- the event's own UTC creation time (UtcTime, else System TimeCreated)
+    record_id   BIGINT,
+    channel     VARCHAR,
+    shape       VARCHAR,               -- evtx, xml, winlogbeat6/7/8, nxlog, flat, sentinel
+    normalized  VARCHAR NOT NULL,      -- canonical text
+    text_hash   VARCHAR NOT NULL,      -- sha256 of normalized: the embedding cache key
+    fields      JSON,                  -- every parsed field, RuleName included
+    raw         VARCHAR,               -- the original record
+    imported_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    source   VARCHAR NOT NULL,
+    position BIGINT,
+    reason   VARCHAR NOT NULL,
+    payload  VARCHAR,                  -- truncated when huge
+    "at"     TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS imports (
+    path               VARCHAR NOT NULL,  -- file as given; PATH!member for archive members
+    sha256             VARCHAR,
+    bytes              BIGINT,
+    records            BIGINT,
+    sysmon_events      BIGINT,
+    new_events         BIGINT,
+    duplicates         BIGINT,
+    skipped_non_sysmon BIGINT,
+    dead_letters       BIGINT,
+    started            TIMESTAMPTZ,
+    finished           TIMESTAMPTZ,
+    status             VARCHAR NOT NULL,  -- running, complete, failed, skipped_same_sha256
+    tool_version       VARCHAR,
+    model_version      VARCHAR,
+    config_hash        VARCHAR
+);
+
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
