@@ -1,0 +1,1 @@
+"""Embedding models: the BLT (primary) and its entropy model; checkpoints; training."""

@@ -1,0 +1,134 @@
+"""`BLTEmbedder`: the interface the pipeline uses to turn canonical texts into vectors.
+
+Inference choices, made once in ``__init__``:
+
+* device: CUDA when available, else CPU (or what the caller names);
+* layout: packed batches (no padding) on CUDA with xformers, padded batches elsewhere; texts are
+  sorted by length and cut into batches of at most ``max_batch_tokens`` tokens, so padding is
+  small; output order is the input order;
+* precision: bf16 autocast on CUDA; on CPU fp32 by default, bf16 autocast when ``cpu_bf16`` is
+  on (``"auto"``: on when the CPU has native bf16 support, where it is several times faster;
+  the benchmark checks cosine to fp32 stays >= 0.99). The entropy model (which decides patch
+  boundaries) always runs in fp32, so both precisions patch a text identically;
+* texts longer than ``max_bytes`` UTF-8 bytes (config, default 1024) are truncated to their
+  first ``max_bytes`` bytes. The empty text embeds like any other (it has a BOS token).
+
+Determinism: the same weights and texts give the same vectors, run after run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plugin.models.attention import prefer_packed
+from plugin.models.blt.byteseq import make_batch, to_bytes
+from plugin.models.blt.model import BLT
+from plugin.models.checkpoint import load_blt
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def combined_version(versions: dict[str, str]) -> str:
+    """The embedder's version: 16 hex of sha256 over its sub-model versions (entropy + blt)."""
+    key = ":".join(f"{k}={versions[k]}" for k in sorted(versions))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class BLTEmbedder:
+    name: str = "blt"
+
+    def __init__(
+        self,
+        model: BLT,
+        versions: dict[str, str],
+        device: str | None = None,
+        threads: int | None = None,
+        cpu_bf16: bool | str = "auto",
+        max_batch_tokens: int = 16384,
+    ):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.versions = dict(versions)
+        self.version = combined_version(self.versions)
+        self.dim = model.dim
+        self.max_bytes = model.cfg.max_bytes
+        self.packed = prefer_packed(self.device)
+        if self.device.type == "cuda":
+            self.autocast_dtype: torch.dtype | None = torch.bfloat16
+        elif cpu_bf16 == "auto":
+            self.autocast_dtype = torch.bfloat16 if cpu_has_bf16() else None
+        else:
+            self.autocast_dtype = torch.bfloat16 if cpu_bf16 else None
+        self.max_batch_tokens = max_batch_tokens
+
+    @classmethod
+    def from_dir(
+        cls, path: str | Path, device: str | None = None, threads: int | None = None, **kw
+    ) -> "BLTEmbedder":
+        model, versions = load_blt(path)
+        return cls(model, versions, device=device, threads=threads, **kw)
+
+    # --- batching -----------------------------------------------------------------------------
+    def _batches(self, blobs: list[bytes]):
+        """Indices sorted by length, cut into batches of at most ``max_batch_tokens`` tokens."""
+        order = sorted(range(len(blobs)), key=lambda i: (len(blobs[i]), i))
+        batch: list[int] = []
+        for i in order:
+            # padded cost = rows * longest; sorted ascending, so the newest is the longest
+            if batch and (len(batch) + 1) * (len(blobs[i]) + 1) > self.max_batch_tokens:
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), dim)`` float32 L2-normalized vectors, in input order."""
+        blobs = [to_bytes(t, self.max_bytes) for t in texts]
+        out = np.zeros((len(blobs), self.dim), dtype=np.float32)
+        for idx in self._batches(blobs):
+            ids, layout = make_batch([blobs[i] for i in idx], self.packed, self.device)
+            starts = self.model.patch_starts(ids, layout)  # fp32: boundaries do not move
+            with self._autocast():
+                vec = self.model.encode(ids, layout, starts).vector
+            vec = torch.nn.functional.normalize(vec.float(), dim=-1)
+            out[np.asarray(idx)] = vec.cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def surprisal(self, text: str) -> np.ndarray:
+        """Per-byte surprisal in bits, ``-log2 p(byte | earlier bytes of this text)``.
+
+        One value per UTF-8 byte of the (truncated) text.
+        """
+        ids, layout = make_batch([to_bytes(text, self.max_bytes)], False, self.device)
+        return self.model.entropy.surprisal(ids, layout).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def patches(self, text: str) -> list[bytes]:
+        """The text's patches (byte strings), as the model cuts it. Useful for explanations."""
+        blob = to_bytes(text, self.max_bytes)
+        ids, layout = make_batch([blob], False, self.device)
+        starts = self.model.patch_starts(ids, layout).cpu().tolist()
+        cuts = [i - 1 for i, s in enumerate(starts) if s and i > 0]  # token i = byte i - 1
+        bounds = [0] + [c for c in cuts if c > 0] + [len(blob)]
+        return [blob[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
