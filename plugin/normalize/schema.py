@@ -49,6 +49,15 @@ class SchemaSet:
     empty_values: frozenset[str]
     max_field_chars: int
 
+    def mask(self, value: str) -> str:
+        """Apply the global masks in order (a combined alternation was measured slower)."""
+        for m in self.masks:
+            value = m.apply(value)
+        return value
+        for m in self.masks:
+            value = m.apply(value)
+        return value
+
     def for_event(self, event_id: int) -> EventSchema | None:
         return self.events.get(event_id)
 

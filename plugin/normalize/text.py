@@ -52,12 +52,10 @@ class CanonicalText:
         if lname in s.account_fields:
             out = value.lower() if value.lower() in s.well_known_accounts else "<domain>\\<user>"
         else:
-            out = value
+            out = s.mask(value)  # global masks first: a field mask must not split a date
             if schema is not None:
                 for mask in schema.field_masks.get(lname, ()):
                     out = mask.apply(out)
-            for mask in s.masks:
-                out = mask.apply(out)
             out = " ".join(out.split()).lower()
             if len(out) > s.max_field_chars:
                 out = out[: s.max_field_chars] + "<cut>"

@@ -19,6 +19,7 @@ from plugin.normalize.normalizer import NOT_SYSMON, NormalizedEvent, Normalizer
 from plugin.normalize.schema import SchemaSet
 from plugin.normalize.shapes import BadRecord
 from plugin.pipeline.progress import Progress
+from plugin.pipeline.writer import BackgroundWriter
 from plugin.sources.base import RawRecord, SourceError, truncate_payload
 from plugin.sources.files import ArchiveInput, FileInput, MemberInput, discover
 from plugin.store.duckdb import EVENT_COLUMNS, DeadLetter, Store, utcnow
@@ -100,6 +101,7 @@ class Importer:
         units = list(discover(list(paths), self.evtx_threads))
         total = sum(u.size for u in units if not isinstance(u, SourceError))
         progress = Progress(total, enabled=self.show_progress)
+        self.writer = BackgroundWriter()
         try:
             for unit in units:
                 if isinstance(unit, SourceError):
@@ -110,6 +112,7 @@ class Importer:
                 summary.files += 1
                 self._run_unit(unit, summary, progress)
         finally:
+            self.writer.close()
             progress.close()
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.events_per_second = round(summary.sysmon_events / summary.seconds, 1) if summary.seconds else 0.0
@@ -137,6 +140,7 @@ class Importer:
             counts = Counts()
             for member in unit.members():
                 if isinstance(member, SourceError):
+                    self.writer.drain()
                     self.store.write_batch({}, [self._dead(member)])
                     counts.dead_letters += 1
                     continue
@@ -151,7 +155,9 @@ class Importer:
 
     # -- one input ---------------------------------------------------------------------------
     def _consume(self, inp: FileInput | MemberInput, progress: Progress) -> Counts:
+        """Read one input to the end; returns once all of its events are written."""
         c = Counts()
+        writes: list = []
         batch: dict[str, NormalizedEvent] = {}
         dead: list[DeadLetter] = []
         for item in inp.records():
@@ -178,9 +184,14 @@ class Importer:
                 continue
             batch[out.event_key] = out
             if len(batch) >= self.batch_size:
-                self._flush(batch, dead, c, progress, inp.name)
+                writes.append(self._flush(batch, dead, progress, inp.name))
                 batch, dead = {}, []
-        self._flush(batch, dead, c, progress, inp.name)
+        writes.append(self._flush(batch, dead, progress, inp.name))
+        self.writer.drain()
+        for fut, n in filter(None, writes):
+            new = fut.result()
+            c.new_events += new
+            c.duplicates += n - new
         return c
 
     def _normalize(self, item: RawRecord, dead: list[DeadLetter], c: Counts):
@@ -195,17 +206,17 @@ class Importer:
         c.dead_letters += 1
         return None
 
-    def _flush(self, batch: dict[str, NormalizedEvent], dead: list[DeadLetter], c: Counts,
-               progress: Progress, name: str) -> None:
+    def _flush(self, batch: dict[str, NormalizedEvent], dead: list[DeadLetter],
+               progress: Progress, name: str):
+        """Run the batch stages, hand the batch to the writer; (future of new count, size)."""
         if not batch and not dead:
-            return
+            return None
         events = list(batch.values())
         for stage in self.stages:
             stage(events)
-        new = self.store.write_batch(_rows(events, utcnow()) if events else {}, dead)
-        c.new_events += new
-        c.duplicates += len(events) - new
+        fut = self.writer.submit(self.store.write_batch, _rows(events, utcnow()) if events else {}, dead)
         progress.advance(0, len(events), name)
+        return fut, len(events)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     @staticmethod

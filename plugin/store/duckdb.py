@@ -55,6 +55,13 @@ def load_migrations(path: Path | None = None) -> list[tuple[int, str]]:
     return out
 
 
+def _size(value: str) -> str:
+    """Validate a memory size like 1GB / 512MB before it goes into a SET statement."""
+    if not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip()):
+        raise UsageError(f"db_memory_limit {value!r}: expected a size such as 1GB or 512MB")
+    return value.strip()
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -70,7 +77,8 @@ class DeadLetter:
 class Store:
     """A writable sysmon-blt database."""
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False,
+                 memory_limit: str = "1GB") -> None:
         self.path = str(path)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
@@ -84,6 +92,9 @@ class Store:
             raise UsageError(f"cannot open database {self.path}: {msg}") from exc
         except duckdb.Error as exc:
             raise UsageError(f"{self.path} is not a usable DuckDB database: {exc}") from exc
+        # DuckDB's default buffer pool is 80% of RAM; an import must stay small beside the models.
+        self._run(f"SET memory_limit = '{_size(memory_limit)}'")
+        self._run("SET preserve_insertion_order = false")
         if not read_only:
             self.migrate()
 
@@ -127,15 +138,14 @@ class Store:
         try:
             new = 0
             if n:
-                before = self._count_events()
                 tbl = pa.Table.from_pydict(events, schema=_EVENT_SCHEMA)
                 self.con.register("_batch_events", tbl)
-                self._run(
+                inserted = self._run(
                     f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
                     f"SELECT {', '.join(EVENT_COLUMNS)} FROM _batch_events"
                 )
                 self.con.unregister("_batch_events")
-                new = self._count_events() - before
+                new = int(inserted[0][0]) if inserted else 0
             if dead:
                 at = utcnow()
                 dtbl = pa.Table.from_pydict({
@@ -157,9 +167,6 @@ class Store:
     def _run(self, sql: str, params: list | None = None) -> list:
         """Execute and drain the result (newer DuckDB refuses work on a connection with one open)."""
         return self.con.execute(sql, params or []).fetchall()
-
-    def _count_events(self) -> int:
-        return int(self._run("SELECT count(*) FROM events")[0][0])
 
     # -- imports (chain of custody, resume) -------------------------------------------------
     def completed_import(self, sha256: str) -> dict[str, Any] | None:
