@@ -124,12 +124,34 @@ class Layout:
         return out
 
     # --- attention masks, built once per batch and flag ---------------------------------------
-    def sdpa_mask(self, causal: bool) -> torch.Tensor | None:
-        """Boolean mask for SDPA (True = may attend), broadcastable to ``(B, H, T, T)``."""
+    def segment_id(self, window: int | None, shift: int) -> torch.Tensor:
+        """Flat ``(N,)`` id of the attention segment of every token.
+
+        Without a window a segment is a whole sequence. With ``window=W`` each sequence is cut into
+        chunks ``[kW - shift, (k+1)W - shift)`` of its own positions, and a token attends only
+        inside its chunk. Alternating ``shift`` between layers (0, W/2) lets context cross chunk
+        borders, like shifted windows.
+        """
+
+        def make():
+            if window is None:
+                return self.seq_id
+            chunk = (self.pos + shift) // window
+            n_chunks = (self.T + shift) // window + 1
+            return self.seq_id * n_chunks + chunk
+
+        return self._cached(("seg", window, shift), make)
+
+    def sdpa_mask(self, causal: bool, window: int | None = None, shift: int = 0) -> torch.Tensor:
+        """Boolean mask for SDPA (True = may attend).
+
+        Packed: ``(1, 1, N, N)`` block-diagonal over segments (the CPU reference for xformers).
+        Padded without a window: ``(B, 1, 1|T, T)`` key padding (and causal) mask.
+        """
 
         def make():
             if self.packed:
-                sid = self.seq_id
+                sid = self.segment_id(window, shift)
                 m = sid[:, None] == sid[None, :]  # block diagonal
                 if causal:
                     m = m & torch.ones_like(m).tril()
@@ -141,29 +163,66 @@ class Layout:
                 ).tril()
             return key_ok
 
-        return self._cached(("sdpa", causal), make)
+        return self._cached(("sdpa", causal, window, shift), make)
 
-    def xformers_bias(self, causal: bool):  # pragma: no cover - needs CUDA + xformers
-        def make():
+    def xformers_bias(self, causal: bool, window: int | None = None, shift: int = 0):
+        def make():  # pragma: no cover - needs CUDA + xformers
             from xformers.ops.fmha.attn_bias import BlockDiagonalMask
 
-            bias = BlockDiagonalMask.from_seqlens([int(n) for n in self.lengths.tolist()])
+            seg = self.segment_id(window, shift)
+            seqlens = torch.unique_consecutive(seg, return_counts=True)[1].tolist()
+            bias = BlockDiagonalMask.from_seqlens(seqlens)
             return bias.make_causal() if causal else bias
 
-        return self._cached(("xf", causal), make)
+        return self._cached(("xf", causal, window, shift), make)
+
+
+def _chunked_padded(q, k, v, layout: Layout, causal: bool, window: int, shift: int):
+    """Padded-layout windowed attention: reshape into chunks of ``window`` and run SDPA once."""
+    B, T, H, Dh = q.shape
+    W = window
+    left = shift % W
+    n_chunks = -(-(T + left) // W)
+    right = n_chunks * W - T - left
+
+    def chunk(x):
+        return F.pad(x, (0, 0, 0, 0, left, right)).view(B * n_chunks, W, H, Dh).transpose(1, 2)
+
+    def mask():
+        valid = F.pad(layout.valid, (left, right)).view(B * n_chunks, 1, 1, W)
+        m = valid.expand(-1, 1, W, W)
+        eye = torch.eye(W, dtype=torch.bool, device=q.device)
+        if causal:
+            m = m & torch.ones(W, W, dtype=torch.bool, device=q.device).tril()
+        return m | eye  # padding queries see themselves: no empty rows (no NaN)
+
+    m = layout._cached(("chunk", causal, W, shift), mask)
+    out = F.scaled_dot_product_attention(chunk(q), chunk(k), chunk(v), attn_mask=m)
+    out = out.transpose(1, 2).reshape(B, n_chunks * W, H, Dh)
+    return out[:, left : left + T]
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: Layout,
+    causal: bool = False,
+    window: int | None = None,
+    shift: int = 0,
 ) -> torch.Tensor:
     """Attention over ``(B, T, H, Dh)`` queries/keys/values laid out per ``layout``.
 
     Every model in the package goes through this one function. Returns ``(B, T, H, Dh)``.
-    Padded query rows produce finite garbage (they attend to real keys); callers drop them.
+    ``window`` restricts attention to chunks of the sequence (see `Layout.segment_id`).
+    Padded query rows produce finite garbage; callers drop them.
     """
     if layout.packed and HAS_XFORMERS and q.is_cuda:  # pragma: no cover - GPU path
-        return xops.memory_efficient_attention(q, k, v, attn_bias=layout.xformers_bias(causal))
-    mask = layout.sdpa_mask(causal)
+        bias = layout.xformers_bias(causal, window, shift)
+        return xops.memory_efficient_attention(q, k, v, attn_bias=bias)
+    if not layout.packed and window is not None and layout.T + shift % window > window:
+        return _chunked_padded(q, k, v, layout, causal, window, shift)
+    mask = layout.sdpa_mask(causal, window, shift)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
     )

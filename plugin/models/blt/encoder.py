@@ -30,6 +30,7 @@ class EncoderConfig:
     n_layers: int = 1
     n_heads: int = 2
     dropout: float = 0.0
+    window: int | None = 64  # local attention chunk (tokens); None = the whole event
     max_positions: int = DEFAULT_MAX_BYTES + 1
     hashing: HashConfig = field(default_factory=HashConfig)
 
@@ -38,7 +39,7 @@ class EncoderConfig:
             self.hashing = HashConfig(**self.hashing)
 
     def stack(self) -> StackConfig:
-        return StackConfig(self.d_model, self.n_layers, self.n_heads, 4, self.dropout, causal=False)
+        return StackConfig(self.d_model, self.n_layers, self.n_heads, 4, self.dropout, False, self.window)
 
 
 class LocalEncoder(nn.Module):

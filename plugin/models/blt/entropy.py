@@ -31,10 +31,11 @@ class EntropyConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.0
+    window: int | None = 64  # local attention chunk (tokens); None = the whole event
     max_positions: int = DEFAULT_MAX_BYTES + 1  # BOS + bytes
 
     def stack(self) -> StackConfig:
-        return StackConfig(self.d_model, self.n_layers, self.n_heads, 4, self.dropout, causal=True)
+        return StackConfig(self.d_model, self.n_layers, self.n_heads, 4, self.dropout, True, self.window)
 
 
 class EntropyModel(nn.Module):

@@ -25,11 +25,13 @@ class StackConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     causal: bool = False
+    window: int | None = None  # attention inside chunks of this many tokens (None: whole event)
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: StackConfig):
+    def __init__(self, cfg: StackConfig, shift: int = 0):
         super().__init__()
+        self.window, self.shift = cfg.window, shift
         assert cfg.d_model % cfg.n_heads == 0
         self.n_heads = cfg.n_heads
         self.causal = cfg.causal
@@ -40,7 +42,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).unbind(2)
-        y = attend(q, k, v, layout, causal=self.causal).reshape(B, T, D)
+        y = attend(q, k, v, layout, self.causal, self.window, self.shift).reshape(B, T, D)
         return self.drop(self.proj(y))
 
 
@@ -52,14 +54,14 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.drop(self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: StackConfig):
+    def __init__(self, cfg: StackConfig, shift: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = SelfAttention(cfg)
+        self.attn = SelfAttention(cfg, shift)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
@@ -69,11 +71,15 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """``n_layers`` blocks and a final LayerNorm."""
+    """``n_layers`` blocks and a final LayerNorm.
+
+    With a window, odd layers shift their chunks by half a window so context crosses borders.
+    """
 
     def __init__(self, cfg: StackConfig):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        half = (cfg.window or 0) // 2
+        self.blocks = nn.ModuleList(Block(cfg, (i % 2) * half) for i in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -94,23 +94,23 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(
         size="tiny",
         entropy=dict(d_model=64, n_layers=2, n_heads=2),
-        encoder=dict(d_model=96, n_layers=1, n_heads=2,
+        encoder=dict(d_model=96, n_layers=1, n_heads=2, dropout=0.1,
                      hashing=dict(ngram_sizes=(3, 4, 5, 6), n_hashes=2, buckets=1024)),
-        latent=dict(d_model=128, n_layers=2, n_heads=4),
+        latent=dict(d_model=128, n_layers=2, n_heads=4, dropout=0.1),
     ),
     "small": dict(
         size="small",
         entropy=dict(d_model=64, n_layers=2, n_heads=2),
-        encoder=dict(d_model=128, n_layers=1, n_heads=4,
+        encoder=dict(d_model=128, n_layers=1, n_heads=4, dropout=0.1,
                      hashing=dict(ngram_sizes=(3, 4, 5, 6), n_hashes=2, buckets=2048)),
-        latent=dict(d_model=256, n_layers=4, n_heads=4),
+        latent=dict(d_model=256, n_layers=4, n_heads=4, dropout=0.1),
     ),
     "base": dict(
         size="base",
         entropy=dict(d_model=96, n_layers=2, n_heads=4),
-        encoder=dict(d_model=192, n_layers=2, n_heads=4,
+        encoder=dict(d_model=192, n_layers=2, n_heads=4, dropout=0.1,
                      hashing=dict(ngram_sizes=(3, 4, 5, 6, 7, 8), n_hashes=2, buckets=4096)),
-        latent=dict(d_model=384, n_layers=6, n_heads=6),
+        latent=dict(d_model=384, n_layers=6, n_heads=6, dropout=0.1),
     ),
 }
 

@@ -1,0 +1,399 @@
+"""Train a BLT model directory from canonical texts.
+
+`train_model_dir` runs three phases and writes the directory (see `plugin.models.checkpoint`):
+
+1. **entropy**: next-byte cross-entropy on the distinct texts (each event its own sequence);
+2. **calibrate**: entropies over a sample of the corpus, bisection on the patch threshold to hit
+   the target mean patch length; the threshold is stored in the BLT config;
+3. **blt**: the entropy model frozen, the local encoder + latent transformer (+ the small
+   reconstruction decoder) trained with the chosen objective (`plugin.models.blt.model`).
+
+Deterministic on CPU for a given seed: every step reseeds torch from ``(seed, phase, step)``
+(batch choice, masking, dropout), so a resumed run continues exactly where it stopped.
+Resumable: every ``checkpoint_every`` steps the model and optimizer go to
+``out_dir/.train_state/`` (safetensors + JSON, never pickle); a rerun with the same texts and
+options continues from there. The state is removed once the model directory is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import structlog
+import torch
+from safetensors.torch import load_file, save_file
+
+from plugin.models.blt.byteseq import make_batch, to_bytes
+from plugin.models.blt.model import BLT, BLTConfig, DEFAULT_OBJECTIVE, OBJECTIVES
+from plugin.models.blt.patching import boundary_entropy, calibrate_threshold, mean_patch_len, patch_starts
+from plugin.models.checkpoint import save_blt, write_card
+
+log = structlog.get_logger("plugin.models.train")
+
+STATE_DIR = ".train_state"
+
+
+@dataclass
+class TrainConfig:
+    size: str = "tiny"
+    objective: str = DEFAULT_OBJECTIVE
+    entropy_steps: int = 600
+    steps: int = 1500
+    batch_size: int = 32
+    entropy_lr: float = 2e-3
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # share of steps with linear warm-up, then cosine to 10%
+    target_patch_len: float = 6.0
+    patch_mode: str = "global"
+    calibration_texts: int = 2000
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+def distinct_texts(texts: Iterable[str]) -> list[str]:
+    """Distinct texts in first-seen order (the corpus repeats texts; we train on each once)."""
+    return list(dict.fromkeys(texts))
+
+
+# --- small helpers ------------------------------------------------------------------------------
+def _step_seed(seed: int, phase: str, step: int) -> int:
+    h = hashlib.sha256(f"{seed}:{phase}:{step}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def _lr(base: float, step: int, total: int, warmup: float) -> float:
+    w = max(1, int(total * warmup))
+    if step < w:
+        return base * (step + 1) / w
+    t = (step - w) / max(1, total - w)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _batch(blobs: list[bytes], batch_size: int, gen: torch.Generator):
+    idx = torch.randint(len(blobs), (min(batch_size, len(blobs)),), generator=gen)
+    idx = torch.unique(idx)  # distinct texts in a batch (contrastive negatives must differ)
+    return make_batch([blobs[i] for i in idx.tolist()])
+
+
+class _Progress:
+    """tqdm on stderr when available, else a plain stderr line every few steps."""
+
+    def __init__(self, total: int, desc: str, initial: int, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+        self.total, self.desc, self.n = total, desc, initial
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False)
+        except ImportError:  # pragma: no cover
+            pass
+
+    def update(self, loss: float):
+        self.n += 1
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (self.n % 20 == 0 or self.n == self.total):
+            print(f"{self.desc} {self.n}/{self.total} loss={loss:.4f}", file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- resumable state (safetensors + JSON) -------------------------------------------------------
+def _save_state(sdir: Path, model: BLT, opt: torch.optim.Optimizer, meta: dict) -> None:
+    sdir.mkdir(parents=True, exist_ok=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, val in opt.state.get(p, {}).items():
+                tensors[f"opt.{names[id(p)]}.{key}"] = torch.as_tensor(val).detach().clone()
+    save_file(tensors, str(sdir / "state.safetensors.tmp"))
+    os.replace(sdir / "state.safetensors.tmp", sdir / "state.safetensors")
+    (sdir / "state.json.tmp").write_text(json.dumps(meta, indent=1))
+    os.replace(sdir / "state.json.tmp", sdir / "state.json")
+
+
+def _load_state(sdir: Path, fingerprint: str) -> tuple[dict, dict] | None:
+    try:
+        meta = json.loads((sdir / "state.json").read_text())
+        tensors = load_file(str(sdir / "state.safetensors"))
+    except (OSError, ValueError) as e:
+        if sdir.exists():
+            log.warning("train_state_unreadable", dir=str(sdir), error=str(e))
+        return None
+    if meta.get("fingerprint") != fingerprint:
+        log.warning("train_state_mismatch", dir=str(sdir), note="texts or options changed; starting over")
+        return None
+    return meta, tensors
+
+
+def _restore(model: BLT, opt: torch.optim.Optimizer, tensors: dict) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = dict(model.named_parameters())
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            pname, field = key[4:].rsplit(".", 1)
+            opt.state[params[pname]][field] = val.clone()
+
+
+def _adamw(params, lr, wd) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(0.9, 0.98), foreach=False)
+
+
+# --- the phases ---------------------------------------------------------------------------------
+def train_model_dir(
+    texts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    size: str | BLTConfig = "tiny",
+    objective: str = DEFAULT_OBJECTIVE,
+    steps: int | None = None,
+    entropy_steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    data_description: str = "unspecified",
+    **options,
+) -> dict:
+    """Train the entropy model and the BLT on ``texts`` and write the model directory.
+
+    ``size``: a preset name (``tiny``, ``small``, ``base``) or a `BLTConfig`.
+    ``options``: other `TrainConfig` fields (``lr``, ``target_patch_len``, ``patch_mode``...).
+    Returns the training stats (also stored in ``config.json`` under ``training``).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    tc = TrainConfig(objective=objective, seed=seed, **options)
+    if isinstance(size, BLTConfig):
+        cfg = BLTConfig.from_dict(size.to_dict())
+    else:
+        cfg = BLTConfig.preset(size)
+    tc.size = cfg.size
+    if steps is not None:
+        tc.steps = steps
+    if entropy_steps is not None:
+        tc.entropy_steps = entropy_steps
+    if batch_size is not None:
+        tc.batch_size = batch_size
+    cfg.patch.mode = tc.patch_mode
+    cfg.patch.target_mean_len = tc.target_patch_len
+
+    out_dir = Path(out_dir)
+    sdir = out_dir / STATE_DIR
+    corpus = distinct_texts(texts)
+    if not corpus:
+        raise ValueError("no texts to train on")
+    blobs = [to_bytes(t, cfg.max_bytes) for t in corpus]
+    fingerprint = hashlib.sha256(
+        json.dumps([asdict(tc), cfg.to_dict()], sort_keys=True, default=str).encode()
+        + b"".join(hashlib.sha256(b).digest() for b in blobs)
+    ).hexdigest()
+
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model = BLT(cfg)
+    meta = {"fingerprint": fingerprint, "phase": "entropy", "step": 0, "history": {}}
+    state = _load_state(sdir, fingerprint) if resume else None
+    ent_opt = _adamw(model.entropy.parameters(), tc.entropy_lr, tc.weight_decay)
+    blt_opt = _adamw(model.blt_parameters(), tc.lr, tc.weight_decay)
+    if state is not None:
+        meta, tensors = state
+        if meta.get("threshold") is not None:
+            cfg.patch.threshold = meta["threshold"]
+            cfg.patch.calibrated = True
+        _restore(model, ent_opt if meta["phase"] == "entropy" else blt_opt, tensors)
+        log.info("train_resumed", phase=meta["phase"], step=meta["step"], dir=str(sdir))
+    log.info("train_start", texts=len(corpus), size=tc.size, objective=tc.objective,
+             entropy_steps=tc.entropy_steps, steps=tc.steps, seed=seed)
+
+    def run_phase(phase, total, opt, lr, step_fn):
+        model.train()
+        start = meta["step"] if meta["phase"] == phase else 0
+        bar = _Progress(total, phase, start, progress)
+        hist = meta["history"].setdefault(phase, [])
+        for step in range(start, total):
+            torch.manual_seed(_step_seed(seed, phase, step))
+            gen = torch.Generator().manual_seed(_step_seed(seed, phase + ":data", step))
+            for g in opt.param_groups:
+                g["lr"] = _lr(lr, step, total, tc.warmup)
+            loss, parts = step_fn(gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            opt.step()
+            hist.append(parts)
+            bar.update(parts["loss"])
+            done = step + 1
+            if done % tc.checkpoint_every == 0 and done < total:
+                meta.update(phase=phase, step=done)
+                _save_state(sdir, model, opt, meta)
+        bar.close()
+        model.eval()
+
+    # 1. entropy model
+    if meta["phase"] == "entropy":
+        def ent_step(gen):
+            ids, layout = _batch(blobs, tc.batch_size, gen)
+            loss = model.entropy.loss(ids, layout)
+            return loss, {"loss": float(loss.detach())}
+
+        run_phase("entropy", tc.entropy_steps, ent_opt, tc.entropy_lr, ent_step)
+        log.info("entropy_trained", steps=tc.entropy_steps, loss=_tail_mean(meta["history"]["entropy"]))
+
+        # 2. calibrate the threshold
+        th, achieved = calibrate(model, blobs, tc, seed)
+        cfg.patch.threshold, cfg.patch.calibrated = th, True
+        meta.update(phase="blt", step=0, threshold=th, calibrated_mean_len=achieved)
+        _save_state(sdir, model, blt_opt, meta)
+        log.info("threshold_calibrated", threshold=th, mean_bytes_per_patch=achieved,
+                 target=tc.target_patch_len, mode=cfg.patch.mode)
+
+    # 3. the BLT
+    for p in model.entropy.parameters():
+        p.requires_grad_(False)
+
+    def blt_step(gen):
+        ids, layout = _batch(blobs, tc.batch_size, gen)
+        return model.training_loss(ids, layout, tc.objective, gen)
+
+    if meta["phase"] == "blt":
+        run_phase("blt", tc.steps, blt_opt, tc.lr, blt_step)
+    for p in model.entropy.parameters():
+        p.requires_grad_(True)
+
+    # 4. the model directory
+    stats = _stats(model, tc, meta, blobs, time.perf_counter() - t0)
+    versions = save_blt(out_dir, model, training=stats)
+    stats["versions"] = versions
+    write_card(out_dir, model_card(stats, data_description))
+    shutil.rmtree(sdir, ignore_errors=True)
+    log.info("model_dir_written", dir=str(out_dir), **versions,
+             seconds=round(stats["seconds"], 1))
+    return stats
+
+
+@torch.no_grad()
+def corpus_entropies(model: BLT, blobs: list[bytes], batch: int = 64):
+    """Boundary entropies and positions over ``blobs`` (flat, concatenated per event)."""
+    ents, poss = [], []
+    for i in range(0, len(blobs), batch):
+        ids, layout = make_batch(blobs[i:i + batch])
+        ents.append(boundary_entropy(model.entropy.entropies(ids, layout), layout.pos))
+        poss.append(layout.pos)
+    return torch.cat(ents), torch.cat(poss)
+
+
+def calibrate(model: BLT, blobs: list[bytes], tc: TrainConfig, seed: int) -> tuple[float, float]:
+    """Threshold for the target mean patch length, on up to ``calibration_texts`` texts."""
+    model.eval()
+    gen = torch.Generator().manual_seed(_step_seed(seed, "calibrate", 0))
+    n = min(len(blobs), tc.calibration_texts)
+    pick = torch.randperm(len(blobs), generator=gen)[:n].sort().values.tolist()
+    ent, pos = corpus_entropies(model, [blobs[i] for i in pick])
+    return calibrate_threshold(ent, pos, tc.target_patch_len, model.cfg.patch.mode,
+                               model.cfg.patch.max_patch_len)
+
+
+def _tail_mean(hist: list[dict], key: str = "loss", n: int = 20) -> float | None:
+    vals = [h[key] for h in hist[-n:] if key in h]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _stats(model: BLT, tc: TrainConfig, meta: dict, blobs: list[bytes], seconds: float) -> dict:
+    sample = blobs[: min(len(blobs), 1000)]
+    ent, pos = corpus_entropies(model, sample)
+    p = model.cfg.patch
+    starts = patch_starts(ent, pos, p.threshold, p.mode, p.max_patch_len)
+    hist = meta["history"]
+    blt_hist = hist.get("blt", [])
+    n_params = lambda mod: sum(x.numel() for x in mod.parameters())  # noqa: E731
+    return {
+        "train_config": asdict(tc),
+        "texts": len(blobs),
+        "mean_text_bytes": sum(map(len, blobs)) / len(blobs),
+        "entropy": {
+            "steps": tc.entropy_steps,
+            "first_loss_nats": hist.get("entropy", [{}])[0].get("loss"),
+            "final_loss_nats": _tail_mean(hist.get("entropy", [])),
+        },
+        "blt": {
+            "steps": tc.steps,
+            "objective": tc.objective,
+            "first_loss": blt_hist[0]["loss"] if blt_hist else None,
+            "final_loss": _tail_mean(blt_hist),
+            "final_parts": {k: _tail_mean(blt_hist, k) for k in (blt_hist[-1] if blt_hist else {})},
+        },
+        "threshold": p.threshold,
+        "patch_mode": p.mode,
+        "max_patch_len": p.max_patch_len,
+        "mean_bytes_per_patch": mean_patch_len(starts, len(sample)),
+        "params": {"entropy": n_params(model.entropy), "blt": n_params(model) - n_params(model.entropy)},
+        "dim": model.dim,
+        "seconds": seconds,
+    }
+
+
+OBJECTIVE_WHY = {
+    "mpr+contrastive": (
+        "Masked patch reconstruction makes the event vector carry the event's content (a rare "
+        "command line cannot hide inside a common cluster); the SimCSE-style contrastive term, "
+        "computed on the same two masked views, spreads distinct events over the sphere so that "
+        "nearest-centroid distances separate them (reconstruction alone leaves vectors crowded "
+        "and anisotropic). One doubled batch serves both terms, so the pair costs no more than "
+        "either alone."
+    ),
+    "mpr": "Masked patch reconstruction only (a training option; see the clustering issue).",
+    "contrastive": "Contrastive (SimCSE-style) only (a training option; see the clustering issue).",
+}
+
+
+def model_card(stats: dict, data_description: str) -> str:
+    tc = stats["train_config"]
+    e, b = stats["entropy"], stats["blt"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    return f"""# sysmon-blt BLT model card
+
+Byte Latent Transformer embedding model for Sysmon canonical texts (written from the BLT paper,
+Pagnoni et al. 2024; no Meta code). Size preset: **{tc['size']}**, vector dimension {stats['dim']}.
+
+## Data
+{data_description}
+
+Trained on {stats['texts']} distinct canonical texts (mean {stats['mean_text_bytes']:.0f} bytes).
+The directory holds weights and numbers only: no event text and no per-event vectors.
+
+## Training
+- seed {tc['seed']}, batch {tc['batch_size']} distinct texts
+- entropy model: {e['steps']} steps, next-byte loss {fmt(e['first_loss_nats'])} -> {fmt(e['final_loss_nats'])} nats/byte
+- BLT: {b['steps']} steps, objective `{b['objective']}`, loss {fmt(b['first_loss'])} -> {fmt(b['final_loss'])}
+  (final parts: {', '.join(f'{k} {fmt(v)}' for k, v in b['final_parts'].items())})
+- training time: {stats['seconds']:.0f} s on CPU
+
+Why this objective: {OBJECTIVE_WHY[b['objective']]}
+
+## Patching
+- mode `{stats['patch_mode']}`, threshold {stats['threshold']:.4f} bits (calibrated to a target of
+  {tc['target_patch_len']} bytes per patch), max patch length {stats['max_patch_len']}
+- mean bytes per patch on the training texts: {stats['mean_bytes_per_patch']:.2f}
+
+## Sizes
+- entropy model: {stats['params']['entropy']:,} parameters
+- BLT (local encoder, latent transformer, reconstruction head): {stats['params']['blt']:,} parameters
+"""
