@@ -19,6 +19,7 @@ from plugin.normalize.event import SysmonEvent, parse_utc
 
 SYSMON_PROVIDER = "microsoft-windows-sysmon"
 SYSMON_CHANNEL = "microsoft-windows-sysmon/operational"
+SIDE_LABEL = "sysmon_blt_sim"  # the simulator's label: a side field in every shape
 
 
 class BadRecord(ValueError):
@@ -333,6 +334,13 @@ def map_document(doc: object) -> SysmonEvent | None:
         raise BadRecord("JSON value is a string, not an event object")
     if not isinstance(doc, dict):
         raise BadRecord(f"JSON value is a {type(doc).__name__}, not an object")
+    ev = _map_object(doc)
+    if ev is not None and SIDE_LABEL in doc:
+        ev.fields[SIDE_LABEL] = doc[SIDE_LABEL]  # kept in `fields`, never in the text
+    return ev
+
+
+def _map_object(doc: dict) -> SysmonEvent | None:
     try:
         if "Event" in doc:
             return _from_event_dict(doc["Event"], "evtx")
