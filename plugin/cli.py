@@ -83,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep events before T")
     imp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     imp.add_argument("--batch-size", type=int, metavar="N", help="events per write transaction")
+    imp.add_argument("--no-embed", action="store_true",
+                     help="store events only, without embeddings (fastest triage)")
+
+    tr = sub.add_parser(
+        "train", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a model directory (entropy model + BLT) on a corpus of events",
+        description="Train every model of a model directory on the canonical texts of the given "
+        "inputs (any format `import` reads). Deterministic for a seed on CPU; resumable: rerun "
+        "the same command after an interruption and it continues from its last checkpoint.",
+        epilog="example (the shipped default model):\n  sysmon-blt train ../shared/data/otrf "
+        "../shared/data/evtx-rs-samples --exclude '*LSASS_campaign_*' --out plugin/assets/default-model")
+    tr.add_argument("paths", nargs="+", metavar="PATH")
+    tr.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    tr.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                    help="skip inputs (or ARCHIVE!member names) matching this glob; repeatable")
+    tr.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    tr.add_argument("--objective", default=None, help="training objective (default: the model's)")
+    tr.add_argument("--steps", type=int, metavar="N", help="BLT training steps")
+    tr.add_argument("--entropy-steps", type=int, metavar="N", help="entropy model training steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--description", metavar="TEXT",
+                    help="what the corpus is, for the model card (default: the paths)")
 
     sim = sub.add_parser(
         "simulate", parents=[common], help="synthetic Sysmon events for demos and load tests",
@@ -120,10 +142,19 @@ def cmd_import(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"db": args.db, "model": args.model,
                                     "batch_size": args.batch_size})
     schemas = load_schemas(cfg.schemas_dir)
+    embedder = None if args.no_embed else _load_embedder(cfg.model)
     store = Store(cfg.db)
     try:
+        stages = []
+        if embedder is not None:
+            from plugin.pipeline.cache import EmbeddingCache
+            from plugin.pipeline.embed import EmbedStage
+
+            store.register_model(embedder.name, embedder.version, embedder.dim, cfg.model)
+            stages.append(EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version)))
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
+                            model_version=embedder.version if embedder else None, stages=stages,
                             progress=not args.quiet, evtx_threads=cfg.evtx_threads)
         summary = importer.run(args.paths)
     finally:
@@ -136,6 +167,21 @@ def cmd_import(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _load_embedder(model_dir: str | None):
+    """The BLT of the given model directory, or of the shipped default one."""
+    from plugin.models.checkpoint import ModelDirError
+    from plugin.models.embedder import BLTEmbedder
+    from plugin.resources import default_model_dir
+
+    path = Path(model_dir) if model_dir else default_model_dir()
+    if not path.is_dir():
+        raise UsageError(f"--model {path}: not a model directory")
+    try:
+        return BLTEmbedder.from_dir(path)
+    except ModelDirError as exc:
+        raise UsageError(f"--model {path}: {exc}") from exc
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -157,7 +203,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"import": cmd_import, "simulate": cmd_simulate}
+def cmd_train(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.models.train import train_model_dir
+    from plugin.normalize.schema import load_schemas
+    from plugin.pipeline.corpus import CorpusStats, iter_texts
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"train: path does not exist: {', '.join(missing)}")
+    cfg = load_config(args.config, {})
+    stats = CorpusStats()
+    texts = list(iter_texts(args.paths, load_schemas(cfg.schemas_dir), args.exclude, stats))
+    if not texts:
+        raise UsageError("train: no Sysmon events found in the given paths")
+    log.info("corpus_ready", events=stats.events, inputs=stats.inputs,
+             excluded=stats.excluded_inputs, bad_records=stats.bad_records)
+    desc = args.description or (
+        f"canonical texts of {stats.events} Sysmon events from {stats.inputs} inputs under "
+        f"{', '.join(args.paths)}" + (f", excluding {', '.join(args.exclude)}" if args.exclude else ""))
+    kw = {"objective": args.objective} if args.objective else {}
+    result = train_model_dir(texts, args.out, size=args.size, steps=args.steps,
+                             entropy_steps=args.entropy_steps, seed=args.seed,
+                             progress=not args.quiet, data_description=desc, **kw)
+    print(json.dumps({"out": args.out, "corpus_events": stats.events, **result}, default=str))
+    return 0
+
+
+COMMANDS = {"import": cmd_import, "simulate": cmd_simulate, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,3 +55,31 @@ CREATE TABLE IF NOT EXISTS imports (
 );
 
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+
+-- migration: 2
+-- Embeddings, stored once per distinct canonical text, model and model version (OTRF repeats
+-- each distinct text about 7 times); event_vectors gives one row per event over them. The view
+-- is re-created with a fixed-size FLOAT[d] cast once the models' dimension is known.
+CREATE TABLE IF NOT EXISTS text_vectors (
+    model         VARCHAR NOT NULL,   -- 'blt' or 'linformer'
+    model_version VARCHAR NOT NULL,   -- hash of the model's weights
+    text_hash     VARCHAR NOT NULL,   -- events.text_hash
+    vector        FLOAT[] NOT NULL,
+    created       TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (model, model_version, text_hash)
+);
+
+CREATE TABLE IF NOT EXISTS models (
+    model         VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    dim           INTEGER NOT NULL,
+    directory     VARCHAR,
+    first_used    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (model, model_version)
+);
+
+CREATE OR REPLACE VIEW event_vectors AS
+SELECT e.event_key, v.model, v.model_version, v.vector
+FROM events e JOIN text_vectors v ON v.text_hash = e.text_hash;
+
+CREATE INDEX IF NOT EXISTS events_text_hash ON events (text_hash);

@@ -22,13 +22,22 @@ from plugin.pipeline.progress import Progress
 from plugin.pipeline.writer import BackgroundWriter
 from plugin.sources.base import RawRecord, SourceError, truncate_payload
 from plugin.sources.files import ArchiveInput, FileInput, MemberInput, discover
-from plugin.store.duckdb import EVENT_COLUMNS, DeadLetter, Store, utcnow
+from plugin.store.duckdb import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
 
 log = structlog.get_logger(__name__)
 
+@dataclass
+class Batch:
+    """What flows from normalize to the sinks: events, dead letters, and what stages add."""
+
+    events: list[NormalizedEvent]
+    dead: list[DeadLetter]
+    vectors: list[VectorRows] = field(default_factory=list)
+
+
 # A stage sees each batch after normalization and before the sinks (embedding and scoring plug
-# in here); it may add columns but must not drop events.
-BatchStage = Callable[[list[NormalizedEvent]], None]
+# in here); it may add to the batch but must not drop events.
+BatchStage = Callable[[Batch], None]
 
 
 @dataclass
@@ -55,8 +64,8 @@ class ImportSummary(Counts):
     events_per_second: float = 0.0
     db: str = ""
     embedded: bool = False
-    note: str = "embedding and scoring are not enabled in this release: events are stored only"
-    stages: list[str] = field(default_factory=list)
+    note: str = ""
+    stages: list[dict] = field(default_factory=list)
 
 
 def _rows(events: Sequence[NormalizedEvent], imported_at: datetime) -> dict[str, list]:
@@ -97,7 +106,7 @@ class Importer:
     # -- top level ---------------------------------------------------------------------------
     def run(self, paths: Sequence[str]) -> ImportSummary:
         t0 = time.perf_counter()
-        summary = ImportSummary(db=self.store.path, stages=[getattr(s, "name", "stage") for s in self.stages])
+        summary = ImportSummary(db=self.store.path)
         units = list(discover(list(paths), self.evtx_threads))
         total = sum(u.size for u in units if not isinstance(u, SourceError))
         progress = Progress(total, enabled=self.show_progress)
@@ -115,6 +124,12 @@ class Importer:
             self.writer.close()
             progress.close()
         summary.seconds = round(time.perf_counter() - t0, 3)
+        summary.stages = [s.stats() if hasattr(s, "stats") else {"name": getattr(s, "name", "?")}
+                          for s in self.stages]
+        summary.embedded = any(getattr(s, "name", "").startswith("embed:") for s in self.stages)
+        summary.note = ("events stored with embeddings; clustering and outlier scoring come in a "
+                        "later release (outliers stays 0)") if summary.embedded else (
+                        "events stored only (no model loaded): no embeddings or scores")
         summary.events_per_second = round(summary.sysmon_events / summary.seconds, 1) if summary.seconds else 0.0
         return summary
 
@@ -211,12 +226,13 @@ class Importer:
         """Run the batch stages, hand the batch to the writer; (future of new count, size)."""
         if not batch and not dead:
             return None
-        events = list(batch.values())
+        b = Batch(list(batch.values()), dead)
         for stage in self.stages:
-            stage(events)
-        fut = self.writer.submit(self.store.write_batch, _rows(events, utcnow()) if events else {}, dead)
-        progress.advance(0, len(events), name)
-        return fut, len(events)
+            stage(b)
+        fut = self.writer.submit(self.store.write_batch,
+                                 _rows(b.events, utcnow()) if b.events else {}, b.dead, b.vectors)
+        progress.advance(0, len(b.events), name)
+        return fut, len(b.events)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     @staticmethod

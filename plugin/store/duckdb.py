@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import structlog
 
@@ -64,6 +65,16 @@ def _size(value: str) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass
+class VectorRows:
+    """New vectors of one model for distinct canonical texts (rows of `vectors`)."""
+
+    model: str
+    model_version: str
+    text_hashes: list[str]
+    vectors: np.ndarray  # (len(text_hashes), dim) float32
 
 
 @dataclass
@@ -131,12 +142,16 @@ class Store:
             log.info("db_migrated", db=self.path, version=version)
 
     # -- writes ----------------------------------------------------------------------------
-    def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter]) -> int:
-        """Insert one batch of event rows (column lists) and dead letters; return new events."""
+    def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
+                    vectors: Sequence[VectorRows] = ()) -> int:
+        """Insert one batch in one transaction: event rows (column lists), dead letters and new
+        text vectors. Returns how many events were new."""
         n = len(events["event_key"]) if events else 0
         self.con.begin()
         try:
             new = 0
+            for vr in vectors:
+                self._insert_vectors(vr)
             if n:
                 tbl = pa.Table.from_pydict(events, schema=_EVENT_SCHEMA)
                 self.con.register("_batch_events", tbl)
@@ -163,6 +178,42 @@ class Store:
             self.con.rollback()
             raise
         return new
+
+    def _insert_vectors(self, vr: "VectorRows") -> None:
+        if not vr.text_hashes:
+            return
+        mat = np.ascontiguousarray(vr.vectors, dtype=np.float32)
+        dim = mat.shape[1]
+        offsets = pa.array(np.arange(0, (len(mat) + 1) * dim, dim, dtype=np.int32))
+        tbl = pa.table({
+            "model": [vr.model] * len(mat),
+            "model_version": [vr.model_version] * len(mat),
+            "text_hash": vr.text_hashes,
+            "vector": pa.ListArray.from_arrays(offsets, pa.array(mat.ravel())),
+            "created": pa.array([utcnow()] * len(mat), pa.timestamp("us", tz="UTC")),
+        })
+        self.con.register("_batch_vectors", tbl)
+        self._run("INSERT OR IGNORE INTO text_vectors SELECT * FROM _batch_vectors")
+        self.con.unregister("_batch_vectors")
+
+    # -- models and vectors ------------------------------------------------------------------
+    def register_model(self, model: str, version: str, dim: int, directory: str | None) -> None:
+        """Record a model version, and give event_vectors a fixed-size FLOAT[d] column when
+        every model stored has the same dimension (array functions and indexes need one)."""
+        self._run("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?)",
+                  [model, version, dim, directory, utcnow()])
+        dims = {int(r[0]) for r in self._run("SELECT DISTINCT dim FROM models")}
+        cast = f"v.vector::FLOAT[{dims.pop()}]" if len(dims) == 1 else "v.vector"
+        self._run(
+            "CREATE OR REPLACE VIEW event_vectors AS SELECT e.event_key, v.model, "
+            f"v.model_version, {cast} AS vector FROM events e "
+            "JOIN text_vectors v ON v.text_hash = e.text_hash"
+        )
+
+    def vector_hashes(self, model: str, version: str) -> set[str]:
+        return {r[0] for r in self._run(
+            "SELECT text_hash FROM text_vectors WHERE model = ? AND model_version = ?",
+            [model, version])}
 
     def _run(self, sql: str, params: list | None = None) -> list:
         """Execute and drain the result (newer DuckDB refuses work on a connection with one open)."""

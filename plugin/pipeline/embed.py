@@ -1,0 +1,50 @@
+"""The embed stage: canonical texts of a batch -> vectors of the texts not seen before."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, Sequence
+
+import numpy as np
+import structlog
+
+from plugin.pipeline.cache import EmbeddingCache
+from plugin.store.duckdb import VectorRows
+
+log = structlog.get_logger(__name__)
+
+
+class Embedder(Protocol):
+    name: str
+    version: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class EmbedStage:
+    """Adds VectorRows for a batch's new distinct texts; the sink writes them with the events."""
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+        self.embedder = embedder
+        self.cache = cache
+        self.name = f"embed:{embedder.name}"
+        self.texts_embedded = 0
+        self.seconds = 0.0
+
+    def __call__(self, batch) -> None:
+        distinct = {e.text_hash: e.normalized for e in batch.events}
+        todo = self.cache.missing(distinct)
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        vecs = self.embedder.embed(list(todo.values()))
+        self.seconds += time.perf_counter() - t0
+        self.texts_embedded += len(todo)
+        batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, list(todo), vecs))
+
+    def stats(self) -> dict:
+        rate = self.texts_embedded / self.seconds if self.seconds else 0.0
+        return {"model": self.embedder.name, "model_version": self.embedder.version,
+                "texts_embedded": self.texts_embedded, "cache_hits": self.cache.hits,
+                "embed_seconds": round(self.seconds, 2), "texts_per_second": round(rate, 1)}
