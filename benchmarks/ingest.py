@@ -82,7 +82,8 @@ def ours_normalize(paths: list[Path]) -> tuple[int, int, float]:
     t0 = time.perf_counter()
     units = list(discover([str(p) for p in paths]))
     for u in units:
-        inputs = [u] if isinstance(u, FileInput) else (list(u.members()) if isinstance(u, ArchiveInput) else [])
+        # archive members stream in order: consume each before asking for the next
+        inputs = [u] if isinstance(u, FileInput) else (u.members() if isinstance(u, ArchiveInput) else [])
         for inp in inputs:
             if not hasattr(inp, "records"):
                 continue

@@ -176,6 +176,10 @@ def _load_embedder(model_dir: str | None):
     from plugin.resources import default_model_dir
 
     path = Path(model_dir) if model_dir else default_model_dir()
+    if model_dir is None and not (path / "config.json").is_file():
+        log.warning("no_model", reason=f"no shipped model at {path}; storing events without "
+                    "embeddings (train one with `sysmon-blt train`, or pass --model)")
+        return None
     if not path.is_dir():
         raise UsageError(f"--model {path}: not a model directory")
     try:
