@@ -24,7 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plugin.models.blt.byteseq import make_batch, to_bytes  # noqa: E402
 from plugin.models.blt.model import BLT, BLTConfig  # noqa: E402
-from plugin.models.blt.patching import mean_patch_len  # noqa: E402
+from plugin.models.blt.patching import (  # noqa: E402
+    boundary_entropy,
+    calibrate_threshold,
+    mean_patch_len,
+)
 from plugin.models.embedder import BLTEmbedder, cpu_has_bf16  # noqa: E402
 
 IMAGES = [r"C:\Windows\System32\cmd.exe", r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
@@ -90,6 +94,15 @@ def bytes_per_patch(emb: BLTEmbedder, texts: list[str]) -> float:
     return mean_patch_len(starts, layout.n_seq)
 
 
+def calibrate_untrained(model: BLT, texts: list[str]) -> None:
+    """Untrained weights: set the threshold for ~6 bytes/patch so the latent sees real counts."""
+    ids, layout = make_batch([to_bytes(t) for t in texts[:300]])
+    with torch.inference_mode():
+        ent = boundary_entropy(model.entropy.entropies(ids, layout), layout.pos)
+    p = model.cfg.patch
+    p.threshold, _ = calibrate_threshold(ent, layout.pos, p.target_mean_len, p.mode, p.max_patch_len)
+
+
 def time_embed(emb: BLTEmbedder, texts: list[str], repeats: int = 1) -> tuple[float, np.ndarray]:
     emb.embed(texts[:64])  # warm-up
     best, vecs = float("inf"), None
@@ -121,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for size in args.sizes.split(","):
             torch.manual_seed(0)
-            model = BLT(BLTConfig.preset(size))
+            model = BLT(BLTConfig.preset(size)).eval()
+            calibrate_untrained(model, texts)
             runs.append((size, lambda m=model, **kw: BLTEmbedder(m, {"blt": "untrained"}, "cpu", **kw)))
     for name, make in runs:
         fp32 = make(cpu_bf16=False)

@@ -6,10 +6,12 @@ Inference choices, made once in ``__init__``:
 * layout: packed batches (no padding) on CUDA with xformers, padded batches elsewhere; texts are
   sorted by length and cut into batches of at most ``max_batch_tokens`` tokens, so padding is
   small; output order is the input order;
-* precision: bf16 autocast on CUDA; on CPU fp32 by default, bf16 autocast when ``cpu_bf16`` is
-  on (``"auto"``: on when the CPU has native bf16 support, where it is several times faster;
-  the benchmark checks cosine to fp32 stays >= 0.99). The entropy model (which decides patch
-  boundaries) always runs in fp32, so both precisions patch a text identically;
+* precision: bf16 autocast on CUDA. On CPU, with ``cpu_bf16`` on (``"auto"``: when the CPU has
+  native bf16 instructions, e.g. AVX512-BF16 or AMX, where bf16 matmuls run several times
+  faster than fp32) the local encoder and latent transformer run from a bf16 copy of their
+  weights (pooling sums stay fp32); otherwise fp32. The entropy model, which decides patch
+  boundaries, always runs in fp32 so both precisions cut a text into the same patches.
+  Cosine to fp32 is checked >= 0.99 by the tests and printed by ``benchmarks/blt_speed.py``;
 * texts longer than ``max_bytes`` UTF-8 bytes (config, default 1024) are truncated to their
   first ``max_bytes`` bytes. The empty text embeds like any other (it has a BOS token).
 
@@ -18,6 +20,7 @@ Determinism: the same weights and texts give the same vectors, run after run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,12 +69,14 @@ class BLTEmbedder:
         self.dim = model.dim
         self.max_bytes = model.cfg.max_bytes
         self.packed = prefer_packed(self.device)
+        self.autocast_dtype: torch.dtype | None = None
+        self.encode_model = self.model  # what runs encoder + latent
         if self.device.type == "cuda":
-            self.autocast_dtype: torch.dtype | None = torch.bfloat16
-        elif cpu_bf16 == "auto":
-            self.autocast_dtype = torch.bfloat16 if cpu_has_bf16() else None
-        else:
-            self.autocast_dtype = torch.bfloat16 if cpu_bf16 else None
+            self.autocast_dtype = torch.bfloat16
+        elif cpu_bf16 is True or (cpu_bf16 == "auto" and cpu_has_bf16()):
+            self.encode_model = copy.deepcopy(self.model).to(torch.bfloat16)
+            del self.encode_model.entropy  # patching stays with the fp32 entropy model
+        self.precision = "bf16" if self.encode_model is not self.model or self.autocast_dtype else "fp32"
         self.max_batch_tokens = max_batch_tokens
 
     @classmethod
@@ -109,7 +114,7 @@ class BLTEmbedder:
             ids, layout = make_batch([blobs[i] for i in idx], self.packed, self.device)
             starts = self.model.patch_starts(ids, layout)  # fp32: boundaries do not move
             with self._autocast():
-                vec = self.model.encode(ids, layout, starts).vector
+                vec = self.encode_model.encode(ids, layout, starts).vector
             vec = torch.nn.functional.normalize(vec.float(), dim=-1)
             out[np.asarray(idx)] = vec.cpu().numpy()
         return out

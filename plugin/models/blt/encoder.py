@@ -66,7 +66,8 @@ class LocalEncoder(nn.Module):
 
     @staticmethod
     def pool(h: torch.Tensor, patch_id: torch.Tensor, n_patches: int) -> torch.Tensor:
-        """Mean of token states per patch: ``(N, d)`` -> ``(n_patches, d)``."""
+        """Mean of token states per patch: ``(N, d)`` -> ``(n_patches, d)``, summed in fp32."""
+        h = h.float()
         sums = h.new_zeros(n_patches, h.shape[1]).index_add_(0, patch_id, h)
         counts = torch.bincount(patch_id, minlength=n_patches).clamp_min(1)
         return sums / counts[:, None].to(h.dtype)

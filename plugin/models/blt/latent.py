@@ -39,5 +39,5 @@ class LatentTransformer(nn.Module):
 
     def forward(self, patches: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Flat patch vectors ``(P, d_in)`` -> flat patch states ``(P, d_model)``."""
-        x = self.in_proj(patches) + self.pos_emb(layout.pos)
+        x = self.in_proj(patches.to(self.in_proj.weight.dtype)) + self.pos_emb(layout.pos)
         return layout.flat(self.stack(layout.unflat(x), layout))

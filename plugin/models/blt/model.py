@@ -177,8 +177,8 @@ class BLT(nn.Module):
         patches = self.encoder.pool(tokens, patch_id, P)  # (P, d_enc)
         patch_layout = Layout.build(n_patches, packed=layout.packed)
         states = self.latent(patches, patch_layout)  # (P, d_lat)
-        summed = states.new_zeros(layout.n_seq, states.shape[1])
-        summed.index_add_(0, patch_layout.seq_id, states)
+        summed = states.new_zeros(layout.n_seq, states.shape[1], dtype=torch.float32)
+        summed.index_add_(0, patch_layout.seq_id, states.float())
         vector = summed / n_patches[:, None].to(states.dtype)
         return Encoded(starts, patch_id, patch_layout, states, vector)
 
