@@ -91,12 +91,17 @@ class BLTEmbedder:
         """Indices sorted by length, cut into batches of at most ``max_batch_tokens`` tokens."""
         order = sorted(range(len(blobs)), key=lambda i: (len(blobs[i]), i))
         batch: list[int] = []
+        packed_tokens = 0
         for i in order:
-            # padded cost = rows * longest; sorted ascending, so the newest is the longest
-            if batch and (len(batch) + 1) * (len(blobs[i]) + 1) > self.max_batch_tokens:
+            n = len(blobs[i]) + 1
+            # padded cost = rows * longest (sorted ascending: the newest is the longest);
+            # packed cost = the tokens themselves
+            cost = packed_tokens + n if self.packed else (len(batch) + 1) * n
+            if batch and cost > self.max_batch_tokens:
                 yield batch
-                batch = []
+                batch, packed_tokens = [], 0
             batch.append(i)
+            packed_tokens += n
         if batch:
             yield batch
 

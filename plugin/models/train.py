@@ -8,7 +8,9 @@
 3. **blt**: the entropy model frozen, the local encoder + latent transformer (+ the small
    reconstruction decoder) trained with the chosen objective (`plugin.models.blt.model`).
 
-Deterministic on CPU for a given seed: every step reseeds torch from ``(seed, phase, step)``
+Mixed precision: with ``bf16="auto"`` the forward passes run under bf16 autocast where the CPU
+has native bf16 instructions (about 1.5x faster steps here); weights, optimizer and losses stay
+fp32. Deterministic on CPU for a given seed (and machine type): every step reseeds torch from ``(seed, phase, step)``
 (batch choice, masking, dropout), so a resumed run continues exactly where it stopped.
 Resumable: every ``checkpoint_every`` steps the model and optimizer go to
 ``out_dir/.train_state/`` (safetensors + JSON, never pickle); a rerun with the same texts and
@@ -36,6 +38,7 @@ from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.model import BLT, BLTConfig, DEFAULT_OBJECTIVE, OBJECTIVES
 from plugin.models.blt.patching import boundary_entropy, calibrate_threshold, mean_patch_len, patch_starts
 from plugin.models.checkpoint import save_blt, write_card
+from plugin.models.embedder import cpu_has_bf16
 
 log = structlog.get_logger("plugin.models.train")
 
@@ -58,6 +61,7 @@ class TrainConfig:
     calibration_texts: int = 2000
     checkpoint_every: int = 100
     seed: int = 0
+    bf16: bool | str = "auto"  # bf16 autocast for the forward pass; "auto": where the CPU has bf16
 
 
 def distinct_texts(texts: Iterable[str]) -> list[str]:
@@ -223,6 +227,9 @@ def train_model_dir(
     log.info("train_start", texts=len(corpus), size=tc.size, objective=tc.objective,
              entropy_steps=tc.entropy_steps, steps=tc.steps, seed=seed)
 
+    use_bf16 = tc.bf16 is True or (tc.bf16 == "auto" and cpu_has_bf16())
+    tc.bf16 = use_bf16  # record what ran (after the fingerprint, which keeps the request)
+
     def run_phase(phase, total, opt, lr, step_fn):
         model.train()
         start = meta["step"] if meta["phase"] == phase else 0
@@ -233,7 +240,8 @@ def train_model_dir(
             gen = torch.Generator().manual_seed(_step_seed(seed, phase + ":data", step))
             for g in opt.param_groups:
                 g["lr"] = _lr(lr, step, total, tc.warmup)
-            loss, parts = step_fn(gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                loss, parts = step_fn(gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
@@ -380,7 +388,7 @@ Trained on {stats['texts']} distinct canonical texts (mean {stats['mean_text_byt
 The directory holds weights and numbers only: no event text and no per-event vectors.
 
 ## Training
-- seed {tc['seed']}, batch {tc['batch_size']} distinct texts
+- seed {tc['seed']}, batch {tc['batch_size']} distinct texts, bf16 autocast: {tc['bf16']}
 - entropy model: {e['steps']} steps, next-byte loss {fmt(e['first_loss_nats'])} -> {fmt(e['final_loss_nats'])} nats/byte
 - BLT: {b['steps']} steps, objective `{b['objective']}`, loss {fmt(b['first_loss'])} -> {fmt(b['final_loss'])}
   (final parts: {', '.join(f'{k} {fmt(v)}' for k, v in b['final_parts'].items())})
