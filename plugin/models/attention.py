@@ -50,7 +50,7 @@ class Layout:
     lengths: torch.Tensor  # (n_seq,) int64, on the compute device
     packed: bool
     T: int
-    _bias: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, lengths: torch.Tensor | list[int], packed: bool, device=None) -> "Layout":
@@ -75,9 +75,9 @@ class Layout:
 
     # --- per-token index tensors, in layout shape (B, T) or (1, N) ---------------------------
     def _cached(self, key, fn):
-        if key not in self._bias:
-            self._bias[key] = fn()
-        return self._bias[key]
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
 
     @property
     def valid(self) -> torch.Tensor:

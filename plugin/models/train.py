@@ -83,10 +83,33 @@ def _lr(base: float, step: int, total: int, warmup: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _batch(blobs: list[bytes], batch_size: int, gen: torch.Generator):
-    idx = torch.randint(len(blobs), (min(batch_size, len(blobs)),), generator=gen)
-    idx = torch.unique(idx)  # distinct texts in a batch (contrastive negatives must differ)
-    return make_batch([blobs[i] for i in idx.tolist()])
+class _Sampler:
+    """Random batches of distinct texts of similar length (little padding in padded batches).
+
+    Each step draws an anchor text at random, then ``batch_size`` distinct texts at random among
+    those whose length is within a factor ``spread`` of the anchor's (widened to the nearest
+    ``batch_size`` texts by length when that band is too small).
+    """
+
+    def __init__(self, blobs: list[bytes], batch_size: int, spread: float = 1.25):
+        self.blobs = blobs
+        self.bs = min(batch_size, len(blobs))
+        lengths = torch.tensor([len(b) for b in blobs], dtype=torch.float64)
+        self.lengths, self.order = torch.sort(lengths, stable=True)
+        self.spread = spread
+
+    def __call__(self, gen: torch.Generator):
+        n = len(self.blobs)
+        anchor = int(torch.randint(n, (1,), generator=gen))
+        L = float(self.lengths[anchor])
+        lo = int(torch.searchsorted(self.lengths, L / self.spread - 1, right=False))
+        hi = int(torch.searchsorted(self.lengths, L * self.spread + 1, right=True))
+        if hi - lo < self.bs:  # widen around the anchor to at least batch_size texts
+            lo = max(0, min(anchor - self.bs // 2, n - self.bs))
+            hi = lo + self.bs
+        pick = lo + torch.randperm(hi - lo, generator=gen)[: self.bs]
+        idx = self.order[pick].sort().values.tolist()
+        return make_batch([self.blobs[i] for i in idx])
 
 
 class _Progress:
@@ -210,6 +233,7 @@ def train_model_dir(
         + b"".join(hashlib.sha256(b).digest() for b in blobs)
     ).hexdigest()
 
+    sample = _Sampler(blobs, tc.batch_size)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = BLT(cfg)
@@ -258,7 +282,7 @@ def train_model_dir(
     # 1. entropy model
     if meta["phase"] == "entropy":
         def ent_step(gen):
-            ids, layout = _batch(blobs, tc.batch_size, gen)
+            ids, layout = sample(gen)
             loss = model.entropy.loss(ids, layout)
             return loss, {"loss": float(loss.detach())}
 
@@ -278,7 +302,7 @@ def train_model_dir(
         p.requires_grad_(False)
 
     def blt_step(gen):
-        ids, layout = _batch(blobs, tc.batch_size, gen)
+        ids, layout = sample(gen)
         return model.training_loss(ids, layout, tc.objective, gen)
 
     if meta["phase"] == "blt":
@@ -300,6 +324,7 @@ def train_model_dir(
 @torch.no_grad()
 def corpus_entropies(model: BLT, blobs: list[bytes], batch: int = 64):
     """Boundary entropies and positions over ``blobs`` (flat, concatenated per event)."""
+    blobs = sorted(blobs, key=len)  # little padding; the order of events does not matter here
     ents, poss = [], []
     for i in range(0, len(blobs), batch):
         ids, layout = make_batch(blobs[i:i + batch])

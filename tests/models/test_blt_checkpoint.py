@@ -14,7 +14,13 @@ from plugin.models.checkpoint import (
     save_blt,
     weights_version,
 )
-from tests.models.conftest import micro_config
+from tests.models.blt_helpers import micro_config
+from tests.models.blt_helpers import micro_model as build_micro_model
+
+
+@pytest.fixture(name="micro_model")
+def _micro_model():
+    return build_micro_model()
 
 
 @pytest.fixture

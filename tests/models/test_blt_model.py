@@ -1,9 +1,22 @@
 """BLT and entropy model: shapes, norms, determinism, per-event entropies, padded == packed."""
 
+import pytest
 import torch
 
 from plugin.models.blt.byteseq import BOS, make_batch, to_bytes
-from plugin.models.blt.model import BLT, BLTConfig, PRESETS
+from plugin.models.blt.model import PRESETS, BLTConfig
+from tests.models.blt_helpers import make_texts
+from tests.models.blt_helpers import micro_model as build_micro_model
+
+
+@pytest.fixture(name="micro_model")
+def _micro_model():
+    return build_micro_model()
+
+
+@pytest.fixture(name="texts")
+def _texts():
+    return make_texts(24)
 
 
 def _blobs(texts):

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 
 from plugin.models import train as train_mod
 from plugin.models.checkpoint import read_config
 from plugin.models.embedder import BLTEmbedder
 from plugin.models.train import distinct_texts, train_model_dir
-from tests.models.conftest import make_texts, micro_config
+from tests.models.blt_helpers import make_texts, micro_config
 
 FAST = dict(batch_size=8, calibration_texts=32, checkpoint_every=3)
 

@@ -12,7 +12,7 @@ The loop runs over ``k < max(ngram_sizes)`` (a handful of tensor ops), never ove
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

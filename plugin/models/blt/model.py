@@ -179,7 +179,7 @@ class BLT(nn.Module):
         states = self.latent(patches, patch_layout)  # (P, d_lat)
         summed = states.new_zeros(layout.n_seq, states.shape[1], dtype=torch.float32)
         summed.index_add_(0, patch_layout.seq_id, states.float())
-        vector = summed / n_patches[:, None].to(states.dtype)
+        vector = summed / n_patches[:, None].to(summed.dtype)  # mean over the event's patches
         return Encoded(starts, patch_id, patch_layout, states, vector)
 
     def forward(self, ids: torch.Tensor, layout: Layout) -> torch.Tensor:

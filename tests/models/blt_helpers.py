@@ -1,13 +1,10 @@
-"""Shared fixtures for the model tests: a micro BLT config and canonical-like texts."""
+"""Helpers for the model tests: a micro BLT config and canonical-like texts."""
 
 from __future__ import annotations
 
 import random
 
-import pytest
-import torch
-
-from plugin.models.blt.model import BLT, BLTConfig
+from plugin.models.blt.model import BLTConfig
 
 
 def micro_config() -> BLTConfig:
@@ -38,12 +35,11 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-@pytest.fixture
-def micro_model() -> BLT:
+def micro_model():
+    """A seeded, untrained micro BLT in eval mode."""
+    import torch
+
+    from plugin.models.blt.model import BLT
+
     torch.manual_seed(0)
     return BLT(micro_config()).eval()
-
-
-@pytest.fixture
-def texts() -> list[str]:
-    return make_texts(24)
