@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         if cpu_has_bf16():
             tps16, v16 = time_embed(make(cpu_bf16=True), texts)
             cos = float((v32 * v16).sum(1).min())
-            print(f"{name:<12} {params:>9,} {bpp:>11.2f} {tps32:>9.0f} {tps16:>9.0f} {cos:>8.4f}")
+            print(f"{name:<12} {params:>9,} {bpp:>11.2f} {tps32:>9.0f} {tps16:>9.0f} {cos:>8.5f}")
         else:
             print(f"{name:<12} {params:>9,} {bpp:>11.2f} {tps32:>9.0f} {'-':>9} {'-':>8}")
 

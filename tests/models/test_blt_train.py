@@ -84,6 +84,7 @@ def test_embedder_from_trained_dir(trained):
     # truncation: a text and its 5000-byte extension share the first max_bytes bytes
     np.testing.assert_allclose(emb.embed(["x" * 256]), v[-1:], atol=1e-5)
     assert emb.embed([]).shape == (0, emb.dim)
+    assert emb.surprisal("").shape == (0,) and emb.patches("") == []
     s = emb.surprisal("event=1 Image=cmd.exe")
     assert s.shape == (len("event=1 Image=cmd.exe"),) and (s >= 0).all()
     assert b"".join(emb.patches("event=1 Image=cmd.exe")) == b"event=1 Image=cmd.exe"
