@@ -66,6 +66,7 @@ def file_sha256(path: Path) -> str:
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -110,6 +111,7 @@ def save_submodel(
     fname = f"{name}.safetensors"
     tmp = model_dir / (fname + ".tmp")
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; a shipped model must be world-readable
     os.replace(tmp, model_dir / fname)
     entry = {
         "file": fname,
