@@ -35,13 +35,15 @@ class EmbedStage:
     def __call__(self, batch) -> None:
         distinct = {e.text_hash: e.normalized for e in batch.events}
         todo = self.cache.missing(distinct)
-        if not todo:
-            return
-        t0 = time.perf_counter()
-        vecs = self.embedder.embed(list(todo.values()))
-        self.seconds += time.perf_counter() - t0
-        self.texts_embedded += len(todo)
-        batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, list(todo), vecs))
+        if todo:
+            t0 = time.perf_counter()
+            vecs = self.embedder.embed(list(todo.values()))
+            self.seconds += time.perf_counter() - t0
+            self.texts_embedded += len(todo)
+            self.cache.remember(list(todo), vecs)
+            batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, list(todo), vecs))
+        # every distinct text of the batch, for the stages after this one (scoring)
+        batch.text_vectors[self.embedder.name] = self.cache.vectors(list(distinct))
 
     def stats(self) -> dict:
         rate = self.texts_embedded / self.seconds if self.seconds else 0.0

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable, Sequence
 
+import numpy as np  # noqa: F401 (annotation)
 import structlog
 
 from plugin import __version__
@@ -32,7 +33,9 @@ class Batch:
 
     events: list[NormalizedEvent]
     dead: list[DeadLetter]
-    vectors: list[VectorRows] = field(default_factory=list)
+    vectors: list[VectorRows] = field(default_factory=list)  # new vectors, to store
+    text_vectors: dict[str, dict[str, "np.ndarray"]] = field(default_factory=dict)  # model -> hash -> vector
+    assignments: list[dict] = field(default_factory=list)  # scores, one row per event and model
 
 
 # A stage sees each batch after normalization and before the sinks (embedding and scoring plug

@@ -213,6 +213,19 @@ class Store:
             "JOIN text_vectors v ON v.text_hash = e.text_hash"
         )
 
+    def read_vectors(self, model: str, version: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Vectors by text hash, read on a cursor of its own (the sink thread owns `con`)."""
+        cur = self.con.cursor()
+        try:
+            tbl = pa.table({"h": hashes})
+            cur.register("_want", tbl)
+            rows = cur.execute(
+                "SELECT text_hash, vector FROM text_vectors JOIN _want ON text_hash = h "
+                "WHERE model = ? AND model_version = ?", [model, version]).fetchall()
+        finally:
+            cur.close()
+        return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+
     def vector_hashes(self, model: str, version: str) -> set[str]:
         return {r[0] for r in self._run(
             "SELECT text_hash FROM text_vectors WHERE model = ? AND model_version = ?",
