@@ -106,6 +106,47 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--description", metavar="TEXT",
                     help="what the corpus is, for the model card (default: the paths)")
 
+    ev = sub.add_parser(
+        "eval", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="detection quality: fit on a baseline, score test inputs, compare with anchors",
+        description="Import --baseline and --test inputs (with embeddings), label attack events "
+        "(whole --attack inputs, or the process trees grown from processes whose image or command "
+        "line matches --attack-seed; the same trees are dropped from the baseline), fit every "
+        "scorer on the clean baseline and report ROC-AUC, average precision, TPR at 1%% FPR and "
+        "the share of ordinary test events flagged, beside TF-IDF 1-NN, TF-IDF + KMeans and "
+        "Drain3 template rarity on the same canonical texts.",
+        epilog="example (one leave-one-capture-out fold):\n  sysmon-blt eval --baseline "
+        "otrf/compound/LSASS_campaign_0{2,3,4} --test otrf/compound/LSASS_campaign_01 "
+        "--attack-seed winx64_payload --db lsass.duckdb")
+    ev.add_argument("--baseline", nargs="+", required=True, metavar="PATH")
+    ev.add_argument("--test", nargs="+", required=True, metavar="PATH")
+    lab = ev.add_mutually_exclusive_group(required=True)
+    lab.add_argument("--attack-seed", metavar="REGEX")
+    lab.add_argument("--attack", nargs="+", metavar="PATH", help="inputs whose events are all attack")
+    ev.add_argument("--db", metavar="FILE", help="keep the evaluation database here (default: temporary)")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--no-anchors", action="store_true", help="skip the TF-IDF and Drain3 anchors")
+
+    fit = sub.add_parser(
+        "fit", parents=[common], help="fit clusters and outlier thresholds on a database's events",
+        description="Learn the events stored in --db as normal: KMeans clusters (k given, or "
+        "chosen by silhouette) and the nearest-neighbour baseline, with thresholds at a high "
+        "quantile of baseline distances; writes a new version. Texts the current fit flags as "
+        "outliers stay out of the new baseline unless their alert was marked a false positive "
+        "or --accept-outliers is given. Fit on a baseline you trust, never on the evidence.")
+    fit.add_argument("--db", metavar="FILE")
+    fit.add_argument("--k", type=int, metavar="K", help="clusters (default: chosen by silhouette)")
+    fit.add_argument("--quantile", type=float, default=0.99, help="threshold quantile (0.99)")
+    fit.add_argument("--accept-outliers", action="store_true")
+    fit.add_argument("--json", action="store_true")
+
+    rs = sub.add_parser(
+        "rescore", parents=[common], help="re-embed and re-score stored events after a model or fit change",
+        description="Embed stored events whose text has no vector of the current model version, "
+        "then score every stored event with the latest fit (assignments are replaced).")
+    rs.add_argument("--db", metavar="FILE")
+    rs.add_argument("--json", action="store_true")
+
     sim = sub.add_parser(
         "simulate", parents=[common], help="synthetic Sysmon events for demos and load tests",
         description="Generate realistic Sysmon events from a small simulated fleet. Injected "
@@ -145,13 +186,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     embedder = None if args.no_embed else _load_embedder(cfg.model)
     store = Store(cfg.db)
     try:
-        stages = []
-        if embedder is not None:
-            from plugin.pipeline.cache import EmbeddingCache
-            from plugin.pipeline.embed import EmbedStage
-
-            store.register_model(embedder.name, embedder.version, embedder.dim, cfg.model)
-            stages.append(EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version)))
+        stages = _model_stages(store, embedder, cfg.model) if embedder is not None else []
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
                             model_version=embedder.version if embedder else None, stages=stages,
@@ -167,6 +202,34 @@ def cmd_import(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _model_stages(store, embedder, model_dir: str | None) -> list:
+    """Embed, then score with the database's latest fit (or the shipped reference clusters)."""
+    from plugin.detect.explain import make_explainer
+    from plugin.detect.fitting import load_scorer
+    from plugin.pipeline.cache import EmbeddingCache
+    from plugin.pipeline.embed import EmbedStage
+    from plugin.pipeline.score import ScoreStage
+    from plugin.resources import default_model_dir
+    from plugin.store.duckdb import texts_by_hash
+
+    store.register_model(embedder.name, embedder.version, embedder.dim, model_dir)
+    stages = [EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version))]
+    from plugin.detect.reference import ReferenceError as RefError
+
+    try:
+        loaded = load_scorer(store, embedder.name, embedder.version,
+                             Path(model_dir) if model_dir else default_model_dir())
+    except RefError as exc:
+        raise UsageError(f"--model: {exc}") from exc
+    if loaded is None:
+        log.warning("no_scorer", reason="the model directory has no reference clusters and the "
+                    "database no fit: events are embedded but not scored")
+        return stages
+    explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs))
+    stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain))
+    return stages
 
 
 def _load_embedder(model_dir: str | None):
@@ -230,11 +293,110 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_model_dir(texts, args.out, size=args.size, steps=args.steps,
                              entropy_steps=args.entropy_steps, seed=args.seed,
                              progress=not args.quiet, data_description=desc, **kw)
-    print(json.dumps({"out": args.out, "corpus_events": stats.events, **result}, default=str))
+    from plugin.detect.reference import fit_reference
+
+    ref = fit_reference(args.out, texts, seed=args.seed)
+    log.info("reference_clusters", **ref)
+    print(json.dumps({"out": args.out, "corpus_events": stats.events, **result,
+                      "reference_clusters": ref}, default=str))
     return 0
 
 
-COMMANDS = {"import": cmd_import, "simulate": cmd_simulate, "train": cmd_train}
+def cmd_eval(args: argparse.Namespace) -> int:
+    import re
+    import tempfile
+
+    from plugin.config import load_config
+    from plugin.normalize.schema import load_schemas
+    from plugin.pipeline.cache import EmbeddingCache
+    from plugin.pipeline.embed import EmbedStage
+    from plugin.pipeline.importer import Importer
+    from plugin.report.eval import EvalSpec, evaluate, format_table
+    from plugin.store.duckdb import Store
+
+    paths = args.baseline + args.test + (args.attack or [])
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"eval: path does not exist: {', '.join(missing)}")
+    if args.attack_seed:
+        try:
+            re.compile(args.attack_seed)
+        except re.error as exc:
+            raise UsageError(f"eval: --attack-seed is not a valid regex: {exc}") from exc
+    cfg = load_config(args.config, {"db": args.db, "model": args.model})
+    embedder = _load_embedder(cfg.model)
+    if embedder is None:
+        raise UsageError("eval: needs a model (none shipped here); pass --model")
+    tmp = None
+    db = args.db
+    if db is None:
+        tmp = tempfile.TemporaryDirectory(prefix="sysmon-blt-eval-")
+        db = str(Path(tmp.name) / "eval.duckdb")
+    store = Store(db)
+    try:
+        store.register_model(embedder.name, embedder.version, embedder.dim, cfg.model)
+        stage = EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version))
+        Importer(store, load_schemas(cfg.schemas_dir), stages=[stage], config_hash=cfg.digest(),
+                 model_version=embedder.version, progress=not args.quiet).run(paths)
+        res = evaluate(store, EvalSpec(baseline=args.baseline, test=args.test + (args.attack or []),
+                                       attack_seed=args.attack_seed, attack=args.attack or [],
+                                       model=embedder.name, model_version=embedder.version,
+                                       anchors=not args.no_anchors))
+    finally:
+        store.close()
+        if tmp is not None:
+            tmp.cleanup()
+    res["db"] = args.db
+    print(json.dumps(res) if args.json else format_table(res))
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.detect.fitting import fit_database
+    from plugin.store.duckdb import Store
+
+    if not 0.5 <= args.quantile < 1.0:
+        raise UsageError("fit: --quantile must be in [0.5, 1)")
+    cfg = load_config(args.config, {"db": args.db, "model": args.model})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"fit: database {cfg.db} does not exist")
+    embedder = _load_embedder(cfg.model)
+    if embedder is None:
+        raise UsageError("fit: needs a model; pass --model")
+    store = Store(cfg.db)
+    try:
+        res = fit_database(store, embedder.name, embedder.version, k=args.k,
+                           quantile=args.quantile, accept_outliers=args.accept_outliers)
+    except ValueError as exc:
+        raise UsageError(f"fit: {exc}") from exc
+    finally:
+        store.close()
+    print(json.dumps(res) if args.json else "\n".join(f"{k:<24} {v}" for k, v in res.items()))
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.pipeline.rescore import rescore
+    from plugin.store.duckdb import Store
+
+    cfg = load_config(args.config, {"db": args.db, "model": args.model})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"rescore: database {cfg.db} does not exist")
+    embedder = _load_embedder(cfg.model)
+    if embedder is None:
+        raise UsageError("rescore: needs a model; pass --model")
+    store = Store(cfg.db)
+    try:
+        res = rescore(store, _model_stages(store, embedder, cfg.model), batch_size=cfg.batch_size)
+    finally:
+        store.close()
+    print(json.dumps(res) if args.json else "\n".join(f"{k:<16} {v}" for k, v in res.items()))
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "rescore": cmd_rescore, "eval": cmd_eval, "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

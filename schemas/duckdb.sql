@@ -82,3 +82,62 @@ CREATE OR REPLACE VIEW event_vectors AS
 SELECT e.event_key, v.model, v.model_version, v.vector
 FROM events e JOIN text_vectors v ON v.text_hash = e.text_hash;
 
+
+-- migration: 3
+-- Clusters, scores and alerts. A fit is a new `version` per model; every assignment records the
+-- version it was scored with. Version 0 is the model directory's shipped reference centroids.
+CREATE TABLE IF NOT EXISTS fits (
+    model           VARCHAR NOT NULL,
+    model_version   VARCHAR NOT NULL,
+    version         INTEGER NOT NULL,
+    created         TIMESTAMPTZ NOT NULL,
+    origin          VARCHAR NOT NULL,     -- 'shipped' or 'fit'
+    scorer          VARCHAR NOT NULL,     -- how score is computed (centroid, knn, ...)
+    baseline_events BIGINT,
+    params          JSON,
+    PRIMARY KEY (model, version)
+);
+
+CREATE TABLE IF NOT EXISTS baseline (     -- the distinct texts a fit learned as normal
+    model     VARCHAR NOT NULL,
+    version   INTEGER NOT NULL,
+    text_hash VARCHAR NOT NULL,
+    weight    BIGINT NOT NULL,               -- events carrying that text
+    PRIMARY KEY (model, version, text_hash)
+);
+
+CREATE TABLE IF NOT EXISTS clusters (
+    model         VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    version       INTEGER NOT NULL,
+    cluster       INTEGER NOT NULL,
+    centroid      FLOAT[] NOT NULL,
+    threshold     DOUBLE NOT NULL,
+    size          BIGINT NOT NULL,
+    medoid        VARCHAR NOT NULL,     -- a typical canonical text; empty for shipped centroids
+    PRIMARY KEY (model, version, cluster)
+);
+
+CREATE TABLE IF NOT EXISTS assignments (
+    event_key   VARCHAR NOT NULL,
+    model       VARCHAR NOT NULL,
+    version     INTEGER NOT NULL,      -- the fits/clusters version used
+    cluster     INTEGER,
+    distance    DOUBLE,
+    score       DOUBLE NOT NULL,       -- calibrated: 1.0 is the outlier threshold
+    is_outlier  BOOLEAN NOT NULL,
+    detail      JSON,
+    explanation JSON,
+    PRIMARY KEY (event_key, model)
+);
+
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id   VARCHAR PRIMARY KEY,
+    event_key  VARCHAR NOT NULL,
+    model      VARCHAR NOT NULL,
+    score      DOUBLE NOT NULL,
+    first_seen TIMESTAMPTZ NOT NULL,
+    last_seen  TIMESTAMPTZ NOT NULL,
+    count      BIGINT NOT NULL,
+    status     VARCHAR NOT NULL        -- open, suppressed, false_positive
+);

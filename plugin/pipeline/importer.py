@@ -36,6 +36,7 @@ class Batch:
     vectors: list[VectorRows] = field(default_factory=list)  # new vectors, to store
     text_vectors: dict[str, dict[str, "np.ndarray"]] = field(default_factory=dict)  # model -> hash -> vector
     assignments: list[dict] = field(default_factory=list)  # scores, one row per event and model
+    alerts: list[dict] = field(default_factory=list)  # outliers of the primary model
 
 
 # A stage sees each batch after normalization and before the sinks (embedding and scoring plug
@@ -130,9 +131,13 @@ class Importer:
         summary.stages = [s.stats() if hasattr(s, "stats") else {"name": getattr(s, "name", "?")}
                           for s in self.stages]
         summary.embedded = any(getattr(s, "name", "").startswith("embed:") for s in self.stages)
-        summary.note = ("events stored with embeddings; clustering and outlier scoring come in a "
-                        "later release (outliers stays 0)") if summary.embedded else (
-                        "events stored only (no model loaded): no embeddings or scores")
+        scored = [s for s in self.stages if getattr(s, "name", "").startswith("score:")]
+        summary.outliers = sum(s.outliers for s in scored)
+        summary.note = (
+            "events stored, embedded and scored" if scored else
+            "events stored with embeddings; no scorer (the model has no reference clusters and "
+            "the database no fit)" if summary.embedded else
+            "events stored only (no model loaded): no embeddings or scores")
         summary.events_per_second = round(summary.sysmon_events / summary.seconds, 1) if summary.seconds else 0.0
         return summary
 
@@ -233,7 +238,8 @@ class Importer:
         for stage in self.stages:
             stage(b)
         fut = self.writer.submit(self.store.write_batch,
-                                 _rows(b.events, utcnow()) if b.events else {}, b.dead, b.vectors)
+                                 _rows(b.events, utcnow()) if b.events else {}, b.dead, b.vectors,
+                                 b.assignments, b.alerts)
         progress.advance(0, len(b.events), name)
         return fut, len(b.events)
 

@@ -146,7 +146,8 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------------
     def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
-                    vectors: Sequence[VectorRows] = ()) -> int:
+                    vectors: Sequence[VectorRows] = (), assignments: Sequence[dict] = (),
+                    alerts: Sequence[dict] = ()) -> int:
         """Insert one batch in one transaction: event rows (column lists), dead letters and new
         text vectors. Returns how many events were new."""
         n = len(events["event_key"]) if events else 0
@@ -164,6 +165,10 @@ class Store:
                 )
                 self.con.unregister("_batch_events")
                 new = int(inserted[0][0]) if inserted else 0
+            if assignments:
+                self._upsert_assignments(assignments)
+            if alerts:
+                self._upsert_alerts(alerts)
             if dead:
                 at = utcnow()
                 dtbl = pa.Table.from_pydict({
@@ -198,6 +203,47 @@ class Store:
         self.con.register("_batch_vectors", tbl)
         self._run("INSERT OR IGNORE INTO text_vectors SELECT * FROM _batch_vectors")
         self.con.unregister("_batch_vectors")
+
+    def _upsert_assignments(self, rows: Sequence[dict]) -> None:
+        """One row per event and model: the current score replaces an older one."""
+        cols = ["event_key", "model", "version", "cluster", "distance", "score", "is_outlier",
+                "detail", "explanation"]
+        tbl = pa.table({c: [r[c] for r in rows] for c in cols})
+        self.con.register("_batch_assign", tbl)
+        self._run(f"INSERT OR REPLACE INTO assignments ({', '.join(cols)}) "
+                  f"SELECT {', '.join(cols)} FROM _batch_assign")
+        self.con.unregister("_batch_assign")
+
+    def _upsert_alerts(self, rows: Sequence[dict]) -> None:
+        """Alerts fold twins (the same canonical text) into one row with a count."""
+        folded: dict[str, dict] = {}
+        now = utcnow()
+        for r in rows:
+            ts = r["ts"] or now
+            a = folded.get(r["alert_id"])
+            if a is None:
+                folded[r["alert_id"]] = {**r, "first": ts, "last": ts, "count": 1}
+            else:
+                a["count"] += 1
+                a["first"], a["last"] = min(a["first"], ts), max(a["last"], ts)
+        tbl = pa.table({
+            "alert_id": [a["alert_id"] for a in folded.values()],
+            "event_key": [a["event_key"] for a in folded.values()],
+            "model": [a["model"] for a in folded.values()],
+            "score": [a["score"] for a in folded.values()],
+            "first_seen": pa.array([a["first"] for a in folded.values()], pa.timestamp("us", tz="UTC")),
+            "last_seen": pa.array([a["last"] for a in folded.values()], pa.timestamp("us", tz="UTC")),
+            "count": [a["count"] for a in folded.values()],
+        })
+        self.con.register("_batch_alerts", tbl)
+        self._run(
+            "INSERT INTO alerts SELECT alert_id, event_key, model, score, first_seen, last_seen, "
+            "count, 'open' FROM _batch_alerts ON CONFLICT (alert_id) DO UPDATE SET "
+            "count = alerts.count + excluded.count, "
+            "first_seen = least(alerts.first_seen, excluded.first_seen), "
+            "last_seen = greatest(alerts.last_seen, excluded.last_seen), "
+            "score = greatest(alerts.score, excluded.score)")
+        self.con.unregister("_batch_alerts")
 
     # -- models and vectors ------------------------------------------------------------------
     def register_model(self, model: str, version: str, dim: int, directory: str | None) -> None:
@@ -257,3 +303,17 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+
+def texts_by_hash(store: Store, hashes: list[str]) -> dict[str, str]:
+    """Canonical texts for text hashes (any one event carrying each), on a cursor of its own."""
+    if not hashes:
+        return {}
+    cur = store.con.cursor()
+    try:
+        cur.register("_h", pa.table({"h": hashes}))
+        rows = cur.execute("SELECT text_hash, any_value(normalized) FROM events JOIN _h ON "
+                           "text_hash = h GROUP BY 1").fetchall()
+    finally:
+        cur.close()
+    return dict(rows)

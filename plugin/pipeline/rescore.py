@@ -1,0 +1,31 @@
+"""Re-embed and re-score stored events after a model or fit change, through the same stages
+`import` uses (so the two can never disagree on a score)."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from plugin.normalize.normalizer import NormalizedEvent
+from plugin.pipeline.importer import Batch
+from plugin.store.duckdb import Store
+
+log = structlog.get_logger(__name__)
+
+
+def rescore(store: Store, stages: list, batch_size: int = 5000) -> dict:
+    t0 = time.perf_counter()
+    rows = store.con.execute(
+        "SELECT event_key, source, position, event_id, computer, user_name, ts, record_id, channel, "
+        "shape, normalized, text_hash FROM events ORDER BY ts, event_key").fetchall()
+    n = 0
+    for i in range(0, len(rows), batch_size):
+        events = [NormalizedEvent(*r, fields="", raw="") for r in rows[i:i + batch_size]]
+        b = Batch(events, [])
+        for stage in stages:
+            stage(b)
+        store.write_batch({}, [], b.vectors, b.assignments, b.alerts)
+        n += len(events)
+    stats = [s.stats() for s in stages if hasattr(s, "stats")]
+    return {"events": n, "seconds": round(time.perf_counter() - t0, 2), "stages": stats}

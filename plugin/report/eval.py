@@ -1,0 +1,179 @@
+"""Detection quality: fit on a trusted baseline, score test inputs, compare with anchors.
+
+The baseline and test events come from one database (`eval` imports them first; a rerun on the
+same database re-imports nothing, so the leave-one-capture-out folds share one import). Attack
+events are labelled by whole inputs (`--attack`) or by process tree grown from a seed regex; the
+same labelling drops attack trees from the baseline, so the fit sees a clean baseline.
+Every scorer is judged on the same events and the same canonical texts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import orjson
+import structlog
+
+from plugin.detect.labels import LabelEvent, attack_tree_labels
+from plugin.report.metrics import detection_metrics
+from plugin.store.duckdb import Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class EvalSpec:
+    baseline: list[str]
+    test: list[str]
+    attack_seed: str | None = None
+    attack: list[str] = field(default_factory=list)
+    model: str = "blt"
+    model_version: str = ""
+    quantile: float = 0.99
+    anchors: bool = True
+
+
+def _matches(source: str, roots: Sequence[str]) -> bool:
+    for r in roots:
+        r = r.rstrip("/")
+        if source == r or source.startswith(r + "/") or source.startswith(r + "!"):
+            return True
+    return False
+
+
+@dataclass
+class _Events:
+    keys: list[str]
+    hashes: list[str]
+    texts: list[str]
+    fields: list[dict]
+    sources: list[str]
+
+
+def _load(store: Store, roots: Sequence[str]) -> _Events:
+    rows = store.con.execute(
+        "SELECT event_key, text_hash, normalized, fields, source FROM events ORDER BY ts, event_key"
+    ).fetchall()
+    ev = _Events([], [], [], [], [])
+    for key, h, text, fields, source in rows:
+        if _matches(source, roots):
+            ev.keys.append(key)
+            ev.hashes.append(h)
+            ev.texts.append(text)
+            ev.fields.append(orjson.loads(fields) if fields else {})
+            ev.sources.append(source)
+    return ev
+
+
+def _vectors(store: Store, model: str, version: str, hashes: list[str]) -> np.ndarray:
+    got = store.read_vectors(model, version, hashes)
+    missing = [h for h in hashes if h not in got]
+    if missing:
+        raise RuntimeError(f"{len(missing)} texts have no {model} vector of version {version}; "
+                           "import them with this model first")
+    return np.stack([got[h] for h in hashes]).astype(np.float32)
+
+
+def evaluate(store: Store, spec: EvalSpec) -> dict:
+    t0 = time.perf_counter()
+    base = _load(store, spec.baseline)
+    test = _load(store, spec.test + spec.attack)
+    if not base.keys or not test.keys:
+        raise ValueError("no baseline or no test events in the database for the given paths")
+    if spec.attack_seed:
+        attack = attack_tree_labels(
+            [LabelEvent(k, f) for k, f in zip(test.keys, test.fields)], spec.attack_seed)
+        dirty = attack_tree_labels(
+            [LabelEvent(k, f) for k, f in zip(base.keys, base.fields)], spec.attack_seed)
+    else:
+        attack = {k for k, s in zip(test.keys, test.sources) if _matches(s, spec.attack)}
+        dirty = set()
+    keep = [i for i, k in enumerate(base.keys) if k not in dirty]
+    test_keys = set(test.keys)
+    keep = [i for i in keep if base.keys[i] not in test_keys]  # an event never judges itself
+    is_attack = np.array([k in attack for k in test.keys])
+
+    # distinct baseline texts with their event counts
+    weight: dict[str, int] = {}
+    text_of: dict[str, str] = {}
+    for i in keep:
+        weight[base.hashes[i]] = weight.get(base.hashes[i], 0) + 1
+        text_of[base.hashes[i]] = base.texts[i]
+    b_hashes = list(weight)
+    b_weights = np.array([weight[h] for h in b_hashes], dtype=np.float64)
+    t_hashes = list(dict.fromkeys(test.hashes))
+    t_index = {h: i for i, h in enumerate(t_hashes)}
+    per_event = np.array([t_index[h] for h in test.hashes])
+    t_text = {h: t for h, t in zip(test.hashes, test.texts)}
+
+    results: dict[str, dict] = {}
+
+    def record(name: str, distinct_scores: np.ndarray | None = None, event_scores=None,
+               calibrated: bool = False, seconds: float = 0.0) -> None:
+        scores = event_scores if event_scores is not None else distinct_scores[per_event]
+        flagged = scores >= 1.0 if calibrated else None
+        m = detection_metrics(np.asarray(scores, dtype=np.float64), is_attack, flagged)
+        m["seconds"] = round(seconds, 2)
+        results[name] = m
+
+    if spec.model_version:
+        from plugin.detect.kmeans import fit_clusters
+        from plugin.detect.outliers import CentroidScorer, KnnScorer
+
+        bv = _vectors(store, spec.model, spec.model_version, b_hashes)
+        tv = _vectors(store, spec.model, spec.model_version, t_hashes)
+        t = time.perf_counter()
+        knn = KnnScorer(bv, b_weights, quantile=spec.quantile)
+        record(f"{spec.model}-knn", knn.score(tv).score, calibrated=True, seconds=time.perf_counter() - t)
+        t = time.perf_counter()
+        clusters = fit_clusters(bv, b_weights, quantile=spec.quantile)
+        record(f"{spec.model}-kmeans", CentroidScorer(clusters).score(tv).score, calibrated=True,
+               seconds=time.perf_counter() - t)
+    if spec.anchors:
+        from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
+
+        b_texts = [text_of[h] for h in b_hashes]
+        t_texts = [t_text[h] for h in t_hashes]
+        for name, cls in (("tfidf-1nn", TfidfNearestNeighbor), ("tfidf-kmeans", TfidfKMeans)):
+            t = time.perf_counter()
+            sc = cls()
+            sc.fit(b_texts)
+            record(name, np.asarray(sc.score(t_texts)), seconds=time.perf_counter() - t)
+        try:
+            t = time.perf_counter()
+            d3 = Drain3Rarity()
+            d3.fit([base.texts[i] for i in keep])
+            record("drain3-rarity", event_scores=np.asarray(d3.score(test.texts)),
+                   seconds=time.perf_counter() - t)
+        except ImportError as exc:
+            log.warning("drain3_unavailable", error=str(exc))
+    return {
+        "baseline_events": len(keep),
+        "baseline_dropped_attack_events": len(dirty),
+        "baseline_distinct_texts": len(b_hashes),
+        "test_events": len(test.keys),
+        "test_distinct_texts": len(t_hashes),
+        "attack_events": int(is_attack.sum()),
+        "scorers": results,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def format_table(res: dict) -> str:
+    cols = ("roc_auc", "average_precision", "tpr_at_1pct_fpr", "flagged_share_ordinary")
+    lines = [f"baseline {res['baseline_events']} events ({res['baseline_dropped_attack_events']} "
+             f"attack-tree events dropped); test {res['test_events']} events, "
+             f"{res['attack_events']} attack",
+             f"{'scorer':16} " + " ".join(f"{c:>22}" for c in cols)]
+    for name, m in res["scorers"].items():
+        vals = []
+        for c in cols:
+            v = m.get(c)
+            vals.append(f"{v:22.3f}" if isinstance(v, (int, float)) else f"{'-':>22}")
+        lines.append(f"{name:16} " + " ".join(vals))
+    return "\n".join(lines)
+
+

@@ -1,0 +1,105 @@
+"""Scoring on arrival: cold start from shipped clusters, `fit` versions, alerts, `rescore`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import duckdb
+import pytest
+
+from plugin.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import torch
+
+    from plugin.models.blt.model import BLT, BLTConfig
+    from plugin.models.checkpoint import save_blt
+
+    cfg = BLTConfig.from_dict(dict(
+        size="micro",
+        entropy=dict(d_model=32, n_layers=2, n_heads=2, window=16),
+        encoder=dict(d_model=32, n_layers=1, n_heads=2, window=16,
+                     hashing=dict(ngram_sizes=(3, 4), n_hashes=2, buckets=64)),
+        latent=dict(d_model=32, n_layers=1, n_heads=2),
+        patch=dict(threshold=3.0, max_patch_len=8),
+        max_bytes=256,
+    ))
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("model")
+    save_blt(d, BLT(cfg).eval())
+    return d
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    from plugin import simulate
+
+    d = tmp_path_factory.mktemp("sim")
+    simulate.write_jsonl(str(d / "base.jsonl"), 1500, seed=1, anomaly_rate=0.0, shape="winlogbeat8")
+    simulate.write_jsonl(str(d / "test.jsonl"), 800, seed=2, anomaly_rate=0.05, shape="nxlog")
+    return d
+
+
+def run(capsys, *argv):
+    rc = main([*map(str, argv), "--json", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def q(db, sql):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_fit_then_score_on_arrival(tmp_path, capsys, model_dir, sim):
+    db = tmp_path / "s.duckdb"
+    s = run(capsys, "import", sim / "base.jsonl", "--db", db, "--model", model_dir)
+    assert s["embedded"] and not any(st.get("name", "").startswith("score:") for st in s["stages"])
+    f = run(capsys, "fit", "--db", db, "--model", model_dir)
+    assert f["version"] == 1 and f["baseline_events"] == 1500
+    s2 = run(capsys, "import", sim / "test.jsonl", "--db", db, "--model", model_dir)
+    n_test = s2["new_events"]
+    rows = q(db, "SELECT version, count(*), sum(CASE WHEN is_outlier THEN 1 ELSE 0 END), "
+                 "min(score), bool_and((score >= 1.0) = is_outlier) FROM assignments GROUP BY 1")
+    assert rows[0][0] == 1 and rows[0][1] == n_test and rows[0][4]
+    assert s2["outliers"] == rows[0][2]
+    expl = q(db, "SELECT explanation FROM assignments WHERE is_outlier LIMIT 1")
+    if expl:
+        e = json.loads(expl[0][0])
+        assert e["threshold"] == 1.0 and "surprising_spans" in e and "nearest_baseline" in e
+        alerts = q(db, "SELECT sum(count) FROM alerts")[0][0]
+        assert alerts == s2["outliers"]
+    # a second fit is a new version; rescore moves every assignment to it
+    f2 = run(capsys, "fit", "--db", db, "--model", model_dir)
+    assert f2["version"] == 2
+    r = run(capsys, "rescore", "--db", db, "--model", model_dir)
+    assert r["events"] == 1500 + n_test
+    assert q(db, "SELECT DISTINCT version FROM assignments") == [(2,)]
+
+
+def test_cold_start_scores_with_shipped_reference_clusters(tmp_path, capsys, model_dir, sim):
+    from plugin.detect.reference import fit_reference
+
+    md = tmp_path / "model"
+    shutil.copytree(model_dir, md)
+    texts = [f"eid=1 image=c:\\windows\\system32\\tool{i % 40}.exe" for i in range(400)]
+    meta = fit_reference(md, texts, k=4)
+    assert meta["k"] == 4
+    db = tmp_path / "c.duckdb"
+    s = run(capsys, "import", sim / "test.jsonl", "--db", db, "--model", md)
+    assert q(db, "SELECT DISTINCT version FROM assignments") == [(0,)]
+    assert q(db, "SELECT count(*) FROM assignments")[0][0] == s["new_events"]
+    assert q(db, "SELECT origin FROM fits") == [("shipped",)]
+    assert q(db, "SELECT DISTINCT medoid FROM clusters") == [("",)]  # no event text shipped
+    # a tampered clusters file is refused
+    f = next(md.glob("*clusters.safetensors"))
+    f.write_bytes(f.read_bytes()[:-8] + b"tampered")
+    assert main(["import", str(sim / "test.jsonl"), "--db", str(tmp_path / "d.duckdb"),
+                 "--model", str(md), "-q"]) == 2
