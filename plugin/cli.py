@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--db", metavar="FILE")
     rs.add_argument("--json", action="store_true")
 
+    en = sub.add_parser(
+        "enrich", parents=[common], help="alert enrichment: JSON in, JSON out",
+        description="Read alerts (one JSON object, or JSON lines; any supported event shape) from "
+        "FILE or stdin ('-') and print each with a sysmon_blt block: cluster, calibrated score, "
+        "is_outlier, explanation (nearest cluster and medoid, surprising spans, process lineage) "
+        "and the 5 nearest stored events by cosine similarity.")
+    en.add_argument("file", nargs="?", default="-", metavar="FILE")
+    en.add_argument("--db", metavar="FILE")
+
     sim = sub.add_parser(
         "simulate", parents=[common], help="synthetic Sysmon events for demos and load tests",
         description="Generate realistic Sysmon events from a small simulated fleet. Injected "
@@ -396,7 +405,57 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "rescore": cmd_rescore, "eval": cmd_eval, "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train}
+def cmd_enrich(args: argparse.Namespace) -> int:
+    import orjson
+
+    from plugin.config import load_config
+    from plugin.detect.enrich import Enricher
+    from plugin.detect.explain import make_explainer
+    from plugin.detect.fitting import load_scorer
+    from plugin.normalize.schema import load_schemas
+    from plugin.normalize.text import CanonicalText
+    from plugin.resources import default_model_dir
+    from plugin.store.duckdb import Store, texts_by_hash
+
+    cfg = load_config(args.config, {"db": args.db, "model": args.model})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"enrich: database {cfg.db} does not exist")
+    if args.file != "-" and not Path(args.file).is_file():
+        raise UsageError(f"enrich: {args.file} does not exist")
+    embedder = _load_embedder(cfg.model)
+    if embedder is None:
+        raise UsageError("enrich: needs a model; pass --model")
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        docs = [orjson.loads(raw)]
+    except orjson.JSONDecodeError:
+        docs = []
+        for i, line in enumerate(raw.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                docs.append(orjson.loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise UsageError(f"enrich: line {i + 1} is not JSON: {exc}") from exc
+    if len(docs) == 1 and isinstance(docs[0], list):
+        docs = docs[0]
+    store = Store(cfg.db, read_only=True)
+    try:
+        loaded = load_scorer(store, embedder.name, embedder.version,
+                             Path(cfg.model) if cfg.model else default_model_dir(), record=False)
+        explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs)) if loaded else None
+        enricher = Enricher(store, CanonicalText(load_schemas(cfg.schemas_dir)), embedder, loaded, explain)
+        for doc in docs:
+            if not isinstance(doc, dict):
+                print(json.dumps({"sysmon_blt": {"error": "an alert must be a JSON object"}}))
+                continue
+            print(json.dumps(enricher.enrich(doc), default=str))
+    finally:
+        store.close()
+    return 0
+
+
+COMMANDS = {"enrich": cmd_enrich, "fit": cmd_fit, "rescore": cmd_rescore, "eval": cmd_eval, "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

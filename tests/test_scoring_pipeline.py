@@ -103,3 +103,32 @@ def test_cold_start_scores_with_shipped_reference_clusters(tmp_path, capsys, mod
     f.write_bytes(f.read_bytes()[:-8] + b"tampered")
     assert main(["import", str(sim / "test.jsonl"), "--db", str(tmp_path / "d.duckdb"),
                  "--model", str(md), "-q"]) == 2
+
+
+def test_enrich_returns_the_stored_twin_first_and_lineage(tmp_path, capsys, model_dir, sim):
+    import orjson
+
+    db = tmp_path / "e.duckdb"
+    run(capsys, "import", sim / "base.jsonl", "--db", db, "--model", model_dir)
+    run(capsys, "fit", "--db", db, "--model", model_dir)
+    # an alert: one stored process-creation event, re-delivered in another shape (NXLog)
+    from plugin import simulate
+
+    ev = next(e for e in simulate.generate(1500, seed=1, anomaly_rate=0.0)
+              if e.event_id == 1 and "ParentProcessGuid" in e.fields and e.record_id > 200)
+    alert = simulate.render(ev, "nxlog")
+    src = tmp_path / "alert.json"
+    src.write_bytes(orjson.dumps(alert))
+    assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    blk = out["sysmon_blt"]
+    assert out["Hostname"] == alert["Hostname"]  # the original alert is kept
+    assert set(blk) >= {"model", "model_version", "cluster", "score", "is_outlier", "explanation", "neighbors"}
+    assert blk["neighbors"][0]["normalized"] == blk["normalized"]
+    assert blk["neighbors"][0]["similarity"] > 0.999 and len(blk["neighbors"]) == 5
+    lineage = blk["explanation"]["process_lineage"]
+    assert lineage and lineage[0]["process_guid"] == ev.fields["ParentProcessGuid"].strip("{}").lower()
+    # a non-Sysmon object gets an error block, not a crash
+    src.write_text('{"EventID": 4624, "Channel": "Security", "SourceName": "x"}')
+    assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 0
+    assert "error" in json.loads(capsys.readouterr().out)["sysmon_blt"]

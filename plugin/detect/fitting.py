@@ -55,7 +55,10 @@ def _clusters_from_db(store: Store, model: str, version: int) -> tuple[ClusterMo
     return cm, [r[4] for r in rows]
 
 
-def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | None) -> LoadedScorer | None:
+def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | None,
+                record: bool = True) -> LoadedScorer | None:
+    """The latest fit's kNN scorer, else the shipped reference clusters (recorded as version 0
+    unless `record` is False, for read-only databases)."""
     from plugin.detect.outliers import CentroidScorer, KnnScorer
 
     fit = latest_fit(store, model, model_version)
@@ -80,7 +83,8 @@ def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | 
     if ref is None:
         return None
     clusters, meta = ref
-    _record_shipped(store, model, model_version, clusters, meta)
+    if record:
+        _record_shipped(store, model, model_version, clusters, meta)
     return LoadedScorer(0, CentroidScorer(clusters), clusters, [""] * clusters.centroids.shape[0],
                         [], "shipped")
 

@@ -1,0 +1,123 @@
+"""Alert enrichment: an alert in any supported shape -> the same JSON plus a `sysmon_blt` block.
+
+The block (DESIGN.md): model, model_version, cluster, score, is_outlier, explanation (nearest
+cluster and medoid, score against threshold, surprising spans, process lineage) and the 5 nearest
+stored events by cosine similarity (event_key, computer, ts, similarity, normalized). The alert
+goes through the same normalize -> embed -> score path as an imported event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from plugin.normalize.shapes import BadRecord, map_document
+from plugin.normalize.text import CanonicalText
+from plugin.pipeline.score import TextScore
+from plugin.store.duckdb import Store
+
+MAX_LINEAGE = 12
+
+
+def _guid(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    g = v.strip().strip("{}").lower()
+    return g or None
+
+
+def lineage(store: Store, fields: dict) -> list[dict]:
+    """Ancestors by ParentProcessGuid, as far as the stored process-creation events reach."""
+    low = {str(k).lower(): v for k, v in fields.items()}
+    chain: list[dict] = []
+    guid = _guid(low.get("parentprocessguid")) or None
+    if guid is None and low.get("processguid"):
+        guid = _guid(low.get("processguid"))
+        first = _process(store, guid)
+        if first is None:
+            return chain
+        guid = first["parent_guid"]
+    seen: set[str] = set()
+    while guid and guid not in seen and len(chain) < MAX_LINEAGE:
+        seen.add(guid)
+        proc = _process(store, guid)
+        if proc is None:
+            chain.append({"process_guid": guid, "image": None, "note": "not in the stored events"})
+            break
+        chain.append({k: proc[k] for k in ("process_guid", "image", "command_line", "event_key", "ts")})
+        guid = proc["parent_guid"]
+    return chain
+
+
+def _process(store: Store, guid: str | None) -> dict | None:
+    if not guid:
+        return None
+    rows = store.con.execute(
+        "SELECT event_key, ts, json_extract_string(fields, '$.Image'), "
+        "json_extract_string(fields, '$.CommandLine'), json_extract_string(fields, '$.ParentProcessGuid') "
+        "FROM events WHERE event_id = 1 AND lower(trim(both '{}' FROM "
+        "json_extract_string(fields, '$.ProcessGuid'))) = ? LIMIT 1", [guid]).fetchall()
+    if not rows:
+        return None
+    key, ts, image, cmd, parent = rows[0]
+    return {"process_guid": guid, "event_key": key, "ts": ts.isoformat() if ts else None,
+            "image": image, "command_line": cmd, "parent_guid": _guid(parent)}
+
+
+def nearest_events(store: Store, model: str, version: str, vector: np.ndarray, k: int = 5) -> list[dict]:
+    """The k stored events most similar to `vector` (brute-force cosine in DuckDB: exact, and
+    fast enough for an analyst's request; distinct texts are ranked, then one event per text)."""
+    rows = store.con.execute(
+        """
+        WITH top AS (
+            SELECT text_hash, list_cosine_similarity(vector, ?::FLOAT[]) AS sim
+            FROM text_vectors WHERE model = ? AND model_version = ?
+            ORDER BY sim DESC LIMIT ?
+        )
+        SELECT arg_min(e.event_key, e.ts), arg_min(e.computer, e.ts), min(e.ts),
+               any_value(e.normalized), max(top.sim)
+        FROM top JOIN events e USING (text_hash)
+        GROUP BY top.text_hash ORDER BY max(top.sim) DESC
+        """, [vector.astype(np.float32).tolist(), model, version, k]).fetchall()
+    return [{"event_key": r[0], "computer": r[1], "ts": r[2].isoformat() if r[2] else None,
+             "similarity": round(float(r[4]), 6), "normalized": r[3]} for r in rows]
+
+
+class Enricher:
+    def __init__(self, store: Store, text: CanonicalText, embedder, loaded, explain) -> None:
+        self.store = store
+        self.text = text
+        self.embedder = embedder
+        self.loaded = loaded
+        self.explain = explain
+
+    def enrich(self, doc: Any) -> dict:
+        """The alert with a `sysmon_blt` block; an error block when it is not a Sysmon event."""
+        if not isinstance(doc, dict):
+            raise BadRecord("an alert must be a JSON object")
+        try:
+            ev = map_document(doc)
+        except BadRecord as exc:
+            return {**doc, "sysmon_blt": {"error": str(exc)}}
+        if ev is None:
+            return {**doc, "sysmon_blt": {"error": "not a Sysmon event"}}
+        canonical = self.text.build(ev)
+        vec = self.embedder.embed([canonical])[0]
+        block: dict[str, Any] = {"model": self.embedder.name, "model_version": self.embedder.version,
+                                 "normalized": canonical}
+        if self.loaded is not None:
+            res = self.loaded.scorer.score(vec[None, :])
+            ts = TextScore(int(res.cluster[0]), float(res.distance[0]), float(res.score[0]),
+                           bool(res.is_outlier[0]), res.detail[0])
+            block.update(cluster=ts.cluster, score=ts.score, is_outlier=ts.is_outlier,
+                         fit_version=self.loaded.version)
+            explanation = self.explain(canonical, ts)
+        else:
+            block.update(cluster=None, score=None, is_outlier=None)
+            explanation = {"note": "no fit and no shipped clusters: not scored"}
+        explanation["process_lineage"] = lineage(self.store, ev.fields)
+        block["explanation"] = explanation
+        block["neighbors"] = nearest_events(self.store, self.embedder.name, self.embedder.version, vec)
+        return {**doc, "sysmon_blt": orjson.loads(orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY))}
