@@ -229,7 +229,7 @@ def _model_stages(store, embedder, model_dir: str | None) -> list:
 
     try:
         loaded = load_scorer(store, embedder.name, embedder.version,
-                             Path(model_dir) if model_dir else default_model_dir())
+                             Path(model_dir) if model_dir else default_model_dir(), embedder=embedder)
     except RefError as exc:
         raise UsageError(f"--model: {exc}") from exc
     if loaded is None:
@@ -350,7 +350,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         res = evaluate(store, EvalSpec(baseline=args.baseline, test=args.test + (args.attack or []),
                                        attack_seed=args.attack_seed, attack=args.attack or [],
                                        model=embedder.name, model_version=embedder.version,
-                                       anchors=not args.no_anchors))
+                                       anchors=not args.no_anchors), embedder=embedder)
     finally:
         store.close()
         if tmp is not None:
@@ -376,7 +376,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     store = Store(cfg.db)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
-                           quantile=args.quantile, accept_outliers=args.accept_outliers)
+                           quantile=args.quantile, accept_outliers=args.accept_outliers,
+                           embedder=embedder)
     except ValueError as exc:
         raise UsageError(f"fit: {exc}") from exc
     finally:
@@ -442,7 +443,8 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     store = Store(cfg.db, read_only=True)
     try:
         loaded = load_scorer(store, embedder.name, embedder.version,
-                             Path(cfg.model) if cfg.model else default_model_dir(), record=False)
+                             Path(cfg.model) if cfg.model else default_model_dir(), record=False,
+                             embedder=embedder)
         explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs)) if loaded else None
         enricher = Enricher(store, CanonicalText(load_schemas(cfg.schemas_dir)), embedder, loaded, explain)
         for doc in docs:

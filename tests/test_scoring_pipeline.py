@@ -132,3 +132,24 @@ def test_enrich_returns_the_stored_twin_first_and_lineage(tmp_path, capsys, mode
     src.write_text('{"EventID": 4624, "Channel": "Security", "SourceName": "x"}')
     assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 0
     assert "error" in json.loads(capsys.readouterr().out)["sysmon_blt"]
+
+
+def test_eval_reports_every_scorer_on_the_same_events(tmp_path, capsys, model_dir, sim):
+    import orjson
+
+    from plugin import simulate
+
+    attack = tmp_path / "attack.jsonl"
+    recs = [r for r in simulate.simulate_records(3000, seed=9, anomaly_rate=0.2, shape="winlogbeat8")
+            if r["sysmon_blt_sim"]["anomaly"]]
+    attack.write_bytes(b"\n".join(orjson.dumps(r) for r in recs))
+    res = run(capsys, "eval", "--baseline", sim / "base.jsonl", "--test", sim / "test.jsonl",
+              "--attack", attack, "--db", tmp_path / "ev.duckdb", "--model", model_dir)
+    assert res["attack_events"] == len(recs) and res["baseline_events"] == 1500
+    assert res["test_events"] == 800 + len(recs)
+    names = set(res["scorers"])
+    assert {"blt-knn", "blt-kmeans", "blt-surprisal", "tfidf-1nn", "tfidf-kmeans"} <= names
+    for m in res["scorers"].values():
+        assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["tpr_at_1pct_fpr"] <= 1.0
+    assert main(["eval", "--baseline", str(sim / "base.jsonl"), "--test", str(sim / "test.jsonl"),
+                 "--attack-seed", "(unclosed", "-q"]) == 2

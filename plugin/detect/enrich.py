@@ -108,7 +108,9 @@ class Enricher:
         block: dict[str, Any] = {"model": self.embedder.name, "model_version": self.embedder.version,
                                  "normalized": canonical}
         if self.loaded is not None:
-            res = self.loaded.scorer.score(vec[None, :])
+            sc = self.loaded.scorer
+            res = sc.score(vec[None, :], [canonical]) if getattr(sc, "needs_text", False) \
+                else sc.score(vec[None, :])
             ts = TextScore(int(res.cluster[0]), float(res.distance[0]), float(res.score[0]),
                            bool(res.is_outlier[0]), res.detail[0])
             block.update(cluster=ts.cluster, score=ts.score, is_outlier=ts.is_outlier,

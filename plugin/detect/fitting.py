@@ -56,7 +56,7 @@ def _clusters_from_db(store: Store, model: str, version: int) -> tuple[ClusterMo
 
 
 def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | None,
-                record: bool = True) -> LoadedScorer | None:
+                record: bool = True, embedder=None) -> LoadedScorer | None:
     """The latest fit's kNN scorer, else the shipped reference clusters (recorded as version 0
     unless `record` is False, for read-only databases)."""
     from plugin.detect.outliers import CentroidScorer, KnnScorer
@@ -74,6 +74,10 @@ def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | 
         weights = np.array([r[1] for r in rows if r[0] in got], dtype=np.float64)
         scorer = KnnScorer(np.stack([got[h] for h in hashes]), weights,
                            quantile=params.get("quantile", 0.99), clusters=clusters)
+        if embedder is not None and params.get("surprisal_threshold"):
+            from plugin.detect.surprisal import SurprisalFirstScorer
+
+            scorer = SurprisalFirstScorer(embedder, params["surprisal_threshold"], scorer)
         return LoadedScorer(version, scorer, clusters, medoids, hashes, "fit")
     if model_dir is None:
         return None
@@ -85,8 +89,12 @@ def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | 
     clusters, meta = ref
     if record:
         _record_shipped(store, model, model_version, clusters, meta)
-    return LoadedScorer(0, CentroidScorer(clusters), clusters, [""] * clusters.centroids.shape[0],
-                        [], "shipped")
+    scorer = CentroidScorer(clusters)
+    if embedder is not None and meta.get("surprisal_threshold"):
+        from plugin.detect.surprisal import SurprisalFirstScorer
+
+        scorer = SurprisalFirstScorer(embedder, meta["surprisal_threshold"], scorer)
+    return LoadedScorer(0, scorer, clusters, [""] * clusters.centroids.shape[0], [], "shipped")
 
 
 def _record_shipped(store: Store, model: str, model_version: str, clusters: ClusterModel,
@@ -95,8 +103,10 @@ def _record_shipped(store: Store, model: str, model_version: str, clusters: Clus
                          [model]).fetchall():
         return
     store.con.begin()
-    store.con.execute("INSERT INTO fits VALUES (?, ?, 0, ?, 'shipped', 'centroid', NULL, ?)",
-                      [model, model_version, utcnow(), json.dumps(meta)]).fetchall()
+    store.con.execute("INSERT INTO fits VALUES (?, ?, 0, ?, 'shipped', ?, NULL, ?)",
+                      [model, model_version, utcnow(),
+                       "surprisal+centroid" if meta.get("surprisal_threshold") else "centroid",
+                       json.dumps(meta)]).fetchall()
     for i in range(clusters.centroids.shape[0]):
         store.con.execute("INSERT INTO clusters VALUES (?, ?, 0, ?, ?, ?, ?, '')",
                           [model, model_version, i, clusters.centroids[i].tolist(),
@@ -105,7 +115,8 @@ def _record_shipped(store: Store, model: str, model_version: str, clusters: Clus
 
 
 def fit_database(store: Store, model: str, model_version: str, *, k: int | None = None,
-                 quantile: float = 0.99, accept_outliers: bool = False, seed: int = 0) -> dict:
+                 quantile: float = 0.99, accept_outliers: bool = False, seed: int = 0,
+                 embedder=None) -> dict:
     """Fit clusters and the kNN baseline on the database's events; returns the new version."""
     rows = store.con.execute(
         """
@@ -139,10 +150,16 @@ def fit_database(store: Store, model: str, model_version: str, *, k: int | None 
                                     [model]).fetchall()[0][0])
     params = {"k": int(clusters.centroids.shape[0]), "quantile": quantile, "seed": seed,
               "held_back_outlier_texts": len(held_back), "accept_outliers": accept_outliers}
+    if embedder is not None:
+        from plugin.detect.surprisal import SurprisalScorer
+
+        params["surprisal_threshold"] = SurprisalScorer(
+            embedder, [r[2] for r in rows], weights, quantile=quantile, seed=seed).threshold
     store.con.begin()
     try:
-        store.con.execute("INSERT INTO fits VALUES (?, ?, ?, ?, 'fit', 'knn', ?, ?)",
-                          [model, model_version, version, utcnow(), int(weights.sum()),
+        store.con.execute("INSERT INTO fits VALUES (?, ?, ?, ?, 'fit', ?, ?, ?)",
+                          [model, model_version, version, utcnow(),
+                           "surprisal+knn" if embedder is not None else "knn", int(weights.sum()),
                            json.dumps(params)]).fetchall()
         for i in range(clusters.centroids.shape[0]):
             mi = int(clusters.medoid_index[i])

@@ -76,7 +76,11 @@ def fit_reference(model_dir: Path | str, texts: list[str], *, quantile: float = 
     vectors = emb.embed(distinct)
     weights = np.array([counts[t] for t in distinct], dtype=np.float64)
     clusters = fit_clusters(vectors, weights, k=k, quantile=quantile, seed=seed)
+    from plugin.detect.surprisal import SurprisalScorer
+
     meta = {"model_version": emb.version, "texts": len(distinct), "events": int(weights.sum()),
-            "quantile": quantile, "k": int(clusters.centroids.shape[0]), "seed": seed}
+            "quantile": quantile, "k": int(clusters.centroids.shape[0]), "seed": seed,
+            "surprisal_threshold": SurprisalScorer(emb, distinct, weights, quantile=quantile,
+                                                   seed=seed).threshold}
     save_reference(model_dir, emb.name, clusters, meta)
     return meta

@@ -40,11 +40,15 @@ class ScoreStage:
         self.outliers = 0
         self.scored = 0
 
-    def _score_texts(self, vectors: dict[str, np.ndarray]) -> None:
+    def _score_texts(self, vectors: dict[str, np.ndarray], texts: dict[str, str]) -> None:
         todo = [h for h in vectors if h not in self._cache]
         if not todo:
             return
-        res = self.scorer.score(np.stack([vectors[h] for h in todo]))
+        mat = np.stack([vectors[h] for h in todo])
+        if getattr(self.scorer, "needs_text", False):
+            res = self.scorer.score(mat, [texts[h] for h in todo])
+        else:
+            res = self.scorer.score(mat)
         for i, h in enumerate(todo):
             self._cache[h] = TextScore(int(res.cluster[i]), float(res.distance[i]),
                                        float(res.score[i]), bool(res.is_outlier[i]), res.detail[i])
@@ -55,7 +59,7 @@ class ScoreStage:
         vectors = batch.text_vectors.get(self.model)
         if not vectors:
             return
-        self._score_texts(vectors)
+        self._score_texts(vectors, {e.text_hash: e.normalized for e in batch.events})
         explained: dict[str, str] = {}
         for e in batch.events:
             ts = self._cache[e.text_hash]

@@ -77,7 +77,7 @@ def _vectors(store: Store, model: str, version: str, hashes: list[str]) -> np.nd
     return np.stack([got[h] for h in hashes]).astype(np.float32)
 
 
-def evaluate(store: Store, spec: EvalSpec) -> dict:
+def evaluate(store: Store, spec: EvalSpec, embedder=None) -> dict:
     t0 = time.perf_counter()
     base = _load(store, spec.baseline)
     test = _load(store, spec.test + spec.attack)
@@ -121,17 +121,33 @@ def evaluate(store: Store, spec: EvalSpec) -> dict:
 
     if spec.model_version:
         from plugin.detect.kmeans import fit_clusters
-        from plugin.detect.outliers import CentroidScorer, KnnScorer
+        from plugin.detect.outliers import CentroidScorer, CombinedScorer, KnnScorer
 
         bv = _vectors(store, spec.model, spec.model_version, b_hashes)
         tv = _vectors(store, spec.model, spec.model_version, t_hashes)
         t = time.perf_counter()
         knn = KnnScorer(bv, b_weights, quantile=spec.quantile)
         record(f"{spec.model}-knn", knn.score(tv).score, calibrated=True, seconds=time.perf_counter() - t)
+        knn_scores = knn.score(tv).score
         t = time.perf_counter()
         clusters = fit_clusters(bv, b_weights, quantile=spec.quantile)
         record(f"{spec.model}-kmeans", CentroidScorer(clusters).score(tv).score, calibrated=True,
                seconds=time.perf_counter() - t)
+        t = time.perf_counter()
+        combined = CombinedScorer(KnnScorer(bv, b_weights, quantile=spec.quantile, clusters=clusters),
+                                  clusters)
+        record(f"{spec.model}-knn+rarity", combined.score(tv).score, calibrated=True,
+               seconds=time.perf_counter() - t)
+        if embedder is not None:
+            from plugin.detect.surprisal import SurprisalScorer
+
+            t = time.perf_counter()
+            sur = SurprisalScorer(embedder, [text_of[h] for h in b_hashes], b_weights,
+                                  quantile=spec.quantile)
+            sur_scores = sur.score_texts([t_text[h] for h in t_hashes])
+            record(f"{spec.model}-surprisal", sur_scores, calibrated=True,
+                   seconds=time.perf_counter() - t)
+            record(f"{spec.model}-knn|surprisal", np.maximum(knn_scores, sur_scores), calibrated=True)
     if spec.anchors:
         from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
 

@@ -1,0 +1,85 @@
+"""Surprisal scoring: how unexpected an event's bytes are to the entropy model.
+
+The BLT's entropy model gives every byte a surprisal (-log2 p). An event's score is the highest
+mean surprisal over a window of `window` bytes: one strange stretch (an encoded blob, a random
+path) stands out even inside a long, ordinary command line, where a whole-text mean would
+dilute it. Calibrated like the other scorers: 1.0 is the `quantile` of baseline scores.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from plugin.detect.kmeans import THRESHOLD_FLOOR, weighted_quantile
+from plugin.models.blt.byteseq import make_batch, to_bytes
+
+WINDOW = 12
+
+
+def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch: int = 64) -> np.ndarray:
+    model = embedder.model
+    out = np.zeros(len(texts), dtype=np.float64)
+    blobs = [to_bytes(t, embedder.max_bytes) for t in texts]
+    order = sorted(range(len(blobs)), key=lambda i: len(blobs[i]))
+    with torch.inference_mode():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            ids, layout = make_batch([blobs[i] for i in idx], False, embedder.device)
+            flat = model.entropy.surprisal(ids, layout).float().cpu().numpy()
+            pos = 0
+            for i in idx:
+                n = len(blobs[i])
+                v = flat[pos:pos + n]
+                pos += n
+                if n == 0:
+                    continue
+                w = min(window, n)
+                c = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
+                out[i] = float(((c[w:] - c[:-w]) / w).max())
+    return out
+
+
+class SurprisalScorer:
+    def __init__(self, embedder, baseline_texts: Sequence[str], weights: np.ndarray | None = None,
+                 quantile: float = 0.99, sample: int = 8000, seed: int = 0) -> None:
+        self.embedder = embedder
+        idx = np.arange(len(baseline_texts))
+        if len(idx) > sample:
+            idx = np.sort(np.random.default_rng(seed).choice(len(idx), sample, replace=False))
+        base = window_surprisal(embedder, [baseline_texts[i] for i in idx])
+        w = None if weights is None else np.asarray(weights, dtype=np.float64)[idx]
+        self.threshold = max(weighted_quantile(base, w, quantile), THRESHOLD_FLOOR)
+
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return window_surprisal(self.embedder, texts) / self.threshold
+
+
+class SurprisalFirstScorer:
+    """The default scorer: score = calibrated window surprisal (the entropy model's view of the
+    event's bytes), chosen by the LSASS leave-one-capture-out evaluation (README); the cluster and
+    the vector-space measures of `vector_scorer` (centroid, or kNN after a fit) stay beside it in
+    `detail`, so assignments keep their KMeans cluster and explanations their nearest baseline."""
+
+    needs_text = True
+
+    def __init__(self, embedder, threshold: float, vector_scorer) -> None:
+        self.embedder = embedder
+        self.threshold = max(float(threshold), THRESHOLD_FLOOR)
+        self.vector_scorer = vector_scorer
+
+    def score(self, vectors: np.ndarray, texts: Sequence[str]):
+        from plugin.detect.outliers import Scored
+
+        base = self.vector_scorer.score(vectors)
+        bits = window_surprisal(self.embedder, texts)
+        score = bits / self.threshold
+        detail = []
+        for i, d in enumerate(base.detail):
+            detail.append({**d, "scorer": "surprisal", "window_bits_per_byte": round(float(bits[i]), 4),
+                           "surprisal_threshold": round(self.threshold, 4),
+                           "vector_score": float(base.score[i])})
+        return Scored(cluster=base.cluster, distance=base.distance, score=score,
+                      is_outlier=score >= 1.0, detail=detail)
