@@ -147,7 +147,7 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None) -> dict:
             sur_scores = sur.score_texts([t_text[h] for h in t_hashes])
             record(f"{spec.model}-surprisal", sur_scores, calibrated=True,
                    seconds=time.perf_counter() - t)
-            record(f"{spec.model}-knn|surprisal", np.maximum(knn_scores, sur_scores), calibrated=True)
+            record(f"{spec.model}-max-knn-surprisal", np.maximum(knn_scores, sur_scores), calibrated=True)
     if spec.anchors:
         from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
 
