@@ -360,19 +360,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def _existing_db_and_model(command: str, args: argparse.Namespace):
+    """Config, and the embedder, for commands that work on an existing database."""
     from plugin.config import load_config
+
+    cfg = load_config(args.config, {"db": args.db, "model": args.model})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"{command}: database {cfg.db} does not exist")
+    embedder = _load_embedder(cfg.model)
+    if embedder is None:
+        raise UsageError(f"{command}: needs a model; pass --model")
+    return cfg, embedder
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
     from plugin.detect.fitting import fit_database
     from plugin.store.duckdb import Store
 
     if not 0.5 <= args.quantile < 1.0:
         raise UsageError("fit: --quantile must be in [0.5, 1)")
-    cfg = load_config(args.config, {"db": args.db, "model": args.model})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"fit: database {cfg.db} does not exist")
-    embedder = _load_embedder(cfg.model)
-    if embedder is None:
-        raise UsageError("fit: needs a model; pass --model")
+    cfg, embedder = _existing_db_and_model("fit", args)
     store = Store(cfg.db)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
@@ -387,16 +394,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from plugin.config import load_config
     from plugin.pipeline.rescore import rescore
     from plugin.store.duckdb import Store
 
-    cfg = load_config(args.config, {"db": args.db, "model": args.model})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"rescore: database {cfg.db} does not exist")
-    embedder = _load_embedder(cfg.model)
-    if embedder is None:
-        raise UsageError("rescore: needs a model; pass --model")
+    cfg, embedder = _existing_db_and_model("rescore", args)
     store = Store(cfg.db)
     try:
         res = rescore(store, _model_stages(store, embedder, cfg.model), batch_size=cfg.batch_size)
@@ -409,7 +410,6 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 def cmd_enrich(args: argparse.Namespace) -> int:
     import orjson
 
-    from plugin.config import load_config
     from plugin.detect.enrich import Enricher
     from plugin.detect.explain import make_explainer
     from plugin.detect.fitting import load_scorer
@@ -418,14 +418,9 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     from plugin.resources import default_model_dir
     from plugin.store.duckdb import Store, texts_by_hash
 
-    cfg = load_config(args.config, {"db": args.db, "model": args.model})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"enrich: database {cfg.db} does not exist")
     if args.file != "-" and not Path(args.file).is_file():
         raise UsageError(f"enrich: {args.file} does not exist")
-    embedder = _load_embedder(cfg.model)
-    if embedder is None:
-        raise UsageError("enrich: needs a model; pass --model")
+    cfg, embedder = _existing_db_and_model("enrich", args)
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     try:
         docs = [orjson.loads(raw)]

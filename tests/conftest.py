@@ -140,3 +140,18 @@ def _quiet_logs():
     from plugin.logs import configure
 
     configure(0, "console")
+
+
+@pytest.fixture(scope="session")
+def micro_model_dir(tmp_path_factory):
+    """An untrained, seeded micro BLT saved as a model directory: fast pipeline tests."""
+    import torch
+
+    from models.blt_helpers import micro_config
+    from plugin.models.blt.model import BLT
+    from plugin.models.checkpoint import save_blt
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("micro-model")
+    save_blt(d, BLT(micro_config()).eval())
+    return d

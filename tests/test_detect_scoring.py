@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from plugin.detect.kmeans import (
-    ClusterModel,
     fit_clusters,
     from_arrays,
     to_arrays,

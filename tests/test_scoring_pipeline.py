@@ -12,25 +12,8 @@ from plugin.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import torch
-
-    from plugin.models.blt.model import BLT, BLTConfig
-    from plugin.models.checkpoint import save_blt
-
-    cfg = BLTConfig.from_dict(dict(
-        size="micro",
-        entropy=dict(d_model=32, n_layers=2, n_heads=2, window=16),
-        encoder=dict(d_model=32, n_layers=1, n_heads=2, window=16,
-                     hashing=dict(ngram_sizes=(3, 4), n_hashes=2, buckets=64)),
-        latent=dict(d_model=32, n_layers=1, n_heads=2),
-        patch=dict(threshold=3.0, max_patch_len=8),
-        max_bytes=256,
-    ))
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("model")
-    save_blt(d, BLT(cfg).eval())
-    return d
+def model_dir(micro_model_dir):
+    return micro_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import duckdb
-import pytest
 
 from conftest import DATA, requires_data
 from plugin.normalize.schema import load_schemas
