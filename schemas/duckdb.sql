@@ -141,3 +141,33 @@ CREATE TABLE IF NOT EXISTS alerts (
     count      BIGINT NOT NULL,
     status     VARCHAR NOT NULL        -- open, suppressed, false_positive
 );
+
+
+-- migration: 4
+-- What the BLT-vs-shadow report reads besides vectors and assignments: labels (written by
+-- `eval`, or by an analyst) for detection metrics, each model's throughput per run, and the
+-- results of `eval` runs kept with --db.
+CREATE TABLE IF NOT EXISTS labels (
+    event_key VARCHAR PRIMARY KEY,
+    is_attack BOOLEAN NOT NULL,
+    source    VARCHAR NOT NULL          -- who labelled it, e.g. 'eval --attack-seed winx64_payload'
+);
+
+CREATE TABLE IF NOT EXISTS model_runs (
+    run_started      TIMESTAMPTZ NOT NULL,
+    command          VARCHAR NOT NULL,  -- import, rescore, eval, consume
+    model            VARCHAR NOT NULL,
+    model_version    VARCHAR NOT NULL,
+    events           BIGINT NOT NULL,   -- events of the run this model saw (the shadow samples)
+    texts_embedded   BIGINT NOT NULL,   -- distinct texts it embedded (the rest came from the cache)
+    embed_seconds    DOUBLE NOT NULL,
+    texts_per_second DOUBLE,            -- texts_embedded / embed_seconds
+    run_seconds      DOUBLE NOT NULL,   -- wall time of the whole run
+    events_per_second DOUBLE            -- all events of the run / run_seconds
+);
+
+CREATE TABLE IF NOT EXISTS evaluations (
+    created TIMESTAMPTZ NOT NULL,
+    spec    JSON NOT NULL,              -- baseline, test, attack seed or inputs
+    results JSON NOT NULL               -- per scorer: roc_auc, average_precision, tpr_at_1pct_fpr, ...
+);
