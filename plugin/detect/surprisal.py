@@ -20,10 +20,23 @@ WINDOW = 12
 
 
 def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch: int = 64) -> np.ndarray:
+    """Per text: the highest mean surprisal (bits/byte) over `window` consecutive bytes.
+
+    Texts the embedder has just embedded reuse the surprisal of that pass (`last_surprisal`);
+    only the others run the entropy model here.
+    """
     model = embedder.model
     out = np.zeros(len(texts), dtype=np.float64)
-    blobs = [to_bytes(t, embedder.max_bytes) for t in texts]
-    order = sorted(range(len(blobs)), key=lambda i: len(blobs[i]))
+    known = getattr(embedder, "last_surprisal", {})
+    todo = []
+    for i, t in enumerate(texts):
+        v = known.get(t)
+        if v is None:
+            todo.append(i)
+        else:
+            out[i] = _window_max(v, window)
+    blobs = {i: to_bytes(texts[i], embedder.max_bytes) for i in todo}
+    order = sorted(todo, key=lambda i: len(blobs[i]))
     with torch.inference_mode():
         for s in range(0, len(order), batch):
             idx = order[s:s + batch]
@@ -32,14 +45,18 @@ def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch
             pos = 0
             for i in idx:
                 n = len(blobs[i])
-                v = flat[pos:pos + n]
+                out[i] = _window_max(flat[pos:pos + n], window)
                 pos += n
-                if n == 0:
-                    continue
-                w = min(window, n)
-                c = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
-                out[i] = float(((c[w:] - c[:-w]) / w).max())
     return out
+
+
+def _window_max(v: np.ndarray, window: int) -> float:
+    n = len(v)
+    if n == 0:
+        return 0.0
+    w = min(window, n)
+    c = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
+    return float(((c[w:] - c[:-w]) / w).max())
 
 
 class SurprisalScorer:

@@ -78,6 +78,10 @@ class BLTEmbedder:
             del self.encode_model.entropy  # patching stays with the fp32 entropy model
         self.precision = "bf16" if self.encode_model is not self.model or self.autocast_dtype else "fp32"
         self.max_batch_tokens = max_batch_tokens
+        # per-byte surprisal of the texts of the latest `embed` call, from the same entropy pass
+        # that cut them into patches: surprisal scoring right after embedding reads it here
+        # instead of running the entropy model a second time
+        self.last_surprisal: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_dir(
@@ -115,9 +119,17 @@ class BLTEmbedder:
         """``(len(texts), dim)`` float32 L2-normalized vectors, in input order."""
         blobs = [to_bytes(t, self.max_bytes) for t in texts]
         out = np.zeros((len(blobs), self.dim), dtype=np.float32)
+        self.last_surprisal = {}
         for idx in self._batches(blobs):
             ids, layout = make_batch([blobs[i] for i in idx], self.packed, self.device)
-            starts = self.model.patch_starts(ids, layout)  # fp32: boundaries do not move
+            # fp32: boundaries do not move
+            starts, sur = self.model.patch_starts_and_surprisal(ids, layout)
+            sur = sur.cpu().numpy()
+            pos = 0
+            for i in idx:  # one value per real byte, events in batch order
+                n = len(blobs[i])
+                self.last_surprisal[texts[i]] = sur[pos:pos + n]
+                pos += n
             with self._autocast():
                 vec = self.encode_model.encode(ids, layout, starts).vector
             vec = torch.nn.functional.normalize(vec.float(), dim=-1)

@@ -73,6 +73,15 @@ class EntropyModel(nn.Module):
         logp = F.log_softmax(layout.flat(self(ids, layout)).float(), dim=-1)
         return -(logp.exp() * logp).sum(-1) * LOG2E
 
+    def entropies_and_surprisal(self, ids: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both readings of one forward pass: `entropies` (where patches start) and `surprisal`
+        (how unexpected each byte is, for scoring), so inference runs the entropy model once."""
+        logp = F.log_softmax(layout.flat(self(ids, layout)).float(), dim=-1)
+        ent = -(logp.exp() * logp).sum(-1) * LOG2E
+        tgt = self.targets(ids, layout)
+        keep = tgt >= 0
+        return ent, -logp[keep].gather(1, tgt[keep, None]).squeeze(1) * LOG2E
+
     def surprisal(self, ids: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Flat per-byte surprisal in bits, ``(N - n_seq,)``: one value per real byte, in order."""
         logp = F.log_softmax(layout.flat(self(ids, layout)).float(), dim=-1)

@@ -165,6 +165,14 @@ class BLT(nn.Module):
         ent = boundary_entropy(self.entropy.entropies(ids, layout), layout.pos)
         return patch_starts(ent, layout.pos, p.threshold, p.mode, p.max_patch_len)
 
+    def patch_starts_and_surprisal(self, ids: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """`patch_starts`, plus the per-byte surprisal of the same entropy-model pass."""
+        p = self.cfg.patch
+        ent, sur = self.entropy.entropies_and_surprisal(ids, layout)
+        starts = patch_starts(boundary_entropy(ent, layout.pos), layout.pos, p.threshold, p.mode,
+                              p.max_patch_len)
+        return starts, sur
+
     # --- 2..4. encoder, latent, pooling -----------------------------------------------------
     def encode(
         self, ids: torch.Tensor, layout: Layout, starts: torch.Tensor | None = None
