@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--objective", default=None, help="training objective (default: the model's)")
     tr.add_argument("--steps", type=int, metavar="N", help="BLT training steps")
     tr.add_argument("--entropy-steps", type=int, metavar="N", help="entropy model training steps")
+    tr.add_argument("--shadow-steps", type=int, metavar="N",
+                    help="Linformer shadow masked-LM training steps")
+    tr.add_argument("--no-shadow", action="store_true",
+                    help="train the BLT only (imports then run without the Linformer shadow)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--description", metavar="TEXT",
                     help="what the corpus is, for the model card (default: the paths)")
@@ -211,9 +215,11 @@ def cmd_import(args: argparse.Namespace) -> int:
                                     "batch_size": args.batch_size})
     schemas = load_schemas(cfg.schemas_dir)
     embedder = None if args.no_embed else _load_embedder(cfg.model)
+    shadow = _load_shadow(cfg) if embedder is not None else None
     store = Store(cfg.db)
     try:
-        stages = _model_stages(store, embedder, cfg.model) if embedder is not None else []
+        stages = (_model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
+                  if embedder is not None else [])
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
                             model_version=embedder.version if embedder else None, stages=stages,
@@ -231,8 +237,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_stages(store, embedder, model_dir: str | None) -> list:
-    """Embed, then score with the database's latest fit (or the shipped reference clusters)."""
+def _model_stages(store, embedder, model_dir: str | None, shadow=None,
+                  shadow_rate: float = 1.0) -> list:
+    """Embed, then score with the database's latest fit (or the shipped reference clusters);
+    then the same for the shadow model, if any, whose flags never become alerts."""
     from plugin.detect.explain import make_explainer
     from plugin.detect.fitting import load_scorer
     from plugin.pipeline.cache import EmbeddingCache
@@ -253,10 +261,55 @@ def _model_stages(store, embedder, model_dir: str | None) -> list:
     if loaded is None:
         log.warning("no_scorer", reason="the model directory has no reference clusters and the "
                     "database no fit: events are embedded but not scored")
-        return stages
-    explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs))
-    stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain))
+    else:
+        explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs))
+        stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain))
+    if shadow is not None:
+        stages += _shadow_stages(store, shadow, model_dir, shadow_rate)
     return stages
+
+
+def _shadow_stages(store, shadow, model_dir: str | None, rate: float) -> list:
+    """The shadow's embed and score stages: same batches, its own vectors, clusters and scores."""
+    from plugin.detect.fitting import load_scorer
+    from plugin.detect.reference import ReferenceError as RefError
+    from plugin.pipeline.cache import EmbeddingCache
+    from plugin.pipeline.embed import EmbedStage
+    from plugin.pipeline.score import ScoreStage
+    from plugin.resources import default_model_dir
+
+    store.register_model(shadow.name, shadow.version, shadow.dim, model_dir)
+    stages = [EmbedStage(shadow, EmbeddingCache(store, shadow.name, shadow.version), sample_rate=rate)]
+    try:
+        loaded = load_scorer(store, shadow.name, shadow.version,
+                             Path(model_dir) if model_dir else default_model_dir())
+    except RefError as exc:
+        raise UsageError(f"--model: {exc}") from exc
+    if loaded is None:
+        log.warning("no_shadow_scorer", model=shadow.name, reason="no reference clusters and no "
+                    "fit: the shadow's vectors are stored but not scored")
+        return stages
+    stages.append(ScoreStage(shadow.name, loaded.version, loaded.scorer, alerts=False))
+    return stages
+
+
+def _load_shadow(cfg):
+    """The Linformer shadow of the model directory, or None (rate 0, or the directory has none)."""
+    from plugin.models.checkpoint import ModelDirError
+    from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
+    from plugin.resources import default_model_dir
+
+    if cfg.shadow_sample_rate <= 0:
+        return None
+    path = Path(cfg.model) if cfg.model else default_model_dir()
+    if not has_linformer(path):
+        log.warning("no_shadow", model_dir=str(path), reason="the model directory has no "
+                    "Linformer; only the BLT runs (train one with `sysmon-blt train`)")
+        return None
+    try:
+        return LinformerEmbedder.from_dir(path)
+    except ModelDirError as exc:
+        raise UsageError(f"--model {path}: {exc}") from exc
 
 
 def _load_embedder(model_dir: str | None):
@@ -324,8 +377,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     ref = fit_reference(args.out, texts, seed=args.seed)
     log.info("reference_clusters", **ref)
-    print(json.dumps({"out": args.out, "corpus_events": stats.events, **result,
-                      "reference_clusters": ref}, default=str))
+    out = {"out": args.out, "corpus_events": stats.events, **result, "reference_clusters": ref}
+    if not args.no_shadow:  # the shadow: same corpus, its own tokenizer, weights and clusters
+        from plugin.models.checkpoint import CARD
+        from plugin.models.embedder import BLTEmbedder
+        from plugin.models.linformer_train import linformer_card_section, train_linformer
+
+        shadow = train_linformer(texts, args.out, dim=BLTEmbedder.from_dir(args.out).dim,
+                                 steps=args.shadow_steps, seed=args.seed, progress=not args.quiet)
+        out["shadow"] = shadow
+        out["shadow_reference_clusters"] = fit_reference(args.out, texts, seed=args.seed,
+                                                         model="linformer")
+        card = Path(args.out) / CARD
+        card.write_text(card.read_text() + "\n" + linformer_card_section(shadow))
+    print(json.dumps(out, default=str))
     return 0
 
 
@@ -359,15 +424,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if db is None:
         tmp = tempfile.TemporaryDirectory(prefix="sysmon-blt-eval-")
         db = str(Path(tmp.name) / "eval.duckdb")
+    shadow = _load_shadow(cfg)
     store = Store(db)
     try:
-        store.register_model(embedder.name, embedder.version, embedder.dim, cfg.model)
-        stage = EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version))
-        Importer(store, load_schemas(cfg.schemas_dir), stages=[stage], config_hash=cfg.digest(),
-                 model_version=embedder.version, progress=not args.quiet).run(paths)
+        stages = []
+        for model in filter(None, (embedder, shadow)):
+            store.register_model(model.name, model.version, model.dim, cfg.model)
+            stages.append(EmbedStage(model, EmbeddingCache(store, model.name, model.version)))
+        Importer(store, load_schemas(cfg.schemas_dir), stages=stages, config_hash=cfg.digest(),
+                 model_version=embedder.version, progress=not args.quiet, command="eval").run(paths)
         res = evaluate(store, EvalSpec(baseline=args.baseline, test=args.test + (args.attack or []),
                                        attack_seed=args.attack_seed, attack=args.attack or [],
                                        model=embedder.name, model_version=embedder.version,
+                                       shadow_version=shadow.version if shadow else "",
                                        anchors=not args.no_anchors), embedder=embedder)
     finally:
         store.close()
@@ -399,10 +468,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise UsageError("fit: --quantile must be in [0.5, 1)")
     cfg, embedder = _existing_db_and_model("fit", args)
     store = Store(cfg.db)
+    shadow = _load_shadow(cfg)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
                            quantile=args.quantile, accept_outliers=args.accept_outliers,
                            embedder=embedder)
+        if shadow is not None:  # the shadow learns the same baseline, by its own vectors
+            try:
+                res["shadow"] = fit_database(store, shadow.name, shadow.version, k=args.k,
+                                             quantile=args.quantile,
+                                             accept_outliers=args.accept_outliers,
+                                             flags_of=embedder.name)
+            except ValueError as exc:
+                log.warning("shadow_not_fitted", model=shadow.name, reason=str(exc))
+                res["shadow"] = {"model": shadow.name, "error": str(exc)}
     except ValueError as exc:
         raise UsageError(f"fit: {exc}") from exc
     finally:
@@ -418,7 +497,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     cfg, embedder = _existing_db_and_model("rescore", args)
     store = Store(cfg.db)
     try:
-        res = rescore(store, _model_stages(store, embedder, cfg.model), batch_size=cfg.batch_size)
+        res = rescore(store, _model_stages(store, embedder, cfg.model, _load_shadow(cfg),
+                                           cfg.shadow_sample_rate), batch_size=cfg.batch_size)
     finally:
         store.close()
     print(json.dumps(res) if args.json else "\n".join(f"{k:<16} {v}" for k, v in res.items()))
@@ -468,6 +548,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     from plugin.config import load_config

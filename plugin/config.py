@@ -28,12 +28,17 @@ class Config:
     batch_size: int = 5000  # events per write transaction
     evtx_threads: int = 0  # pyevtx-rs worker threads; 0 lets it choose
     log_format: str = "auto"  # auto (console on a terminal, JSON elsewhere), console, json
+    # share of distinct texts the shadow model (Linformer) also embeds and scores, picked by text
+    # hash; 1.0 = every event (the default), 0 = shadow off
+    shadow_sample_rate: float = 1.0
 
     def validate(self, origin: str) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"{origin}: batch_size must be a positive integer")
         if not isinstance(self.evtx_threads, int) or self.evtx_threads < 0:
             raise UsageError(f"{origin}: evtx_threads must be an integer >= 0")
+        if not 0.0 <= self.shadow_sample_rate <= 1.0:
+            raise UsageError(f"{origin}: shadow_sample_rate must be between 0 and 1")
         if self.log_format not in ("auto", "console", "json"):
             raise UsageError(f"{origin}: log_format must be auto, console or json")
 
@@ -54,6 +59,13 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     kind = _TYPES[key]
+    if "float" in str(kind):
+        if isinstance(value, bool):
+            raise UsageError(f"{origin}: {key} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{origin}: {key} must be a number, got {value!r}") from exc
     if "int" in str(kind):
         if isinstance(value, bool):
             raise UsageError(f"{origin}: {key} must be an integer")

@@ -144,14 +144,21 @@ def _quiet_logs():
 
 @pytest.fixture(scope="session")
 def micro_model_dir(tmp_path_factory):
-    """An untrained, seeded micro BLT saved as a model directory: fast pipeline tests."""
+    """Untrained, seeded micro models (the BLT and the Linformer shadow, with a BPE tokenizer
+    learnt on simulated texts) saved as a model directory: fast pipeline tests."""
     import torch
 
-    from models.blt_helpers import micro_config
+    from models.blt_helpers import make_texts, micro_config
     from plugin.models.blt.model import BLT
+    from plugin.models.bpe import save_bpe, train_bpe
     from plugin.models.checkpoint import save_blt
+    from plugin.models.linformer import Linformer, LinformerConfig, save_linformer
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("micro-model")
-    save_blt(d, BLT(micro_config()).eval())
+    blt = BLT(micro_config()).eval()
+    save_blt(d, blt)
+    save_bpe(d, train_bpe(make_texts(300), vocab_size=400))
+    save_linformer(d, Linformer(LinformerConfig(vocab_size=400, dim=blt.dim, layers=1, heads=2,
+                                                k=16, max_len=64)).eval())
     return d

@@ -50,10 +50,11 @@ def test_fit_then_score_on_arrival(tmp_path, capsys, model_dir, sim):
     s2 = run(capsys, "import", sim / "test.jsonl", "--db", db, "--model", model_dir)
     n_test = s2["new_events"]
     rows = q(db, "SELECT version, count(*), sum(CASE WHEN is_outlier THEN 1 ELSE 0 END), "
-                 "min(score), bool_and((score >= 1.0) = is_outlier) FROM assignments GROUP BY 1")
+                 "min(score), bool_and((score >= 1.0) = is_outlier) FROM assignments "
+                 "WHERE model = 'blt' GROUP BY 1")
     assert rows[0][0] == 1 and rows[0][1] == n_test and rows[0][4]
     assert s2["outliers"] == rows[0][2]
-    expl = q(db, "SELECT explanation FROM assignments WHERE is_outlier LIMIT 1")
+    expl = q(db, "SELECT explanation FROM assignments WHERE model = 'blt' AND is_outlier LIMIT 1")
     if expl:
         e = json.loads(expl[0][0])
         assert e["threshold"] == 1.0 and "surprising_spans" in e and "nearest_baseline" in e
@@ -136,3 +137,42 @@ def test_eval_reports_every_scorer_on_the_same_events(tmp_path, capsys, model_di
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["tpr_at_1pct_fpr"] <= 1.0
     assert main(["eval", "--baseline", str(sim / "base.jsonl"), "--test", str(sim / "test.jsonl"),
                  "--attack-seed", "(unclosed", "-q"]) == 2
+
+
+def test_shadow_runs_beside_the_primary_and_never_alerts(tmp_path, capsys, model_dir, sim):
+    db = tmp_path / "sh.duckdb"
+    s = run(capsys, "import", sim / "base.jsonl", "--db", db, "--model", model_dir)
+    run(capsys, "fit", "--db", db, "--model", model_dir)
+    s2 = run(capsys, "import", sim / "test.jsonl", "--db", db, "--model", model_dir)
+    n = s["new_events"] + s2["new_events"]
+    # one 'blt' and one 'linformer' vector per event, of the same fixed size
+    assert q(db, "SELECT model, count(*), count(DISTINCT event_key) FROM event_vectors "
+                 "GROUP BY 1 ORDER BY 1") == [("blt", n, n), ("linformer", n, n)]
+    # after the fit, both models score every new event with their own fit version
+    assert q(db, "SELECT model, version, count(*) FROM assignments GROUP BY ALL ORDER BY 1") == [
+        ("blt", 1, s2["new_events"]), ("linformer", 1, s2["new_events"])]
+    assert q(db, "SELECT DISTINCT model FROM alerts") in ([], [("blt",)])  # the shadow never alerts
+    assert q(db, "SELECT count(*) FROM assignments WHERE model = 'linformer' AND explanation IS NOT NULL") == [(0,)]
+    # what each model cost, per run, for the report
+    runs = q(db, "SELECT model, events, texts_embedded FROM model_runs ORDER BY run_started, model")
+    assert [r[0] for r in runs] == ["blt", "linformer"] * 2
+    assert runs[0][1] == s["new_events"] and runs[1][2] == runs[0][2]
+
+
+def test_shadow_sample_rate_and_off(tmp_path, capsys, model_dir, sim, monkeypatch):
+    from plugin.pipeline.embed import sampled
+
+    db = tmp_path / "half.duckdb"
+    monkeypatch.setenv("SYSMON_BLT_SHADOW_SAMPLE_RATE", "0.5")
+    run(capsys, "import", sim / "base.jsonl", "--db", db, "--model", model_dir)
+    hashes = [r[0] for r in q(db, "SELECT DISTINCT text_hash FROM events")]
+    want = sorted(h for h in hashes if sampled(h, 0.5))
+    assert 0.3 * len(hashes) < len(want) < 0.7 * len(hashes)
+    assert sorted(r[0] for r in q(db, "SELECT text_hash FROM text_vectors WHERE model = 'linformer'")) == want
+    assert q(db, "SELECT count(*) FROM text_vectors WHERE model = 'blt'") == [(len(hashes),)]
+    monkeypatch.setenv("SYSMON_BLT_SHADOW_SAMPLE_RATE", "0")
+    db2 = tmp_path / "off.duckdb"
+    run(capsys, "import", sim / "base.jsonl", "--db", db2, "--model", model_dir)
+    assert q(db2, "SELECT DISTINCT model FROM text_vectors") == [("blt",)]
+    monkeypatch.setenv("SYSMON_BLT_SHADOW_SAMPLE_RATE", "1.5")
+    assert main(["import", str(sim / "base.jsonl"), "--db", str(db2), "--model", str(model_dir), "-q"]) == 2

@@ -13,57 +13,32 @@ from typing import Any
 import numpy as np
 import orjson
 
+from plugin.detect.lineage import guid
+from plugin.detect.lineage import lineage as walk_lineage
 from plugin.normalize.shapes import BadRecord, map_document
 from plugin.normalize.text import CanonicalText
 from plugin.pipeline.score import TextScore
 from plugin.store.duckdb import Store
 
-MAX_LINEAGE = 12
-
-
-def _guid(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return None
-    g = v.strip().strip("{}").lower()
-    return g or None
-
 
 def lineage(store: Store, fields: dict) -> list[dict]:
     """Ancestors by ParentProcessGuid, as far as the stored process-creation events reach."""
-    low = {str(k).lower(): v for k, v in fields.items()}
-    chain: list[dict] = []
-    guid = _guid(low.get("parentprocessguid")) or None
-    if guid is None and low.get("processguid"):
-        guid = _guid(low.get("processguid"))
-        first = _process(store, guid)
-        if first is None:
-            return chain
-        guid = first["parent_guid"]
-    seen: set[str] = set()
-    while guid and guid not in seen and len(chain) < MAX_LINEAGE:
-        seen.add(guid)
-        proc = _process(store, guid)
-        if proc is None:
-            chain.append({"process_guid": guid, "image": None, "note": "not in the stored events"})
-            break
-        chain.append({k: proc[k] for k in ("process_guid", "image", "command_line", "event_key", "ts")})
-        guid = proc["parent_guid"]
-    return chain
+    return walk_lineage(fields, lambda g: _process(store, g))
 
 
-def _process(store: Store, guid: str | None) -> dict | None:
-    if not guid:
+def _process(store: Store, g: str | None) -> dict | None:
+    if not g:
         return None
     rows = store.con.execute(
         "SELECT event_key, ts, json_extract_string(fields, '$.Image'), "
         "json_extract_string(fields, '$.CommandLine'), json_extract_string(fields, '$.ParentProcessGuid') "
         "FROM events WHERE event_id = 1 AND lower(trim(both '{}' FROM "
-        "json_extract_string(fields, '$.ProcessGuid'))) = ? LIMIT 1", [guid]).fetchall()
+        "json_extract_string(fields, '$.ProcessGuid'))) = ? LIMIT 1", [g]).fetchall()
     if not rows:
         return None
     key, ts, image, cmd, parent = rows[0]
-    return {"process_guid": guid, "event_key": key, "ts": ts.isoformat() if ts else None,
-            "image": image, "command_line": cmd, "parent_guid": _guid(parent)}
+    return {"process_guid": g, "event_key": key, "ts": ts.isoformat() if ts else None,
+            "image": image, "command_line": cmd, "parent_guid": guid(parent)}
 
 
 def nearest_events(store: Store, model: str, version: str, vector: np.ndarray, k: int = 5) -> list[dict]:

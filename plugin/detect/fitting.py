@@ -116,8 +116,12 @@ def _record_shipped(store: Store, model: str, model_version: str, clusters: Clus
 
 def fit_database(store: Store, model: str, model_version: str, *, k: int | None = None,
                  quantile: float = 0.99, accept_outliers: bool = False, seed: int = 0,
-                 embedder=None) -> dict:
-    """Fit clusters and the kNN baseline on the database's events; returns the new version."""
+                 embedder=None, flags_of: str | None = None) -> dict:
+    """Fit clusters and the kNN baseline on the database's events; returns the new version.
+
+    ``flags_of`` names the model whose outlier flags hold texts back (default: this model); the
+    shadow passes the primary's, so both models learn the same baseline and stay comparable.
+    """
     rows = store.con.execute(
         """
         WITH flagged AS (
@@ -132,7 +136,7 @@ def fit_database(store: Store, model: str, model_version: str, *, k: int | None 
         FROM events e JOIN text_vectors v
           ON v.text_hash = e.text_hash AND v.model = ? AND v.model_version = ?
         GROUP BY e.text_hash ORDER BY e.text_hash
-        """, [model, model, model, model_version]).fetchall()
+        """, [flags_of or model, flags_of or model, model, model_version]).fetchall()
     if not rows:
         raise ValueError(f"no {model} vectors of version {model_version} in {store.path}: "
                          "import events with this model first")

@@ -56,11 +56,13 @@ def load_reference(model_dir: Path | str, model_name: str) -> tuple[ClusterModel
 
 
 def fit_reference(model_dir: Path | str, texts: list[str], *, quantile: float = 0.99,
-                  k: int | None = None, seed: int = 0, max_texts: int = 60000) -> dict:
-    """Embed the training corpus with the freshly trained BLT and ship its clusters.
+                  k: int | None = None, seed: int = 0, max_texts: int = 60000,
+                  model: str = "blt") -> dict:
+    """Embed the training corpus with a freshly trained model (`model`: the BLT, or the
+    Linformer shadow) and ship its clusters.
 
     Weighted by how often each text occurs, so the reference thresholds reflect event traffic,
-    not the list of distinct texts.
+    not the list of distinct texts. The BLT also ships its cold-start surprisal threshold.
     """
     import random
     from collections import Counter
@@ -72,15 +74,21 @@ def fit_reference(model_dir: Path | str, texts: list[str], *, quantile: float = 
     distinct = sorted(counts)
     if len(distinct) > max_texts:
         distinct = sorted(random.Random(seed).sample(distinct, max_texts))
-    emb = BLTEmbedder.from_dir(model_dir)
+    if model == "blt":
+        emb = BLTEmbedder.from_dir(model_dir)
+    else:
+        from plugin.models.linformer_embedder import LinformerEmbedder
+
+        emb = LinformerEmbedder.from_dir(model_dir)
     vectors = emb.embed(distinct)
     weights = np.array([counts[t] for t in distinct], dtype=np.float64)
     clusters = fit_clusters(vectors, weights, k=k, quantile=quantile, seed=seed)
-    from plugin.detect.surprisal import SurprisalScorer
-
     meta = {"model_version": emb.version, "texts": len(distinct), "events": int(weights.sum()),
-            "quantile": quantile, "k": int(clusters.centroids.shape[0]), "seed": seed,
-            "surprisal_threshold": SurprisalScorer(emb, distinct, weights, quantile=quantile,
-                                                   seed=seed).threshold}
+            "quantile": quantile, "k": int(clusters.centroids.shape[0]), "seed": seed}
+    if model == "blt":
+        from plugin.detect.surprisal import SurprisalScorer
+
+        meta["surprisal_threshold"] = SurprisalScorer(emb, distinct, weights, quantile=quantile,
+                                                      seed=seed).threshold
     save_reference(model_dir, emb.name, clusters, meta)
     return meta

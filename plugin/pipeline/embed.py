@@ -22,18 +22,34 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-class EmbedStage:
-    """Adds VectorRows for a batch's new distinct texts; the sink writes them with the events."""
+def sampled(text_hash: str, rate: float) -> bool:
+    """Whether a text is in a model's sample. Decided by the text's hash, not by chance, so a
+    text is always in or always out: its twins get the same treatment in every run and batch."""
+    if rate >= 1.0:
+        return True
+    return int(text_hash[:8], 16) < rate * 0x1_0000_0000
 
-    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+
+class EmbedStage:
+    """Adds VectorRows for a batch's new distinct texts; the sink writes them with the events.
+
+    ``sample_rate`` < 1 embeds only the texts `sampled` picks (the shadow model's knob: its
+    cost scales with the rate); the primary always runs at 1.0.
+    """
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache, sample_rate: float = 1.0) -> None:
         self.embedder = embedder
         self.cache = cache
+        self.sample_rate = sample_rate
         self.name = f"embed:{embedder.name}"
         self.texts_embedded = 0
+        self.events = 0
         self.seconds = 0.0
 
     def __call__(self, batch) -> None:
-        distinct = {e.text_hash: e.normalized for e in batch.events}
+        distinct = {e.text_hash: e.normalized for e in batch.events
+                    if sampled(e.text_hash, self.sample_rate)}
+        self.events += sum(1 for e in batch.events if e.text_hash in distinct)
         todo = self.cache.missing(distinct)
         if todo:
             t0 = time.perf_counter()
@@ -47,6 +63,7 @@ class EmbedStage:
 
     def stats(self) -> dict:
         rate = self.texts_embedded / self.seconds if self.seconds else 0.0
-        return {"model": self.embedder.name, "model_version": self.embedder.version,
-                "texts_embedded": self.texts_embedded, "cache_hits": self.cache.hits,
+        return {"name": self.name, "model": self.embedder.name,
+                "model_version": self.embedder.version, "sample_rate": self.sample_rate,
+                "events": self.events, "texts_embedded": self.texts_embedded, "cache_hits": self.cache.hits,
                 "embed_seconds": round(self.seconds, 2), "texts_per_second": round(rate, 1)}

@@ -95,6 +95,7 @@ class Importer:
         stages: Sequence[BatchStage] = (),
         progress: bool = True,
         evtx_threads: int = 0,
+        command: str = "import",
     ) -> None:
         self.store = store
         self.normalize = Normalizer(schemas)
@@ -106,10 +107,12 @@ class Importer:
         self.stages = list(stages)
         self.show_progress = progress
         self.evtx_threads = evtx_threads
+        self.command = command
 
     # -- top level ---------------------------------------------------------------------------
     def run(self, paths: Sequence[str]) -> ImportSummary:
         t0 = time.perf_counter()
+        started = utcnow()
         summary = ImportSummary(db=self.store.path)
         units = list(discover(list(paths), self.evtx_threads))
         total = sum(u.size for u in units if not isinstance(u, SourceError))
@@ -132,13 +135,17 @@ class Importer:
                           for s in self.stages]
         summary.embedded = any(getattr(s, "name", "").startswith("embed:") for s in self.stages)
         scored = [s for s in self.stages if getattr(s, "name", "").startswith("score:")]
-        summary.outliers = sum(s.outliers for s in scored)
+        summary.outliers = sum(s.outliers for s in scored if getattr(s, "alerts", True))
         summary.note = (
             "events stored, embedded and scored" if scored else
             "events stored with embeddings; no scorer (the model has no reference clusters and "
             "the database no fit)" if summary.embedded else
             "events stored only (no model loaded): no embeddings or scores")
         summary.events_per_second = round(summary.sysmon_events / summary.seconds, 1) if summary.seconds else 0.0
+        embeds = [st for st in summary.stages if st.get("name", "").startswith("embed:")]
+        if embeds:
+            self.store.record_model_runs(self.command, started, summary.seconds,
+                                         summary.sysmon_events, embeds)
         return summary
 
     def _run_unit(self, unit: FileInput | ArchiveInput, summary: ImportSummary, progress: Progress) -> None:

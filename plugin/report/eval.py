@@ -34,6 +34,8 @@ class EvalSpec:
     model_version: str = ""
     quantile: float = 0.99
     anchors: bool = True
+    shadow_model: str = "linformer"
+    shadow_version: str = ""  # empty: no shadow vectors to evaluate
 
 
 def _matches(source: str, roots: Sequence[str]) -> bool:
@@ -77,7 +79,35 @@ def _vectors(store: Store, model: str, version: str, hashes: list[str]) -> np.nd
     return np.stack([got[h] for h in hashes]).astype(np.float32)
 
 
-def evaluate(store: Store, spec: EvalSpec, embedder=None) -> dict:
+def _keep(store: Store, spec: EvalSpec, keys: list[str], is_attack: np.ndarray,
+          results: dict) -> None:
+    """Labels of the test events and the results, kept in the database for `report`."""
+    import json
+
+    import pyarrow as pa
+
+    from plugin.store.duckdb import utcnow
+
+    how = (f"eval --attack-seed {spec.attack_seed}" if spec.attack_seed
+           else f"eval --attack {' '.join(spec.attack)}")
+    store.con.begin()
+    try:
+        store.con.register("_labels", pa.table({"event_key": keys, "is_attack": is_attack.tolist(),
+                                                "source": [how] * len(keys)}))
+        store.con.execute("INSERT OR REPLACE INTO labels SELECT * FROM _labels").fetchall()
+        store.con.unregister("_labels")
+        spec_doc = {"baseline": spec.baseline, "test": spec.test, "attack_seed": spec.attack_seed,
+                    "attack": spec.attack, "model": spec.model, "model_version": spec.model_version,
+                    "shadow_model": spec.shadow_model, "shadow_version": spec.shadow_version}
+        store.con.execute("INSERT INTO evaluations VALUES (?, ?, ?)",
+                          [utcnow(), json.dumps(spec_doc), json.dumps(results)]).fetchall()
+        store.con.commit()
+    except Exception:
+        store.con.rollback()
+        raise
+
+
+def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = True) -> dict:
     t0 = time.perf_counter()
     base = _load(store, spec.baseline)
     test = _load(store, spec.test + spec.attack)
@@ -119,25 +149,32 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None) -> dict:
         m["seconds"] = round(seconds, 2)
         results[name] = m
 
-    if spec.model_version:
+    def vector_scorers(model: str, version: str) -> np.ndarray:
+        """kNN, KMeans and kNN + cluster rarity on one model's vectors; returns the kNN scores."""
         from plugin.detect.kmeans import fit_clusters
         from plugin.detect.outliers import CentroidScorer, CombinedScorer, KnnScorer
 
-        bv = _vectors(store, spec.model, spec.model_version, b_hashes)
-        tv = _vectors(store, spec.model, spec.model_version, t_hashes)
+        bv = _vectors(store, model, version, b_hashes)
+        tv = _vectors(store, model, version, t_hashes)
         t = time.perf_counter()
         knn = KnnScorer(bv, b_weights, quantile=spec.quantile)
-        record(f"{spec.model}-knn", knn.score(tv).score, calibrated=True, seconds=time.perf_counter() - t)
         knn_scores = knn.score(tv).score
+        record(f"{model}-knn", knn_scores, calibrated=True, seconds=time.perf_counter() - t)
         t = time.perf_counter()
         clusters = fit_clusters(bv, b_weights, quantile=spec.quantile)
-        record(f"{spec.model}-kmeans", CentroidScorer(clusters).score(tv).score, calibrated=True,
+        record(f"{model}-kmeans", CentroidScorer(clusters).score(tv).score, calibrated=True,
                seconds=time.perf_counter() - t)
         t = time.perf_counter()
         combined = CombinedScorer(KnnScorer(bv, b_weights, quantile=spec.quantile, clusters=clusters),
                                   clusters)
-        record(f"{spec.model}-knn+rarity", combined.score(tv).score, calibrated=True,
+        record(f"{model}-knn+rarity", combined.score(tv).score, calibrated=True,
                seconds=time.perf_counter() - t)
+        return knn_scores
+
+    if spec.shadow_version:  # the shadow is measured, never chosen: same events, same metrics
+        vector_scorers(spec.shadow_model, spec.shadow_version)
+    if spec.model_version:
+        knn_scores = vector_scorers(spec.model, spec.model_version)
         if embedder is not None:
             from plugin.detect.surprisal import SurprisalScorer
 
@@ -166,6 +203,8 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None) -> dict:
                    seconds=time.perf_counter() - t)
         except ImportError as exc:
             log.warning("drain3_unavailable", error=str(exc))
+    if record_labels:
+        _keep(store, spec, test.keys, is_attack, results)
     return {
         "baseline_events": len(keep),
         "baseline_dropped_attack_events": len(dirty),

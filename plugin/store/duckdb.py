@@ -301,6 +301,16 @@ class Store:
             [row.get(c) for c in cols],
         )
 
+    def record_model_runs(self, command: str, started: datetime, run_seconds: float,
+                          run_events: int, embed_stats: Sequence[dict]) -> None:
+        """One `model_runs` row per model of a run: what each model cost, for the report."""
+        eps = run_events / run_seconds if run_seconds else None
+        for st in embed_stats:
+            self._run("INSERT INTO model_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                started, command, st["model"], st["model_version"], st.get("events", 0),
+                st["texts_embedded"], st["embed_seconds"], st.get("texts_per_second"),
+                run_seconds, eps])
+
     def close(self) -> None:
         self.con.close()
 
