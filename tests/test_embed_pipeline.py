@@ -41,7 +41,7 @@ def test_every_event_has_a_vector_and_texts_are_embedded_once(tmp_path, capsys, 
         per_event = con.execute(
             "SELECT count(*), count(DISTINCT event_key), count(DISTINCT vector) FROM event_vectors "
             "WHERE model = 'blt'").fetchone()
-        stored = con.execute("SELECT count(*) FROM text_vectors").fetchone()[0]
+        stored = con.execute("SELECT count(*) FROM text_vectors WHERE model = 'blt'").fetchone()[0]
         vtype = dict((r[0], r[1]) for r in con.execute("DESCRIBE event_vectors").fetchall())["vector"]
     finally:
         con.close()
