@@ -104,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--entropy-steps", type=int, metavar="N", help="entropy model training steps")
     tr.add_argument("--shadow-steps", type=int, metavar="N",
                     help="Linformer shadow masked-LM training steps")
-    tr.add_argument("--no-shadow", action="store_true",
-                    help="train the BLT only (imports then run without the Linformer shadow)")
+    shadow_opt = tr.add_mutually_exclusive_group()
+    shadow_opt.add_argument("--no-shadow", action="store_true",
+                            help="train the BLT only (imports then run without the Linformer shadow)")
+    shadow_opt.add_argument("--shadow-only", action="store_true",
+                            help="add (or retrain) the Linformer shadow of an existing model "
+                            "directory, keeping its BLT")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--description", metavar="TEXT",
                     help="what the corpus is, for the model card (default: the paths)")
@@ -350,6 +354,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+SHADOW_CARD_MARK = "<!-- shadow model (Linformer) -->"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.models.train import train_model_dir
@@ -369,15 +376,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     desc = args.description or (
         f"canonical texts of {stats.events} Sysmon events from {stats.inputs} inputs under "
         f"{', '.join(args.paths)}" + (f", excluding {', '.join(args.exclude)}" if args.exclude else ""))
-    kw = {"objective": args.objective} if args.objective else {}
-    result = train_model_dir(texts, args.out, size=args.size, steps=args.steps,
-                             entropy_steps=args.entropy_steps, seed=args.seed,
-                             progress=not args.quiet, data_description=desc, **kw)
     from plugin.detect.reference import fit_reference
 
-    ref = fit_reference(args.out, texts, seed=args.seed)
-    log.info("reference_clusters", **ref)
-    out = {"out": args.out, "corpus_events": stats.events, **result, "reference_clusters": ref}
+    out = {"out": args.out, "corpus_events": stats.events}
+    if args.shadow_only:
+        from plugin.models.checkpoint import ModelDirError, load_blt
+
+        try:
+            load_blt(args.out)
+        except ModelDirError as exc:
+            raise UsageError(f"train --shadow-only: {exc}") from exc
+    else:
+        kw = {"objective": args.objective} if args.objective else {}
+        out.update(train_model_dir(texts, args.out, size=args.size, steps=args.steps,
+                                   entropy_steps=args.entropy_steps, seed=args.seed,
+                                   progress=not args.quiet, data_description=desc, **kw))
+        out["reference_clusters"] = fit_reference(args.out, texts, seed=args.seed)
+        log.info("reference_clusters", **out["reference_clusters"])
     if not args.no_shadow:  # the shadow: same corpus, its own tokenizer, weights and clusters
         from plugin.models.checkpoint import CARD
         from plugin.models.embedder import BLTEmbedder
@@ -389,7 +404,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         out["shadow_reference_clusters"] = fit_reference(args.out, texts, seed=args.seed,
                                                          model="linformer")
         card = Path(args.out) / CARD
-        card.write_text(card.read_text() + "\n" + linformer_card_section(shadow))
+        text = card.read_text() if card.is_file() else ""
+        text = text.split(SHADOW_CARD_MARK)[0].rstrip("\n")  # a retrained shadow replaces its section
+        ref = out["shadow_reference_clusters"]
+        card.write_text(
+            f"{text}\n\n{SHADOW_CARD_MARK}\n{linformer_card_section(shadow).rstrip()}\n"
+            f"- `linformer.clusters.safetensors`: {ref['k']} KMeans centroids (k by silhouette) "
+            f"with per-cluster thresholds at the {ref['quantile']} quantile of training distances, "
+            f"on {ref['texts']:,} distinct texts weighted by their {ref['events']:,} events "
+            "(numbers only)\n"
+            f"- reproduce (the shadow alone, into a model directory holding its BLT): "
+            f"`sysmon-blt train {' '.join(args.paths)} "
+            + "".join(f"--exclude '{g}' " for g in args.exclude)
+            + f"--out {args.out} --shadow-only --seed {args.seed}`\n")
     print(json.dumps(out, default=str))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ def save_reference(model_dir: Path | str, model_name: str, clusters: ClusterMode
     d = Path(model_dir)
     arrays = {k: np.ascontiguousarray(v) for k, v in to_arrays(clusters).items()}
     save_file(arrays, str(d / f"{model_name}.{FILE}"))
+    os.chmod(d / f"{model_name}.{FILE}", 0o644)  # safetensors writes 0600; a model dir is shared
     cfg_path = d / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.setdefault("reference_clusters", {})[model_name] = {
