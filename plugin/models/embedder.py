@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,15 @@ from plugin.models.attention import prefer_packed
 from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.model import BLT
 from plugin.models.checkpoint import load_blt
+
+# oneDNN (the CPU bf16 matmuls) caches a compiled primitive, with its buffers, per distinct
+# shape, up to 1024 of them. Every batch of texts has a new (rows x length) shape, so the cache
+# only grows: embedding 10k real OTRF texts took RSS from 320 MB to 1.5 GB (~70 MB per 1000
+# texts, never freed). A cache of 8 keeps the hits inside one batch (the layers of a stack share
+# shapes) and held RSS at ~630 MB after 5k texts (vs 1.28 GB), at no measurable speed cost.
+# oneDNN reads the variable at its first primitive, so setting it here (before any inference) is
+# enough; a value set by the user wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
 
 
 def cpu_has_bf16() -> bool:
