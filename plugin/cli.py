@@ -220,7 +220,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     schemas = load_schemas(cfg.schemas_dir)
     embedder = None if args.no_embed else _load_embedder(cfg.model)
     shadow = _load_shadow(cfg) if embedder is not None else None
-    store = Store(cfg.db)
+    store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
         stages = (_model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
                   if embedder is not None else [])
@@ -452,7 +452,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="sysmon-blt-eval-")
         db = str(Path(tmp.name) / "eval.duckdb")
     shadow = _load_shadow(cfg)
-    store = Store(db)
+    store = Store(db, memory_limit=cfg.db_memory_limit)
     try:
         stages = []
         for model in filter(None, (embedder, shadow)):
@@ -494,7 +494,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not 0.5 <= args.quantile < 1.0:
         raise UsageError("fit: --quantile must be in [0.5, 1)")
     cfg, embedder = _existing_db_and_model("fit", args)
-    store = Store(cfg.db)
+    store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
     shadow = _load_shadow(cfg)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
@@ -522,7 +522,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     from plugin.store.duckdb import Store
 
     cfg, embedder = _existing_db_and_model("rescore", args)
-    store = Store(cfg.db)
+    store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
         res = rescore(store, _model_stages(store, embedder, cfg.model, _load_shadow(cfg),
                                            cfg.shadow_sample_rate), batch_size=cfg.batch_size)
@@ -627,6 +627,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sysmon-blt: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a runtime failure: say what, keep the traceback for -v
+        import duckdb
+
+        if isinstance(exc, duckdb.OutOfMemoryException):  # DuckDB's buffer pool is full
+            print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "
+                  "db_memory_limit allows (its key indexes grow with the database): raise it, "
+                  "e.g. SYSMON_BLT_DB_MEMORY_LIMIT=2GB, and run the same command again (inputs "
+                  "already imported are skipped)", file=sys.stderr)
+            return 1
         log.error("command_failed", command=args.command, error=f"{type(exc).__name__}: {exc}",
                   exc_info=args.verbose > 0)
         print(f"sysmon-blt: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)

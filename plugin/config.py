@@ -26,6 +26,10 @@ class Config:
     schemas_dir: str | None = None  # a user's own copy of schemas/sysmon (default: shipped)
     model: str | None = None  # model directory (default: the one shipped in the package)
     batch_size: int = 5000  # events per write transaction
+    # DuckDB's buffer pool. Small by default so an import with the models stays near 1.5 GiB of
+    # RSS (the full OTRF import needs ~300 MB of it; 256MB ran out at its end); a database of
+    # many millions of events needs more for its key indexes: the error says so
+    db_memory_limit: str = "512MB"
     evtx_threads: int = 0  # pyevtx-rs worker threads; 0 lets it choose
     log_format: str = "auto"  # auto (console on a terminal, JSON elsewhere), console, json
     # share of distinct texts the shadow model (Linformer) also embeds and scores, picked by text

@@ -199,3 +199,17 @@ def test_older_database_is_migrated_forward(tmp_path):
     from plugin.errors import UsageError
     with pytest.raises(UsageError, match="newer"):
         Store(db)
+
+
+def test_db_memory_limit_too_small_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from plugin import simulate
+    from plugin.cli import main
+
+    src = tmp_path / "s.jsonl"
+    simulate.write_jsonl(str(src), 20000, seed=0)
+    monkeypatch.setenv("SYSMON_BLT_DB_MEMORY_LIMIT", "1MB")
+    assert main(["import", str(src), "--db", str(tmp_path / "a.duckdb"), "--no-embed", "-q"]) == 1
+    assert "SYSMON_BLT_DB_MEMORY_LIMIT" in capsys.readouterr().err
+    monkeypatch.setenv("SYSMON_BLT_DB_MEMORY_LIMIT", "lots")
+    assert main(["import", str(src), "--db", str(tmp_path / "b.duckdb"), "--no-embed", "-q"]) == 2
+    assert "db_memory_limit 'lots'" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plugin.memory import release_freed_heap
 from plugin.models.attention import prefer_packed
 from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.model import BLT
@@ -144,6 +145,8 @@ class BLTEmbedder:
                 vec = self.encode_model.encode(ids, layout, starts).vector
             vec = torch.nn.functional.normalize(vec.float(), dim=-1)
             out[np.asarray(idx)] = vec.cpu().numpy()
+            if self.device.type == "cpu":  # each sub-batch has new tensor sizes (see memory.py)
+                release_freed_heap()
         return out
 
     @torch.inference_mode()

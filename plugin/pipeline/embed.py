@@ -8,6 +8,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import structlog
 
+from plugin.memory import release_freed_heap
 from plugin.pipeline.cache import EmbeddingCache
 from plugin.store.duckdb import VectorRows
 
@@ -57,6 +58,7 @@ class EmbedStage:
             self.seconds += time.perf_counter() - t0
             self.texts_embedded += len(todo)
             self.cache.remember(list(todo), vecs)
+            release_freed_heap()
             batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, list(todo), vecs))
         # every distinct text of the batch, for the stages after this one (scoring)
         batch.text_vectors[self.embedder.name] = self.cache.vectors(list(distinct))

@@ -89,7 +89,7 @@ class Store:
     """A writable sysmon-blt database."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
-                 memory_limit: str = "1GB") -> None:
+                 memory_limit: str = "512MB") -> None:
         self.path = str(path)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
