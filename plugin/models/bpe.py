@@ -29,7 +29,13 @@ from typing import Any
 import structlog
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from plugin.models.checkpoint import CONFIG, ModelDirError, file_sha256, read_config, write_config
+from plugin.models.checkpoint import (
+    ModelDirError,
+    file_sha256,
+    read_config,
+    verified_file,
+    write_config,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -138,27 +144,8 @@ def load_bpe_entry(model_dir: Path | str) -> tuple[Tokenizer, dict[str, Any]]:
     Raises `ModelDirError` when the entry or the file is missing, the file's sha256 differs from
     the record (modified or corrupted) or it does not parse, or the special tokens moved.
     """
-    model_dir = Path(model_dir)
-    cfg = read_config(model_dir)
-    cpath = model_dir / CONFIG
-    entry = cfg["models"].get(BPE_ENTRY)
-    if not isinstance(entry, dict):
-        raise ModelDirError(cpath, f"no tokenizer {BPE_ENTRY!r} in 'models' (no shadow model trained)")
-    for key in ("file", "sha256"):
-        if key not in entry:
-            raise ModelDirError(cpath, f"tokenizer {BPE_ENTRY!r} lacks {key!r}")
-    if Path(entry["file"]).name != entry["file"]:
-        raise ModelDirError(cpath, f"tokenizer {BPE_ENTRY!r} file must be a plain file name")
-    path = model_dir / entry["file"]
-    if not path.is_file():
-        raise ModelDirError(path, "missing file")
-    actual = file_sha256(path)
-    if actual != entry["sha256"]:
-        raise ModelDirError(
-            path,
-            f"sha256 {actual[:16]}... does not match {entry['sha256'][:16]}... recorded in "
-            f"{CONFIG} (file modified or corrupted)",
-        )
+    path, entry = verified_file(model_dir, BPE_ENTRY, "tokenizer", ("file", "sha256"),
+                                " (no shadow model trained)")
     try:
         tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON

@@ -125,6 +125,35 @@ def save_submodel(
     return entry
 
 
+def verified_file(model_dir: Path | str, name: str, what: str = "sub-model",
+                  keys: tuple[str, ...] = ("file", "sha256", "version", "config"),
+                  missing_hint: str = "") -> tuple[Path, dict[str, Any]]:
+    """The file of entry ``name`` in ``config.json`` and the entry, checked before anything reads
+    it: listed, complete (``keys``), a plain file name, present, and sha256 as recorded."""
+    model_dir = Path(model_dir)
+    cfg = read_config(model_dir)
+    cpath = model_dir / CONFIG
+    entry = cfg["models"].get(name)
+    if not isinstance(entry, dict):
+        raise ModelDirError(cpath, f"no {what} {name!r} in 'models'{missing_hint}")
+    for key in keys:
+        if key not in entry:
+            raise ModelDirError(cpath, f"{what} {name!r} lacks {key!r}")
+    if Path(entry["file"]).name != entry["file"]:
+        raise ModelDirError(cpath, f"{what} {name!r} file must be a plain file name")
+    path = model_dir / str(entry["file"])
+    if not path.is_file():
+        raise ModelDirError(path, "missing file")
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise ModelDirError(
+            path,
+            f"sha256 {actual[:16]}... does not match {entry['sha256'][:16]}... recorded in "
+            f"{CONFIG} (file modified or corrupted)",
+        )
+    return path, entry
+
+
 def load_submodel(
     model_dir: Path | str, name: str, expected_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -134,27 +163,7 @@ def load_submodel(
     record, it parses as safetensors, and (if ``expected_shapes`` is given) it holds exactly those
     tensor names with those shapes.
     """
-    model_dir = Path(model_dir)
-    cfg = read_config(model_dir)
-    cpath = model_dir / CONFIG
-    entry = cfg["models"].get(name)
-    if not isinstance(entry, dict):
-        raise ModelDirError(cpath, f"no sub-model {name!r} in 'models'")
-    for key in ("file", "sha256", "version", "config"):
-        if key not in entry:
-            raise ModelDirError(cpath, f"sub-model {name!r} lacks {key!r}")
-    wpath = model_dir / str(entry["file"])
-    if Path(entry["file"]).name != entry["file"]:
-        raise ModelDirError(cpath, f"sub-model {name!r} file must be a plain file name")
-    if not wpath.is_file():
-        raise ModelDirError(wpath, "missing file")
-    actual = file_sha256(wpath)
-    if actual != entry["sha256"]:
-        raise ModelDirError(
-            wpath,
-            f"sha256 {actual[:16]}... does not match {entry['sha256'][:16]}... recorded in "
-            f"{CONFIG} (file modified or corrupted)",
-        )
+    wpath, entry = verified_file(model_dir, name)
     try:
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
