@@ -62,21 +62,16 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
-    kind = _TYPES[key]
-    if "float" in str(kind):
+    kind = str(_TYPES[key])
+    for name, cast, noun in (("float", float, "a number"), ("int", int, "an integer")):
+        if name not in kind:
+            continue
         if isinstance(value, bool):
-            raise UsageError(f"{origin}: {key} must be a number")
+            raise UsageError(f"{origin}: {key} must be {noun}")
         try:
-            return float(value)
+            return cast(value)
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"{origin}: {key} must be a number, got {value!r}") from exc
-    if "int" in str(kind):
-        if isinstance(value, bool):
-            raise UsageError(f"{origin}: {key} must be an integer")
-        try:
-            return int(value)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{origin}: {key} must be an integer, got {value!r}") from exc
+            raise UsageError(f"{origin}: {key} must be {noun}, got {value!r}") from exc
     if value is not None and not isinstance(value, str):
         raise UsageError(f"{origin}: {key} must be a string, got {value!r}")
     return value
