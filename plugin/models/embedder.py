@@ -53,6 +53,24 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def wants_cpu_bf16(setting: bool | str) -> bool:
+    """A bf16 setting (True, False or "auto") resolved: "auto" means where the CPU has native bf16."""
+    return setting is True or (setting == "auto" and cpu_has_bf16())
+
+
+def inference_setup(device: str | None, threads: int | None,
+                    cpu_bf16: bool | str) -> tuple[torch.device, torch.dtype | None, bool]:
+    """What every embedder decides once: the device (CUDA when available), bf16 autocast on
+    CUDA, and whether to run a bf16 copy of the weights on a CPU with native bf16 instructions.
+    Returns ``(device, autocast_dtype, cpu_bf16_copy)``."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        return dev, torch.bfloat16, False
+    return dev, None, wants_cpu_bf16(cpu_bf16)
+
+
 def combined_version(versions: dict[str, str]) -> str:
     """The embedder's version: 16 hex of sha256 over its sub-model versions (entropy + blt)."""
     key = ":".join(f"{k}={versions[k]}" for k in sorted(versions))
@@ -71,20 +89,15 @@ class BLTEmbedder:
         cpu_bf16: bool | str = "auto",
         max_batch_tokens: int = 16384,
     ):
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device, self.autocast_dtype, bf16_copy = inference_setup(device, threads, cpu_bf16)
         self.model = model.to(self.device).eval()
         self.versions = dict(versions)
         self.version = combined_version(self.versions)
         self.dim = model.dim
         self.max_bytes = model.cfg.max_bytes
         self.packed = prefer_packed(self.device)
-        self.autocast_dtype: torch.dtype | None = None
         self.encode_model = self.model  # what runs encoder + latent
-        if self.device.type == "cuda":
-            self.autocast_dtype = torch.bfloat16
-        elif cpu_bf16 is True or (cpu_bf16 == "auto" and cpu_has_bf16()):
+        if bf16_copy:
             self.encode_model = copy.deepcopy(self.model).to(torch.bfloat16)
             del self.encode_model.entropy  # patching stays with the fp32 entropy model
         self.precision = "bf16" if self.encode_model is not self.model or self.autocast_dtype else "fp32"

@@ -34,7 +34,7 @@ from tokenizers import Tokenizer
 
 from plugin.models.bpe import BPE_ENTRY, CLS, clean_text, encode_ids, load_bpe_entry
 from plugin.models.checkpoint import CONFIG, ModelDirError, read_config
-from plugin.models.embedder import combined_version, cpu_has_bf16
+from plugin.models.embedder import combined_version, inference_setup
 from plugin.models.linformer import ENTRY, Linformer, batch_ids, load_linformer
 
 
@@ -63,9 +63,7 @@ class LinformerEmbedder:
         cpu_bf16: bool | str = "auto",
         max_batch_tokens: int = 4096,
     ):
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device, self.autocast_dtype, bf16_copy = inference_setup(device, threads, cpu_bf16)
         self.model = model.to(self.device).eval()
         self.tokenizer = copy.deepcopy(tokenizer)
         self.max_len = model.cfg.max_len
@@ -74,11 +72,8 @@ class LinformerEmbedder:
         self.version = combined_version(self.versions)
         self.dim = model.dim
         self.max_batch_tokens = max_batch_tokens
-        self.autocast_dtype: torch.dtype | None = None
         self.run_model = self.model
-        if self.device.type == "cuda":
-            self.autocast_dtype = torch.bfloat16
-        elif cpu_bf16 is True or (cpu_bf16 == "auto" and cpu_has_bf16()):
+        if bf16_copy:
             self.run_model = copy.deepcopy(self.model).to(torch.bfloat16)
         self.precision = "bf16" if self.run_model is not self.model or self.autocast_dtype else "fp32"
 

@@ -36,7 +36,7 @@ import torch
 
 from plugin.models.bpe import CLS, clean_text, encode_ids, save_bpe, train_bpe
 from plugin.models.checkpoint import read_config, write_config
-from plugin.models.embedder import combined_version, cpu_has_bf16
+from plugin.models.embedder import combined_version, wants_cpu_bf16
 from plugin.models.linformer import (
     ENTRY,
     Linformer,
@@ -173,7 +173,7 @@ def train_linformer(
     model = Linformer(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                             betas=(0.9, 0.98), foreach=False)
-    use_bf16 = tc.bf16 is True or (tc.bf16 == "auto" and cpu_has_bf16())
+    use_bf16 = wants_cpu_bf16(tc.bf16)
     tc.bf16 = use_bf16  # record what ran
     sample = _TokenSampler(seqs, tc.batch_size, tc.max_batch_tokens)
     log.info("linformer_train_start", texts=len(corpus), held_out=len(held),

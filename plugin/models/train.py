@@ -38,7 +38,7 @@ from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.model import BLT, BLTConfig, DEFAULT_OBJECTIVE, OBJECTIVES
 from plugin.models.blt.patching import boundary_entropy, calibrate_threshold, mean_patch_len, patch_starts
 from plugin.models.checkpoint import save_blt, write_card
-from plugin.models.embedder import cpu_has_bf16
+from plugin.models.embedder import wants_cpu_bf16
 
 log = structlog.get_logger("plugin.models.train")
 
@@ -251,7 +251,7 @@ def train_model_dir(
     log.info("train_start", texts=len(corpus), size=tc.size, objective=tc.objective,
              entropy_steps=tc.entropy_steps, steps=tc.steps, seed=seed)
 
-    use_bf16 = tc.bf16 is True or (tc.bf16 == "auto" and cpu_has_bf16())
+    use_bf16 = wants_cpu_bf16(tc.bf16)
     tc.bf16 = use_bf16  # record what ran (after the fingerprint, which keeps the request)
 
     def run_phase(phase, total, opt, lr, step_fn):
