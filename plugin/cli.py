@@ -267,7 +267,8 @@ def _model_stages(store, embedder, model_dir: str | None, shadow=None,
                     "database no fit: events are embedded but not scored")
     else:
         explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs))
-        stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain))
+        stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
+                                 context=loaded.context))
     if shadow is not None:
         stages += _shadow_stages(store, shadow, model_dir, shadow_rate)
     return stages

@@ -47,6 +47,8 @@ def test_fit_then_score_on_arrival(tmp_path, capsys, model_dir, sim):
     assert s["embedded"] and not any(st.get("name", "").startswith("score:") for st in s["stages"])
     f = run(capsys, "fit", "--db", db, "--model", model_dir)
     assert f["version"] == 1 and f["baseline_events"] == 1500
+    ctx = f["context"]  # prevalence + lineage learned from the baseline's events
+    assert ctx["images"] and ctx["threshold"] > 0 and ctx["calibration"] in ("computer", "source", "time")
     s2 = run(capsys, "import", sim / "test.jsonl", "--db", db, "--model", model_dir)
     n_test = s2["new_events"]
     rows = q(db, "SELECT version, count(*), sum(CASE WHEN is_outlier THEN 1 ELSE 0 END), "
@@ -54,6 +56,8 @@ def test_fit_then_score_on_arrival(tmp_path, capsys, model_dir, sim):
                  "WHERE model = 'blt' GROUP BY 1")
     assert rows[0][0] == 1 and rows[0][1] == n_test and rows[0][4]
     assert s2["outliers"] == rows[0][2]
+    details = [json.loads(r[0]) for r in q(db, "SELECT detail FROM assignments WHERE model = 'blt'")]
+    assert all("context_score" in d and "content_score" in d for d in details)
     expl = q(db, "SELECT explanation FROM assignments WHERE model = 'blt' AND is_outlier LIMIT 1")
     if expl:
         e = json.loads(expl[0][0])
@@ -132,7 +136,7 @@ def test_eval_reports_every_scorer_on_the_same_events(tmp_path, capsys, model_di
     assert res["attack_events"] == len(recs) and res["baseline_events"] == 1500
     assert res["test_events"] == 800 + len(recs)
     names = set(res["scorers"])
-    assert {"blt-knn", "blt-kmeans", "blt-surprisal", "tfidf-1nn", "tfidf-kmeans"} <= names
+    assert {"blt-knn", "blt-kmeans", "blt-surprisal", "blt-context", "tfidf-1nn", "tfidf-kmeans"} <= names
     for m in res["scorers"].values():
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["tpr_at_1pct_fpr"] <= 1.0
     assert main(["eval", "--baseline", str(sim / "base.jsonl"), "--test", str(sim / "test.jsonl"),

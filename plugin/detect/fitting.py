@@ -30,6 +30,9 @@ class LoadedScorer:
     medoids: list[str]
     baseline_hashes: list[str]
     origin: str
+    #: prevalence and lineage terms on top of the content score (a fit with an embedder); None
+    #: for the cold start and for scorers without a content model
+    context: object | None = None
 
 
 def latest_fit(store: Store, model: str, model_version: str) -> tuple[int, dict] | None:
@@ -78,7 +81,12 @@ def load_scorer(store: Store, model: str, model_version: str, model_dir: Path | 
             from plugin.detect.surprisal import SurprisalFirstScorer
 
             scorer = SurprisalFirstScorer(embedder, params["surprisal_threshold"], scorer)
-        return LoadedScorer(version, scorer, clusters, medoids, hashes, "fit")
+        context = None
+        if embedder is not None and params.get("context"):
+            from plugin.detect.context import ContextModel
+
+            context = ContextModel.from_params(params["context"])
+        return LoadedScorer(version, scorer, clusters, medoids, hashes, "fit", context)
     if model_dir is None:
         return None
     from plugin.detect.reference import load_reference
@@ -112,6 +120,44 @@ def _record_shipped(store: Store, model: str, model_version: str, clusters: Clus
                           [model, model_version, i, clusters.centroids[i].tolist(),
                            float(clusters.thresholds[i]), int(clusters.sizes[i])]).fetchall()
     store.con.commit()
+
+
+def _fit_context(store: Store, embedder, rows: list, surprisal_threshold: float, quantile: float):
+    """The context terms (`plugin.detect.context`) learned from the baseline's events, walked in
+    arrival order with their process GUIDs, content scored like an import scores them."""
+    import orjson
+    import pyarrow as pa
+
+    from plugin.detect.context import calibration_groups, fit_context, process_fields
+    from plugin.detect.surprisal import window_surprisal
+
+    index = {r[0]: i for i, r in enumerate(rows)}
+    content = window_surprisal(embedder, [r[2] for r in rows]) / surprisal_threshold
+    store.con.register("_fit_texts", pa.table({"text_hash": list(index)}))
+    try:
+        cur = store.con.execute(
+            "SELECT e.event_id, e.fields, e.text_hash, e.computer, e.source FROM events e "
+            "JOIN _fit_texts USING (text_hash) ORDER BY e.ts, e.event_key")
+        eids, fields, idx, computers, sources = [], [], [], [], []
+        while chunk := cur.fetchmany(50_000):
+            for eid, f, h, computer, source in chunk:
+                eids.append(int(eid))
+                try:
+                    fields.append(process_fields(orjson.loads(f) if f else {}))
+                except orjson.JSONDecodeError:
+                    fields.append({})
+                idx.append(index[h])
+                computers.append(computer)
+                sources.append(source)
+    finally:
+        store.con.unregister("_fit_texts")
+    groups, how = calibration_groups(computers, sources)
+    idx_arr = np.asarray(idx, dtype=np.int64)
+    model = fit_context(eids, fields, [rows[i][2] for i in idx], groups, content[idx_arr],
+                        quantile=quantile, calibration=how)
+    log.info("context_fitted", events=len(idx), images=len(model.images), threshold=model.threshold,
+             groups=how)
+    return model
 
 
 def fit_database(store: Store, model: str, model_version: str, *, k: int | None = None,
@@ -159,6 +205,8 @@ def fit_database(store: Store, model: str, model_version: str, *, k: int | None 
 
         params["surprisal_threshold"] = SurprisalScorer(
             embedder, [r[2] for r in rows], weights, quantile=quantile, seed=seed).threshold
+        params["context"] = _fit_context(store, embedder, rows, params["surprisal_threshold"],
+                                         quantile).to_params()
     store.con.begin()
     try:
         store.con.execute("INSERT INTO fits VALUES (?, ?, ?, ?, 'fit', ?, ?, ?)",
@@ -184,5 +232,8 @@ def fit_database(store: Store, model: str, model_version: str, *, k: int | None 
         raise
     log.info("fit_done", model=model, version=version, texts=len(hashes), events=int(weights.sum()),
              k=params["k"], held_back=len(held_back))
+    summary = dict(params)
+    if "context" in summary:  # the path list stays in the database; its size is enough here
+        summary["context"] = {**params["context"], "images": len(params["context"]["images"])}
     return {"model": model, "model_version": model_version, "version": version,
-            "baseline_texts": len(hashes), "baseline_events": int(weights.sum()), **params}
+            "baseline_texts": len(hashes), "baseline_events": int(weights.sum()), **summary}

@@ -16,16 +16,20 @@ log = structlog.get_logger(__name__)
 
 def rescore(store: Store, stages: list, batch_size: int = 5000) -> dict:
     t0 = time.perf_counter()
-    rows = store.con.execute(
+    # in log order, with fields (the context scorer walks process GUIDs); streamed from a second
+    # cursor so the writes below do not cut the read short
+    cur = store.con.cursor()
+    cur.execute(
         "SELECT event_key, source, position, event_id, computer, user_name, ts, record_id, channel, "
-        "shape, normalized, text_hash FROM events ORDER BY ts, event_key").fetchall()
+        "shape, normalized, text_hash, fields FROM events ORDER BY ts, event_key")
     n = 0
-    for i in range(0, len(rows), batch_size):
-        events = [NormalizedEvent(*r, fields="", raw="") for r in rows[i:i + batch_size]]
+    while rows := cur.fetchmany(batch_size):
+        events = [NormalizedEvent(*r[:-1], fields=r[-1] or "", raw="") for r in rows]
         b = Batch(events, [])
         for stage in stages:
             stage(b)
         store.write_batch({}, [], b.vectors, b.assignments, b.alerts)
         n += len(events)
+    cur.close()
     stats = [s.stats() for s in stages if hasattr(s, "stats")]
     return {"events": n, "seconds": round(time.perf_counter() - t0, 2), "stages": stats}

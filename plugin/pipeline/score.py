@@ -5,6 +5,11 @@ current fit), so repeated texts cost a dictionary lookup. The scorer is the late
 database; before any fit, the model directory's shipped reference centroids (version 0): the
 cold start. Outliers also get an explanation and fold into alerts by canonical text.
 
+With a fit that learned context (`plugin.detect.context`), the text's score is the content part
+of a per-event score: plus image-path prevalence and the process tree's carried suspicion,
+recalibrated so 1.0 still marks the outlier threshold. Events must arrive in log order for the
+lineage to reach (sources and `rescore` keep it).
+
 A shadow model's stage runs with ``alerts=False``: its scores and flags are stored beside the
 primary's for comparison, but only the primary's flags reach users as alerts. Events whose text
 the shadow did not sample (no vector) get no shadow assignment.
@@ -35,7 +40,8 @@ class TextScore:
 class ScoreStage:
     def __init__(self, model: str, version: int, scorer, *,
                  explain: Callable[[str, TextScore], dict] | None = None,
-                 alerts: bool = True) -> None:
+                 alerts: bool = True, context=None) -> None:
+        from plugin.detect.context import ContextScorer
         from plugin.detect.lineage import ProcessIndex
 
         self.model = model
@@ -45,6 +51,8 @@ class ScoreStage:
         self.version = version
         self.scorer = scorer
         self.explain = explain
+        #: per-event context on top of the per-text content score (None: content only)
+        self.context = ContextScorer(context) if context is not None else None
         self.name = f"score:{model}"
         self._cache: dict[str, TextScore] = {}
         self.outliers = 0
@@ -77,31 +85,51 @@ class ScoreStage:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
             ts = self._cache[e.text_hash]
+            score, is_outlier, detail, parts = ts.score, ts.is_outlier, ts.detail, None
+            if self.context is not None:
+                cs = self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
+                parts = cs.detail(self.context.model)
+                score, is_outlier, detail = cs.score, cs.score >= 1.0, {**ts.detail, **parts}
             explanation = None
-            if ts.is_outlier:
+            if is_outlier:
                 self.outliers += 1
-            if ts.is_outlier and self.alerts:
+            if is_outlier and self.alerts:
                 if self.explain is not None:
                     if e.text_hash not in explained:  # per text; the lineage is per event
                         explained[e.text_hash] = self.explain(e.normalized, ts)
-                    explanation = orjson.dumps(
-                        {**explained[e.text_hash],
-                         "process_lineage": self.processes.lineage_of(e.fields)},
-                        option=orjson.OPT_SERIALIZE_NUMPY).decode()
+                    per_event = {"process_lineage": self.processes.lineage_of(e.fields)}
+                    if parts is not None:
+                        per_event.update(score=round(score, 4), is_outlier=True, context=parts)
+                    explanation = orjson.dumps({**explained[e.text_hash], **per_event},
+                                               option=orjson.OPT_SERIALIZE_NUMPY).decode()
                 batch.alerts.append({
                     "alert_id": hashlib.sha256(f"{self.model}|{e.text_hash}".encode()).hexdigest()[:24],
-                    "event_key": e.event_key, "model": self.model, "score": ts.score,
+                    "event_key": e.event_key, "model": self.model, "score": score,
                     "ts": e.ts,
                 })
             batch.assignments.append({
                 "event_key": e.event_key, "model": self.model, "version": self.version,
-                "cluster": ts.cluster, "distance": ts.distance, "score": ts.score,
-                "is_outlier": ts.is_outlier,
-                "detail": orjson.dumps(ts.detail, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                "cluster": ts.cluster, "distance": ts.distance, "score": score,
+                "is_outlier": is_outlier,
+                "detail": orjson.dumps(detail, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
                 "explanation": explanation,
             })
             self.scored += 1
 
     def stats(self) -> dict:
         return {"name": self.name, "version": self.version, "scored": self.scored,
-                "outliers": self.outliers, "alerts": self.alerts, "scorer": type(self.scorer).__name__}
+                "outliers": self.outliers, "alerts": self.alerts, "scorer": type(self.scorer).__name__,
+                "context": self.context is not None}
+
+
+def _fields(fields_json: str) -> dict:
+    """An event's process GUIDs from its fields JSON; {} when absent or unreadable (the event
+    is still scored, on its content and prevalence)."""
+    from plugin.detect.context import process_fields
+
+    if not fields_json:
+        return {}
+    try:
+        return process_fields(orjson.loads(fields_json))
+    except orjson.JSONDecodeError:
+        return {}

@@ -53,20 +53,26 @@ class _Events:
     texts: list[str]
     fields: list[dict]
     sources: list[str]
+    event_ids: list[int] = field(default_factory=list)
+    computers: list[str | None] = field(default_factory=list)
 
 
 def _load(store: Store, roots: Sequence[str]) -> _Events:
+    """Events under `roots` in arrival order (the order the context scorer walks them in)."""
     rows = store.con.execute(
-        "SELECT event_key, text_hash, normalized, fields, source FROM events ORDER BY ts, event_key"
+        "SELECT event_key, text_hash, normalized, fields, source, event_id, computer FROM events "
+        "ORDER BY ts, event_key"
     ).fetchall()
     ev = _Events([], [], [], [], [])
-    for key, h, text, fields, source in rows:
+    for key, h, text, fields, source, eid, computer in rows:
         if _matches(source, roots):
             ev.keys.append(key)
             ev.hashes.append(h)
             ev.texts.append(text)
             ev.fields.append(orjson.loads(fields) if fields else {})
             ev.sources.append(source)
+            ev.event_ids.append(int(eid))
+            ev.computers.append(computer)
     return ev
 
 
@@ -171,6 +177,30 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
                seconds=time.perf_counter() - t)
         return knn_scores
 
+    def context_scorers(sur, sur_scores: np.ndarray) -> None:
+        """The default scorer (surprisal + prevalence + lineage) and each context term alone."""
+        from plugin.detect.context import calibration_groups, fit_context, score_events
+        from plugin.detect.surprisal import window_surprisal
+
+        t = time.perf_counter()
+        b_index = {h: i for i, h in enumerate(b_hashes)}
+        b_content = window_surprisal(embedder, [text_of[h] for h in b_hashes]) / sur.threshold
+        content = b_content[[b_index[base.hashes[i]] for i in keep]]
+        groups, how = calibration_groups([base.computers[i] for i in keep],
+                                         [base.sources[i] for i in keep])
+        t_content = sur_scores[per_event]
+        for name, nw, lw in ((f"{spec.model}-context", None, None),
+                             (f"{spec.model}-surprisal+novelty", None, 0.0),
+                             (f"{spec.model}-surprisal+lineage", 0.0, None)):
+            kw = {k: v for k, v in (("novelty_weight", nw), ("lineage_weight", lw)) if v is not None}
+            model = fit_context([base.event_ids[i] for i in keep], [base.fields[i] for i in keep],
+                                [base.texts[i] for i in keep], groups, content,
+                                quantile=spec.quantile, calibration=how, **kw)
+            record(name, event_scores=score_events(model, test.event_ids, test.fields, test.texts,
+                                                   t_content),
+                   calibrated=True, seconds=time.perf_counter() - t)
+            t = time.perf_counter()
+
     if spec.shadow_version:  # the shadow is measured, never chosen: same events, same metrics
         vector_scorers(spec.shadow_model, spec.shadow_version)
     if spec.model_version:
@@ -185,6 +215,7 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
             record(f"{spec.model}-surprisal", sur_scores, calibrated=True,
                    seconds=time.perf_counter() - t)
             record(f"{spec.model}-max-knn-surprisal", np.maximum(knn_scores, sur_scores), calibrated=True)
+            context_scorers(sur, sur_scores)
     if spec.anchors:
         from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
 

@@ -1,0 +1,210 @@
+"""Context for a score: which binaries the baseline never ran, and what the event's process tree did.
+
+A content score (window surprisal, kNN) judges one event's text. Two things an analyst weighs are
+not in that text alone:
+
+- **prevalence**: an executable or module path that no baseline event names (the classic
+  least-frequency-of-occurrence hunt for first-seen binaries);
+- **lineage**: the event belongs to a process whose creation, or an ancestor's, was suspicious.
+  Much of an attack's activity looks ordinary (the payload's ``conhost.exe`` loading
+  ``kernel32.dll``, a monitor opening the payload's process): its text has a twin in every
+  baseline, and only its process tree sets it apart.
+
+Per event, in arrival order (Sysmon logs a parent's creation before its children's events)::
+
+    own   = content + novelty_weight * (1 if an image path is unseen in the baseline else 0)
+    carry = max(own of the process's creation, carry of its parent)       # per ProcessGuid
+    raw   = own + lineage_weight * max(carry(actor), carry(target))
+    score = raw / threshold
+
+Calibration keeps ``score >= 1.0`` meaning "past the ``quantile`` of ordinary traffic": the
+threshold is that quantile of ``raw`` over the baseline's own events, walked the same way, with
+novelty counted leave-one-group-out (a path is new to a baseline event when only its own host, or
+input, ever named it). Otherwise a baseline would never see a new path, and every new host's own
+software would cross the threshold.
+
+The weights (1.0, 0.5) were chosen by the LSASS leave-one-capture-out evaluation (README, with
+the neighbouring values); the context needs a fitted baseline, so the cold start is content only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from plugin.detect.kmeans import THRESHOLD_FLOOR
+from plugin.detect.lineage import guid
+
+NOVELTY_WEIGHT = 1.0
+LINEAGE_WEIGHT = 0.5
+MAX_PROCESSES = 500_000
+MAX_PATHS_SHOWN = 5
+
+#: canonical-text keys whose values are executable or module paths
+IMAGE_KEYS = ("image", "parentimage", "sourceimage", "targetimage", "imageloaded")
+_IMAGE_VALUE = re.compile(r"(?:^| )(?:" + "|".join(IMAGE_KEYS) + r")=(.*?)(?= [a-z0-9_]+=|$)")
+
+
+def image_paths(text: str) -> set[str]:
+    """The image and module paths a canonical text names (``image=...``, ``imageloaded=...``)."""
+    return {v for v in _IMAGE_VALUE.findall(text) if v and v != "-"}
+
+
+@dataclass
+class ContextModel:
+    """What a fit learned for the context terms: the baseline's paths and the threshold."""
+
+    images: frozenset[str]
+    threshold: float
+    novelty_weight: float = NOVELTY_WEIGHT
+    lineage_weight: float = LINEAGE_WEIGHT
+    quantile: float = 0.99
+    calibration: str = ""
+
+    def to_params(self) -> dict:
+        return {"images": sorted(self.images), "threshold": self.threshold,
+                "novelty_weight": self.novelty_weight, "lineage_weight": self.lineage_weight,
+                "quantile": self.quantile, "calibration": self.calibration}
+
+    @classmethod
+    def from_params(cls, p: dict) -> "ContextModel":
+        return cls(frozenset(p.get("images", ())), float(p["threshold"]),
+                   float(p.get("novelty_weight", NOVELTY_WEIGHT)),
+                   float(p.get("lineage_weight", LINEAGE_WEIGHT)),
+                   float(p.get("quantile", 0.99)), str(p.get("calibration", "")))
+
+    def novel(self, text: str) -> list[str]:
+        return sorted(p for p in image_paths(text) if p not in self.images)
+
+
+_PROCESS_KEYS = frozenset({"processguid", "parentprocessguid", "sourceprocessguid",
+                           "targetprocessguid"})
+
+
+def _lower(fields: dict) -> dict:
+    return {str(k).lower(): v for k, v in fields.items()}
+
+
+def process_fields(fields: dict) -> dict:
+    """Only the process GUIDs of an event's fields (lower-case keys): all the walk needs, and
+    little to hold for every event of a baseline."""
+    return {k: v for k, v in _lower(fields).items() if k in _PROCESS_KEYS} if isinstance(fields, dict) else {}
+
+
+class ProcessCarry:
+    """The suspicion each process carries, by ProcessGuid, in arrival order; bounded in memory
+    (oldest first out), so a long-running consumer does not grow without end."""
+
+    def __init__(self, max_entries: int = MAX_PROCESSES) -> None:
+        self._carry: dict[str, float] = {}
+        self.max_entries = max_entries
+
+    def step(self, event_id: int, fields: dict, own: float) -> float:
+        """This event's lineage context (before its own contribution); records a creation."""
+        low = _lower(fields)
+        if event_id == 1:
+            inherited = self._carry.get(guid(low.get("parentprocessguid")) or "", 0.0)
+            g = guid(low.get("processguid"))
+            if g is not None:
+                if g not in self._carry and len(self._carry) >= self.max_entries:
+                    self._carry.pop(next(iter(self._carry)))
+                self._carry[g] = max(own, inherited)
+            return inherited
+        actor = guid(low.get("processguid") or low.get("sourceprocessguid"))
+        target = guid(low.get("targetprocessguid"))
+        return max(self._carry.get(actor or "", 0.0), self._carry.get(target or "", 0.0))
+
+
+@dataclass
+class ContextScore:
+    score: float
+    raw: float
+    content: float
+    novel_images: list[str] = field(default_factory=list)
+    lineage: float = 0.0
+
+    def detail(self, model: ContextModel) -> dict:
+        return {"context_score": round(self.score, 4), "content_score": round(self.content, 4),
+                "novel_images": self.novel_images[:MAX_PATHS_SHOWN],
+                "lineage_context": round(self.lineage, 4),
+                "context_threshold": round(model.threshold, 4),
+                "novelty_weight": model.novelty_weight, "lineage_weight": model.lineage_weight}
+
+
+class ContextScorer:
+    """Scores events one by one in arrival order on top of their texts' content scores."""
+
+    def __init__(self, model: ContextModel, max_processes: int = MAX_PROCESSES) -> None:
+        self.model = model
+        self.carry = ProcessCarry(max_processes)
+        self._novel: dict[str, list[str]] = {}
+
+    def novel(self, text: str) -> list[str]:
+        hit = self._novel.get(text)
+        if hit is None:
+            if len(self._novel) > 200_000:
+                self._novel.clear()
+            hit = self._novel[text] = self.model.novel(text)
+        return hit
+
+    def score(self, event_id: int, fields: dict, text: str, content: float) -> ContextScore:
+        m = self.model
+        novel = self.novel(text)
+        own = content + (m.novelty_weight if novel else 0.0)
+        ctx = self.carry.step(event_id, fields, own)
+        raw = own + m.lineage_weight * ctx
+        return ContextScore(raw / m.threshold, raw, content, novel, ctx)
+
+
+def calibration_groups(computers: Sequence[str | None], sources: Sequence[str]) -> tuple[list, str]:
+    """Groups for leave-one-group-out novelty: hosts when the baseline spans several, else
+    inputs, else the last fifth of the baseline in time against the rest."""
+    if len({c for c in computers if c}) >= 2:
+        return [c or "" for c in computers], "computer"
+    if len(set(sources)) >= 2:
+        return list(sources), "source"
+    n = len(sources)
+    cut = int(n * 0.8)
+    return [0 if i < cut else 1 for i in range(n)], "time"
+
+
+def fit_context(event_ids: Sequence[int], fields: Sequence[dict], texts: Sequence[str],
+                groups: Sequence, content: np.ndarray, quantile: float = 0.99,
+                novelty_weight: float = NOVELTY_WEIGHT, lineage_weight: float = LINEAGE_WEIGHT,
+                calibration: str = "") -> ContextModel:
+    """Learn the baseline's image paths and the threshold from its events in arrival order.
+
+    ``content`` is each event's calibrated content score (1.0 = the content scorer's own
+    threshold). Novelty during calibration is leave-one-group-out (see the module docstring).
+    """
+    n = len(texts)
+    if not (len(event_ids) == len(fields) == len(groups) == len(content) == n):
+        raise ValueError("fit_context: event_ids, fields, texts, groups and content differ in length")
+    paths_of: dict[str, set[str]] = {}
+    owners: dict[str, set] = {}
+    for t, gr in zip(texts, groups):
+        ps = paths_of.get(t)
+        if ps is None:
+            ps = paths_of[t] = image_paths(t)
+        for p in ps:
+            owners.setdefault(p, set()).add(gr)
+    carry = ProcessCarry(max(MAX_PROCESSES, n))
+    raw = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        novel = any(len(owners[p]) == 1 for p in paths_of[texts[i]])
+        own = float(content[i]) + (novelty_weight if novel else 0.0)
+        raw[i] = own + lineage_weight * carry.step(int(event_ids[i]), fields[i], own)
+    threshold = float(np.quantile(raw, quantile)) if n else THRESHOLD_FLOOR
+    return ContextModel(frozenset(owners), max(threshold, THRESHOLD_FLOOR), novelty_weight,
+                        lineage_weight, quantile, calibration)
+
+
+def score_events(model: ContextModel, event_ids: Iterable[int], fields: Iterable[dict],
+                 texts: Iterable[str], content: np.ndarray) -> np.ndarray:
+    """Context scores of events in arrival order (a fresh process state)."""
+    sc = ContextScorer(model)
+    return np.array([sc.score(int(e), f, t, float(c)).score
+                     for e, f, t, c in zip(event_ids, fields, texts, content)], dtype=np.float64)

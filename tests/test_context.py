@@ -1,0 +1,134 @@
+"""Context scoring: image-path prevalence and process-tree lineage on top of content scores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from plugin.detect.context import (ContextModel, ContextScorer, calibration_groups, fit_context,
+                                   image_paths, score_events)
+
+PAYLOAD = "c:\\users\\<user>\\downloads\\dropper.exe"
+CMD = "c:\\windows\\system32\\cmd.exe"
+CONHOST = "c:\\windows\\system32\\conhost.exe"
+LOAD = f"eid=7 image={CONHOST} imageloaded=c:\\windows\\system32\\kernel32.dll signed=true"
+
+
+def create(guid: str, parent: str, image: str) -> tuple[int, dict, str]:
+    return 1, {"ProcessGuid": "{" + guid + "}", "ParentProcessGuid": "{" + parent + "}"}, \
+        f"eid=1 image={image} commandline={image} parentimage=x"
+
+
+def test_image_paths_reads_every_image_key_and_stops_at_the_next_key():
+    text = ("eid=10 sourceimage=c:\\program files (x86)\\app\\a b.exe targetimage=c:\\windows\\"
+            "system32\\lsass.exe grantedaccess=0x1010")
+    assert image_paths(text) == {"c:\\program files (x86)\\app\\a b.exe", "c:\\windows\\system32\\lsass.exe"}
+    assert image_paths(LOAD) == {CONHOST, "c:\\windows\\system32\\kernel32.dll"}
+    assert image_paths("eid=22 queryname=example.com") == set()
+
+
+def test_an_ordinary_text_under_a_suspicious_process_is_raised_and_its_twin_is_not():
+    seen = frozenset({CMD, CONHOST, "c:\\windows\\system32\\kernel32.dll", "x"})
+    model = ContextModel(seen, threshold=2.0, novelty_weight=1.0, lineage_weight=0.5)
+    sc = ContextScorer(model)
+    root = sc.score(*create("a1", "a0", PAYLOAD), content=3.0)  # new binary, odd text
+    assert root.novel_images == [PAYLOAD] and root.raw == pytest.approx(4.0)
+    child = sc.score(*create("a2", "a1", CMD), content=0.2)  # cmd.exe under the payload
+    assert child.lineage == pytest.approx(4.0)
+    inside = sc.score(7, {"ProcessGuid": "{A2}"}, LOAD, content=0.1)  # GUID case and braces vary
+    assert inside.lineage == pytest.approx(4.0) and inside.score >= 1.0
+    # the same text in an unrelated process stays ordinary
+    sc.score(*create("b2", "b0", CMD), content=0.2)
+    twin = sc.score(7, {"ProcessGuid": "{b2}"}, LOAD, content=0.1)
+    assert twin.lineage == pytest.approx(0.2) and twin.score == pytest.approx(0.1)
+    # a monitor opening the payload's process is part of its story (target GUID)
+    acc = sc.score(10, {"SourceProcessGUID": "{c9}", "TargetProcessGUID": "{a1}"},
+                   f"eid=10 sourceimage={CMD} targetimage={PAYLOAD}", content=0.3)
+    assert acc.lineage == pytest.approx(4.0) and acc.novel_images == [PAYLOAD]
+    # unreadable or missing GUIDs: still scored on content and prevalence
+    assert sc.score(7, {}, LOAD, content=0.4).score == pytest.approx(0.2)
+
+
+def test_process_memory_is_bounded():
+    sc = ContextScorer(ContextModel(frozenset(), threshold=1.0), max_processes=3)
+    for i in range(10):
+        sc.score(*create(f"p{i}", "root", CMD), content=1.0)
+    assert len(sc.carry._carry) == 3
+
+
+def test_fit_context_counts_novelty_leave_one_group_out_and_calibrates_the_quantile():
+    shared, own_a = "c:\\windows\\system32\\svchost.exe", "c:\\tools\\only_on_a.exe"
+    texts = [f"eid=7 image={shared}"] * 90 + [f"eid=7 image={own_a}"] * 10
+    groups = ["host-b"] * 80 + ["host-a"] * 20  # svchost on both hosts, one tool on host-a only
+    content = np.linspace(0.0, 0.5, 100)
+    m = fit_context([7] * 100, [{}] * 100, texts, groups, content, quantile=0.9,
+                    lineage_weight=0.0, calibration="computer")
+    expected_raw = content + np.array([0.0] * 90 + [1.0] * 10)
+    assert m.threshold == pytest.approx(float(np.quantile(expected_raw, 0.9)))
+    assert m.images == {shared, own_a}  # every baseline path is known when scoring
+    assert m.novel(f"eid=7 image={own_a}") == [] and m.novel("eid=1 image=c:\\new.exe") == ["c:\\new.exe"]
+    again = ContextModel.from_params(json.loads(json.dumps(m.to_params())))
+    assert again == m
+    with pytest.raises(ValueError, match="differ in length"):
+        fit_context([7], [{}], texts, groups, content)
+
+
+def test_calibration_groups_prefer_hosts_then_inputs_then_time():
+    assert calibration_groups(["a", "b", "a"], ["f", "f", "f"])[1] == "computer"
+    assert calibration_groups(["a", "a"], ["f", "g"]) == (["f", "g"], "source")
+    groups, how = calibration_groups([None] * 10, ["f"] * 10)
+    assert how == "time" and groups == [0] * 8 + [1] * 2
+
+
+def test_score_events_matches_the_scorer_event_by_event():
+    model = ContextModel(frozenset({CMD}), threshold=1.5)
+    evs = [create("a1", "a0", PAYLOAD), create("a2", "a1", CMD), (7, {"ProcessGuid": "a2"}, LOAD)]
+    content = np.array([2.0, 0.1, 0.1])
+    got = score_events(model, [e[0] for e in evs], [e[1] for e in evs], [e[2] for e in evs], content)
+    sc = ContextScorer(model)
+    assert got.tolist() == [sc.score(*e, content=c).score for e, c in zip(evs, content)]
+
+
+class _Scorer:
+    """A content scorer with fixed scores per text, for the stage test."""
+
+    def __init__(self, scores: dict[str, float]):
+        self.scores = scores
+        self.needs_text = True
+
+    def score(self, vectors, texts):
+        from plugin.detect.outliers import Scored
+
+        s = np.array([self.scores[t] for t in texts])
+        n = len(texts)
+        return Scored(cluster=np.zeros(n, dtype=np.int64), distance=s, score=s, is_outlier=s >= 1.0,
+                      detail=[{"scorer": "fixed"} for _ in texts])
+
+
+def test_score_stage_applies_the_context_per_event_in_arrival_order():
+    from plugin.normalize.normalizer import NormalizedEvent
+    from plugin.pipeline.importer import Batch
+    from plugin.pipeline.score import ScoreStage
+
+    rows = [create("a1", "a0", PAYLOAD), create("a2", "a1", CMD), (7, {"ProcessGuid": "{a2}"}, LOAD),
+            create("b2", "b0", CMD), (7, {"ProcessGuid": "{b2}"}, LOAD)]
+    content = {rows[0][2]: 3.0, rows[1][2]: 0.2, LOAD: 0.1}
+    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    events = [NormalizedEvent(f"k{i}", "s", i, eid, "host", None, ts, i, None, "test", text,
+                              hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
+              for i, (eid, f, text) in enumerate(rows)]
+    batch = Batch(events, [])
+    batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
+    model = ContextModel(frozenset({CMD, CONHOST, "c:\\windows\\system32\\kernel32.dll", "x"}), 2.0)
+    stage = ScoreStage("blt", 1, _Scorer(content), context=model)
+    stage(batch)
+    by_key = {a["event_key"]: a for a in batch.assignments}
+    assert [by_key[f"k{i}"]["is_outlier"] for i in range(5)] == [True, True, True, False, False]
+    assert all((a["score"] >= 1.0) == a["is_outlier"] for a in batch.assignments)
+    detail = json.loads(by_key["k2"]["detail"])
+    assert detail["content_score"] == pytest.approx(0.1) and detail["lineage_context"] == pytest.approx(4.0)
+    assert stage.stats()["context"] is True
