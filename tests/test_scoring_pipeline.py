@@ -116,6 +116,14 @@ def test_enrich_returns_the_stored_twin_first_and_lineage(tmp_path, capsys, mode
     assert blk["neighbors"][0]["similarity"] > 0.999 and len(blk["neighbors"]) == 5
     lineage = blk["explanation"]["process_lineage"]
     assert lineage and lineage[0]["process_guid"] == ev.fields["ParentProcessGuid"].strip("{}").lower()
+    # after a rescore under the fit, enrich gives the alert the score the pipeline stored
+    # (content + prevalence + the lineage term from the stored ancestors)
+    run(capsys, "rescore", "--db", db, "--model", model_dir)
+    assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 0
+    blk = json.loads(capsys.readouterr().out)["sysmon_blt"]
+    stored = q(db, f"SELECT a.score FROM assignments a JOIN events e USING (event_key) WHERE "
+                   f"a.model = 'blt' AND e.record_id = {ev.record_id} AND e.event_id = 1")
+    assert "context" in blk["explanation"] and blk["score"] == pytest.approx(stored[0][0], rel=1e-5)
     # a non-Sysmon object gets an error block, not a crash
     src.write_text('{"EventID": 4624, "Channel": "Security", "SourceName": "x"}')
     assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 0

@@ -88,13 +88,49 @@ class Enricher:
                 else sc.score(vec[None, :])
             ts = TextScore(int(res.cluster[0]), float(res.distance[0]), float(res.score[0]),
                            bool(res.is_outlier[0]), res.detail[0])
-            block.update(cluster=ts.cluster, score=ts.score, is_outlier=ts.is_outlier,
+            chain = lineage(self.store, ev.fields)
+            score, is_outlier, parts = ts.score, ts.is_outlier, None
+            if self.loaded.context is not None:
+                score, parts = self._context(ev, canonical, ts.score, chain)
+                is_outlier = score >= 1.0
+            block.update(cluster=ts.cluster, score=score, is_outlier=is_outlier,
                          fit_version=self.loaded.version)
             explanation = self.explain(canonical, ts)
+            if parts is not None:
+                explanation.update(score=round(score, 4), is_outlier=is_outlier, context=parts)
         else:
             block.update(cluster=None, score=None, is_outlier=None)
             explanation = {"note": "no fit and no shipped clusters: not scored"}
-        explanation["process_lineage"] = lineage(self.store, ev.fields)
+            chain = lineage(self.store, ev.fields)
+        explanation["process_lineage"] = chain
         block["explanation"] = explanation
         block["neighbors"] = nearest_events(self.store, self.embedder.name, self.embedder.version, vec)
         return {**doc, "sysmon_blt": orjson.loads(orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY))}
+
+    def _context(self, ev, canonical: str, content: float, chain: list[dict]) -> tuple[float, dict]:
+        """The import's context score for one alert: prevalence of its paths, and the lineage
+        term from the stored creations of its process and ancestors (their scores as stored)."""
+        from plugin.detect.context import ContextScore
+
+        model = self.loaded.context
+        novel = model.novel(canonical)
+        own = content + (model.novelty_weight if novel else 0.0)
+        low = {str(k).lower(): v for k, v in ev.fields.items()}
+        keys = [p["event_key"] for p in chain if p.get("event_key")]
+        if ev.event_id != 1:  # the acting process's own creation carries too
+            actor = _process(self.store, guid(low.get("processguid") or low.get("sourceprocessguid")))
+            if actor is not None:
+                keys.append(actor["event_key"])
+        carry = 0.0
+        if keys:
+            rows = self.store.con.execute(
+                "SELECT detail FROM assignments WHERE model = ? AND event_key IN (SELECT unnest(?))",
+                [self.embedder.name, keys]).fetchall()
+            for (detail,) in rows:
+                d = orjson.loads(detail) if detail else {}
+                if "content_score" in d:  # carry = the highest own score along the chain
+                    carry = max(carry, d["content_score"]
+                                + (model.novelty_weight if d.get("novel_images") else 0.0))
+        raw = own + model.lineage_weight * carry
+        cs = ContextScore(raw / model.threshold, raw, content, novel, carry)
+        return cs.score, cs.detail(model)
