@@ -6,6 +6,7 @@ One evaluation database serves all four folds (inputs are imported once). Prints
 table, then the mean per scorer, and writes everything as JSON.
 
 usage: python benchmarks/eval_lsass.py [--data ../shared/data] [--db lsass.duckdb] [--out eval.json]
+       [--model DIR] [--no-anchors]
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--db", default="lsass-eval.duckdb")
     ap.add_argument("--out", default="lsass-eval.json")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--no-anchors", action="store_true",
+                    help="our scorers only (e.g. comparing model variants)")
     args = ap.parse_args()
     root = Path(args.data) / "otrf" / "compound"
     caps = {c: str(root / f"LSASS_campaign_{c}") for c in SEEDS}
@@ -41,6 +44,8 @@ def main() -> None:
                "--attack-seed", seed, "--db", args.db, "--json", "-q"]
         if args.model:
             cmd += ["--model", args.model]
+        if args.no_anchors:
+            cmd += ["--no-anchors"]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         folds[c] = res
         print(f"\n== LSASS_campaign_{c} (seed {seed}): test {res['test_events']} events, "

@@ -139,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", parents=[common], help="fit clusters and outlier thresholds on a database's events",
         description="Learn the events stored in --db as normal: KMeans clusters (k given, or "
         "chosen by silhouette) and the nearest-neighbour baseline, with thresholds at a high "
-        "quantile of baseline distances; writes a new version. Texts the current fit flags as "
-        "outliers stay out of the new baseline unless their alert was marked a false positive "
-        "or --accept-outliers is given. Fit on a baseline you trust, never on the evidence.")
+        "quantile of baseline distances; and the context of the default score: the image and "
+        "module paths the baseline names (a path none names counts against an event) and the "
+        "threshold of surprisal + prevalence + process lineage, walked over the baseline's events "
+        "in log order. Writes a new version; run `rescore` to apply it to stored events. Texts "
+        "the current fit flags as outliers stay out of the new baseline unless their alert was "
+        "marked a false positive or --accept-outliers is given. Fit on a baseline you trust, "
+        "never on the evidence.")
     fit.add_argument("--db", metavar="FILE")
     fit.add_argument("--k", type=int, metavar="K", help="clusters (default: chosen by silhouette)")
     fit.add_argument("--quantile", type=float, default=0.99, help="threshold quantile (0.99)")

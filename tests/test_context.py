@@ -132,3 +132,35 @@ def test_score_stage_applies_the_context_per_event_in_arrival_order():
     detail = json.loads(by_key["k2"]["detail"])
     assert detail["content_score"] == pytest.approx(0.1) and detail["lineage_context"] == pytest.approx(4.0)
     assert stage.stats()["context"] is True
+
+
+def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
+    """rescore reads from a second cursor in batches while each batch's scores are written on the
+    main connection; every event must arrive once, in (ts, event_key) order, with its fields."""
+    from plugin import simulate
+    from plugin.cli import main
+    from plugin.pipeline.rescore import rescore
+    from plugin.store.duckdb import Store
+
+    src = tmp_path / "e.jsonl"
+    simulate.write_jsonl(str(src), 600, seed=3, anomaly_rate=0.0, shape="winlogbeat8")
+    db = tmp_path / "r.duckdb"
+    assert main(["import", str(src), "--db", str(db), "--no-embed", "-q"]) == 0
+    seen = []
+
+    def stage(batch):
+        seen.extend((e.ts, e.event_key, bool(e.fields)) for e in batch.events)
+        batch.assignments.extend({"event_key": e.event_key, "model": "t", "version": 1, "cluster": 0,
+                                  "distance": 0.0, "score": 0.5, "is_outlier": False, "detail": "{}",
+                                  "explanation": None} for e in batch.events)
+
+    store = Store(str(db))
+    try:
+        res = rescore(store, [stage], batch_size=97)
+        n = store.con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+        written = store.con.execute("SELECT count(*) FROM assignments WHERE model = 't'").fetchall()[0][0]
+    finally:
+        store.close()
+    assert res["events"] == n == len(seen) == written == len({k for _, k, _ in seen})
+    assert [(t, k) for t, k, _ in seen] == sorted((t, k) for t, k, _ in seen)
+    assert all(has_fields for _, _, has_fields in seen)

@@ -34,6 +34,7 @@ class EvalSpec:
     model_version: str = ""
     quantile: float = 0.99
     anchors: bool = True
+    context_anchor: bool = True  # tfidf-1nn + the same context terms
     shadow_model: str = "linformer"
     shadow_version: str = ""  # empty: no shadow vectors to evaluate
 
@@ -113,6 +114,27 @@ def _keep(store: Store, spec: EvalSpec, keys: list[str], is_attack: np.ndarray,
         raise
 
 
+def _heldout_content(cls, texts: list[str], weights: np.ndarray, quantile: float,
+                     folds: int = 5, seed: int = 0) -> tuple[np.ndarray, float]:
+    """An anchor's content score for every baseline text as a new text would get it (k-fold: each
+    fold scored against the others), and its calibration threshold (the weighted `quantile`)."""
+    from plugin.detect.kmeans import THRESHOLD_FLOOR, weighted_quantile
+
+    n = len(texts)
+    raw = np.zeros(n, dtype=np.float64)
+    if n < 2 * folds:
+        return raw, 1.0
+    perm = np.random.default_rng(seed).permutation(n)
+    for k in range(folds):
+        hold = perm[k::folds]
+        rest = np.sort(np.setdiff1d(perm, hold))
+        sc = cls()
+        sc.fit([texts[i] for i in rest])
+        raw[hold] = np.asarray(sc.score([texts[i] for i in hold]))
+    threshold = max(weighted_quantile(raw, weights, quantile), THRESHOLD_FLOOR)
+    return raw / threshold, threshold
+
+
 def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = True) -> dict:
     t0 = time.perf_counter()
     base = _load(store, spec.baseline)
@@ -177,29 +199,35 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
                seconds=time.perf_counter() - t)
         return knn_scores
 
-    def context_scorers(sur, sur_scores: np.ndarray) -> None:
-        """The default scorer (surprisal + prevalence + lineage) and each context term alone."""
+    def context_scorers_on(name: str, b_content: np.ndarray, t_content: np.ndarray,
+                           seconds: float = 0.0, ablations: tuple = ()) -> None:
+        """Context terms (`plugin.detect.context`) over calibrated content scores of the distinct
+        baseline and test texts: fit on the baseline's events, score the test's in order."""
         from plugin.detect.context import calibration_groups, fit_context, score_events
-        from plugin.detect.surprisal import window_surprisal
 
         t = time.perf_counter()
         b_index = {h: i for i, h in enumerate(b_hashes)}
-        b_content = window_surprisal(embedder, [text_of[h] for h in b_hashes]) / sur.threshold
         content = b_content[[b_index[base.hashes[i]] for i in keep]]
         groups, how = calibration_groups([base.computers[i] for i in keep],
                                          [base.sources[i] for i in keep])
-        t_content = sur_scores[per_event]
-        for name, nw, lw in ((f"{spec.model}-context", None, None),
-                             (f"{spec.model}-surprisal+novelty", None, 0.0),
-                             (f"{spec.model}-surprisal+lineage", 0.0, None)):
-            kw = {k: v for k, v in (("novelty_weight", nw), ("lineage_weight", lw)) if v is not None}
+        for row, kw in ((name, {}), *ablations):
             model = fit_context([base.event_ids[i] for i in keep], [base.fields[i] for i in keep],
                                 [base.texts[i] for i in keep], groups, content,
                                 quantile=spec.quantile, calibration=how, **kw)
-            record(name, event_scores=score_events(model, test.event_ids, test.fields, test.texts,
-                                                   t_content),
-                   calibrated=True, seconds=time.perf_counter() - t)
-            t = time.perf_counter()
+            record(row, event_scores=score_events(model, test.event_ids, test.fields, test.texts,
+                                                  t_content[per_event]),
+                   calibrated=True, seconds=seconds + time.perf_counter() - t)
+            t, seconds = time.perf_counter(), 0.0
+
+    def context_scorers(sur, sur_scores: np.ndarray) -> None:
+        """The default scorer (surprisal + prevalence + lineage) and each context term alone."""
+        from plugin.detect.surprisal import window_surprisal
+
+        t = time.perf_counter()
+        b_content = window_surprisal(embedder, [text_of[h] for h in b_hashes]) / sur.threshold
+        context_scorers_on(f"{spec.model}-context", b_content, sur_scores, time.perf_counter() - t,
+                           ((f"{spec.model}-surprisal+novelty", {"lineage_weight": 0.0}),
+                            (f"{spec.model}-surprisal+lineage", {"novelty_weight": 0.0})))
 
     if spec.shadow_version:  # the shadow is measured, never chosen: same events, same metrics
         vector_scorers(spec.shadow_model, spec.shadow_version)
@@ -225,7 +253,16 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
             t = time.perf_counter()
             sc = cls()
             sc.fit(b_texts)
-            record(name, np.asarray(sc.score(t_texts)), seconds=time.perf_counter() - t)
+            tfidf_scores = np.asarray(sc.score(t_texts))
+            record(name, tfidf_scores, seconds=time.perf_counter() - t)
+            if name == "tfidf-1nn" and spec.context_anchor:
+                # the same context terms on the anchor's content score: what the context adds
+                # alone, and whether the BLT's content score still earns its place
+                t = time.perf_counter()
+                b_content, threshold = _heldout_content(TfidfNearestNeighbor, b_texts, b_weights,
+                                                        spec.quantile)
+                context_scorers_on(f"{name}+context", b_content, tfidf_scores / threshold,
+                                   time.perf_counter() - t)
         try:
             t = time.perf_counter()
             d3 = Drain3Rarity()
