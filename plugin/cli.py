@@ -465,6 +465,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             stages.append(EmbedStage(model, EmbeddingCache(store, model.name, model.version)))
         Importer(store, load_schemas(cfg.schemas_dir), stages=stages, config_hash=cfg.digest(),
                  model_version=embedder.version, progress=not args.quiet, command="eval").run(paths)
+        # events an earlier eval imported are skipped above; a model they were not embedded
+        # with (another --model on the same --db) still needs their vectors
+        lacking = [m.name for m in filter(None, (embedder, shadow)) if store.con.execute(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM text_vectors v WHERE "
+            "v.text_hash = e.text_hash AND v.model = ? AND v.model_version = ?)",
+            [m.name, m.version]).fetchall()[0][0]]
+        if lacking:
+            from plugin.pipeline.rescore import rescore
+
+            log.info("eval_embedding_stored_events", models=lacking)
+            rescore(store, stages, batch_size=cfg.batch_size)
         res = evaluate(store, EvalSpec(baseline=args.baseline, test=args.test + (args.attack or []),
                                        attack_seed=args.attack_seed, attack=args.attack or [],
                                        model=embedder.name, model_version=embedder.version,

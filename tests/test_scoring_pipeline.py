@@ -149,6 +149,14 @@ def test_eval_reports_every_scorer_on_the_same_events(tmp_path, capsys, model_di
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["tpr_at_1pct_fpr"] <= 1.0
     assert main(["eval", "--baseline", str(sim / "base.jsonl"), "--test", str(sim / "test.jsonl"),
                  "--attack-seed", "(unclosed", "-q"]) == 2
+    # another model on the same evaluation database: nothing is re-imported, yet the stored
+    # events get this model's vectors (this used to fail: "texts have no blt vector")
+    from plugin.resources import default_model_dir
+
+    again = run(capsys, "eval", "--baseline", sim / "base.jsonl", "--test", sim / "test.jsonl",
+                "--attack", attack, "--db", tmp_path / "ev.duckdb", "--model", default_model_dir(),
+                "--no-anchors")
+    assert again["test_events"] == res["test_events"] and "blt-context" in again["scorers"]
 
 
 def test_shadow_runs_beside_the_primary_and_never_alerts(tmp_path, capsys, model_dir, sim):

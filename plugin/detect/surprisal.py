@@ -75,8 +75,9 @@ class SurprisalScorer:
 
 
 class SurprisalFirstScorer:
-    """The default scorer: score = calibrated window surprisal (the entropy model's view of the
-    event's bytes), chosen by the LSASS leave-one-capture-out evaluation (README); the cluster and
+    """The default content scorer: score = calibrated window surprisal (the entropy model's view
+    of the event's bytes), chosen by the LSASS leave-one-capture-out evaluation (README). After a
+    fit, `plugin.detect.context` adds prevalence and lineage per event on top; the cluster and
     the vector-space measures of `vector_scorer` (centroid, or kNN after a fit) stay beside it in
     `detail`, so assignments keep their KMeans cluster and explanations their nearest baseline."""
 
