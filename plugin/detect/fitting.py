@@ -122,17 +122,16 @@ def _record_shipped(store: Store, model: str, model_version: str, clusters: Clus
     store.con.commit()
 
 
-def _fit_context(store: Store, embedder, rows: list, surprisal_threshold: float, quantile: float):
+def _fit_context(store: Store, rows: list, content: np.ndarray, quantile: float):
     """The context terms (`plugin.detect.context`) learned from the baseline's events, walked in
-    arrival order with their process GUIDs, content scored like an import scores them."""
+    arrival order with their process GUIDs; ``content``: each baseline text's calibrated content
+    score, as an import scores it."""
     import orjson
     import pyarrow as pa
 
     from plugin.detect.context import calibration_groups, fit_context, process_fields
-    from plugin.detect.surprisal import window_surprisal
 
     index = {r[0]: i for i, r in enumerate(rows)}
-    content = window_surprisal(embedder, [r[2] for r in rows]) / surprisal_threshold
     store.con.register("_fit_texts", pa.table({"text_hash": list(index)}))
     try:
         cur = store.con.execute(
@@ -203,9 +202,12 @@ def fit_database(store: Store, model: str, model_version: str, *, k: int | None 
     if embedder is not None:
         from plugin.detect.surprisal import SurprisalScorer
 
+        from plugin.detect.surprisal import window_surprisal
+
+        bits = window_surprisal(embedder, [r[2] for r in rows])  # once: threshold and context
         params["surprisal_threshold"] = SurprisalScorer(
-            embedder, [r[2] for r in rows], weights, quantile=quantile, seed=seed).threshold
-        params["context"] = _fit_context(store, embedder, rows, params["surprisal_threshold"],
+            embedder, [r[2] for r in rows], weights, quantile=quantile, seed=seed, bits=bits).threshold
+        params["context"] = _fit_context(store, rows, bits / params["surprisal_threshold"],
                                          quantile).to_params()
     store.con.begin()
     try:

@@ -61,12 +61,16 @@ def _window_max(v: np.ndarray, window: int) -> float:
 
 class SurprisalScorer:
     def __init__(self, embedder, baseline_texts: Sequence[str], weights: np.ndarray | None = None,
-                 quantile: float = 0.99, sample: int = 8000, seed: int = 0) -> None:
+                 quantile: float = 0.99, sample: int = 8000, seed: int = 0,
+                 bits: np.ndarray | None = None) -> None:
+        """``bits``: the baseline texts' window surprisal when the caller has it already (a fit
+        that scores every baseline text for the context); else a sample is computed here."""
         self.embedder = embedder
         idx = np.arange(len(baseline_texts))
         if len(idx) > sample:
             idx = np.sort(np.random.default_rng(seed).choice(len(idx), sample, replace=False))
-        base = window_surprisal(embedder, [baseline_texts[i] for i in idx])
+        base = (np.asarray(bits, dtype=np.float64)[idx] if bits is not None
+                else window_surprisal(embedder, [baseline_texts[i] for i in idx]))
         w = None if weights is None else np.asarray(weights, dtype=np.float64)[idx]
         self.threshold = max(weighted_quantile(base, w, quantile), THRESHOLD_FLOOR)
 

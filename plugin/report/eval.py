@@ -219,13 +219,9 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
                    calibrated=True, seconds=seconds + time.perf_counter() - t)
             t, seconds = time.perf_counter(), 0.0
 
-    def context_scorers(sur, sur_scores: np.ndarray) -> None:
+    def context_scorers(b_content: np.ndarray, sur_scores: np.ndarray) -> None:
         """The default scorer (surprisal + prevalence + lineage) and each context term alone."""
-        from plugin.detect.surprisal import window_surprisal
-
-        t = time.perf_counter()
-        b_content = window_surprisal(embedder, [text_of[h] for h in b_hashes]) / sur.threshold
-        context_scorers_on(f"{spec.model}-context", b_content, sur_scores, time.perf_counter() - t,
+        context_scorers_on(f"{spec.model}-context", b_content, sur_scores, 0.0,
                            ((f"{spec.model}-surprisal+novelty", {"lineage_weight": 0.0}),
                             (f"{spec.model}-surprisal+lineage", {"novelty_weight": 0.0})))
 
@@ -236,14 +232,17 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
         if embedder is not None:
             from plugin.detect.surprisal import SurprisalScorer
 
+            from plugin.detect.surprisal import window_surprisal
+
             t = time.perf_counter()
+            b_bits = window_surprisal(embedder, [text_of[h] for h in b_hashes])  # also the context's
             sur = SurprisalScorer(embedder, [text_of[h] for h in b_hashes], b_weights,
-                                  quantile=spec.quantile)
+                                  quantile=spec.quantile, bits=b_bits)
             sur_scores = sur.score_texts([t_text[h] for h in t_hashes])
             record(f"{spec.model}-surprisal", sur_scores, calibrated=True,
                    seconds=time.perf_counter() - t)
             record(f"{spec.model}-max-knn-surprisal", np.maximum(knn_scores, sur_scores), calibrated=True)
-            context_scorers(sur, sur_scores)
+            context_scorers(b_bits / sur.threshold, sur_scores)
     if spec.anchors:
         from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
 
