@@ -71,6 +71,13 @@ def inference_setup(device: str | None, threads: int | None,
     return dev, None, wants_cpu_bf16(cpu_bf16)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autocast context `inference_setup` chose (disabled when it chose none)."""
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def combined_version(versions: dict[str, str]) -> str:
     """The embedder's version: 16 hex of sha256 over its sub-model versions (entropy + blt)."""
     key = ":".join(f"{k}={versions[k]}" for k in sorted(versions))
@@ -133,11 +140,6 @@ class BLTEmbedder:
         if batch:
             yield batch
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dim)`` float32 L2-normalized vectors, in input order."""
@@ -154,7 +156,7 @@ class BLTEmbedder:
                 n = len(blobs[i])
                 self.last_surprisal[texts[i]] = sur[pos:pos + n]
                 pos += n
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 vec = self.encode_model.encode(ids, layout, starts).vector
             vec = torch.nn.functional.normalize(vec.float(), dim=-1)
             out[np.asarray(idx)] = vec.cpu().numpy()

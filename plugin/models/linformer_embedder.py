@@ -34,7 +34,7 @@ from tokenizers import Tokenizer
 
 from plugin.models.bpe import BPE_ENTRY, CLS, clean_text, encode_ids, load_bpe_entry
 from plugin.models.checkpoint import CONFIG, ModelDirError, read_config
-from plugin.models.embedder import combined_version, inference_setup
+from plugin.models.embedder import autocast, combined_version, inference_setup
 from plugin.models.linformer import ENTRY, Linformer, batch_ids, load_linformer
 
 
@@ -123,11 +123,6 @@ class LinformerEmbedder:
         if batch:
             yield batch
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dim)`` float32 L2-normalized vectors, in input order."""
@@ -135,7 +130,7 @@ class LinformerEmbedder:
         out = np.zeros((len(seqs), self.dim), dtype=np.float32)
         for idx in self._batches(seqs):
             ids, lengths = batch_ids([seqs[i] for i in idx], self.device)
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 vec = self.run_model.encode(ids, lengths)
             out[np.asarray(idx)] = F.normalize(vec.float(), dim=-1).cpu().numpy()
         return out
