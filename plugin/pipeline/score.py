@@ -25,6 +25,8 @@ import numpy as np
 import orjson
 import structlog
 
+from plugin.detect.context import ContextScorer, process_fields
+
 log = structlog.get_logger(__name__)
 
 
@@ -41,7 +43,6 @@ class ScoreStage:
     def __init__(self, model: str, version: int, scorer, *,
                  explain: Callable[[str, TextScore], dict] | None = None,
                  alerts: bool = True, context=None) -> None:
-        from plugin.detect.context import ContextScorer
         from plugin.detect.lineage import ProcessIndex
 
         self.model = model
@@ -125,8 +126,6 @@ class ScoreStage:
 def _fields(fields_json: str) -> dict:
     """An event's process GUIDs from its fields JSON; {} when absent or unreadable (the event
     is still scored, on its content and prevalence)."""
-    from plugin.detect.context import process_fields
-
     if not fields_json:
         return {}
     try:
