@@ -29,7 +29,8 @@ from plugin.models.blt.patching import (  # noqa: E402
     calibrate_threshold,
     mean_patch_len,
 )
-from plugin.models.embedder import BLTEmbedder, cpu_has_bf16  # noqa: E402
+from plugin.models.device import cpu_has_bf16  # noqa: E402
+from plugin.models.embedder import BLTEmbedder  # noqa: E402
 
 IMAGES = [r"C:\Windows\System32\cmd.exe", r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
           r"C:\Windows\System32\svchost.exe", r"C:\Program Files\Google\Chrome\Application\chrome.exe",

@@ -26,10 +26,10 @@ from blt_speed import bytes_per_patch, calibrate_untrained, time_embed  # noqa: 
 
 from plugin.logs import configure  # noqa: E402
 from plugin.models.blt.model import BLT, BLTConfig  # noqa: E402
+from plugin.models.corpus import iter_texts  # noqa: E402
 from plugin.models.embedder import BLTEmbedder  # noqa: E402
 from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer  # noqa: E402
 from plugin.normalize.schema import load_schemas  # noqa: E402
-from plugin.pipeline.corpus import iter_texts  # noqa: E402
 from plugin.resources import default_model_dir  # noqa: E402
 
 EXCLUDE = ["*LSASS_campaign_*"]

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from plugin.models.embedder import cpu_has_bf16
+from plugin.models.device import cpu_has_bf16
 from plugin.models.linformer import Linformer
 from plugin.models.linformer_embedder import LinformerEmbedder
 from plugin.models.linformer_train import _TokenSampler

@@ -211,6 +211,7 @@ def _verbosity(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.schema import load_schemas
+    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages
     from plugin.pipeline.importer import Importer
     from plugin.store.duckdb import Store
 
@@ -222,11 +223,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"db": args.db, "model": args.model,
                                     "batch_size": args.batch_size})
     schemas = load_schemas(cfg.schemas_dir)
-    embedder = None if args.no_embed else _load_embedder(cfg.model)
-    shadow = _load_shadow(cfg) if embedder is not None else None
+    embedder = None if args.no_embed else load_embedder(cfg.model)
+    shadow = load_shadow(cfg) if embedder is not None else None
     store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
-        stages = (_model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
+        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
                   if embedder is not None else [])
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
@@ -243,101 +244,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:<{width}}  {v}")
     return 0
-
-
-def _model_stages(store, embedder, model_dir: str | None, shadow=None,
-                  shadow_rate: float = 1.0) -> list:
-    """Embed, then score with the database's latest fit (or the shipped reference clusters);
-    then the same for the shadow model, if any, whose flags never become alerts."""
-    from plugin.detect.explain import make_explainer
-    from plugin.detect.fitting import load_scorer
-    from plugin.pipeline.cache import EmbeddingCache
-    from plugin.pipeline.embed import EmbedStage
-    from plugin.pipeline.score import ScoreStage
-    from plugin.resources import default_model_dir
-    from plugin.store.duckdb import texts_by_hash
-
-    store.register_model(embedder.name, embedder.version, embedder.dim, model_dir)
-    stages = [EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version))]
-    from plugin.detect.reference import ReferenceError as RefError
-
-    try:
-        loaded = load_scorer(store, embedder.name, embedder.version,
-                             Path(model_dir) if model_dir else default_model_dir(), embedder=embedder)
-    except RefError as exc:
-        raise UsageError(f"--model: {exc}") from exc
-    if loaded is None:
-        log.warning("no_scorer", reason="the model directory has no reference clusters and the "
-                    "database no fit: events are embedded but not scored")
-    else:
-        explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs))
-        stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
-                                 context=loaded.context))
-    if shadow is not None:
-        stages += _shadow_stages(store, shadow, model_dir, shadow_rate)
-    return stages
-
-
-def _shadow_stages(store, shadow, model_dir: str | None, rate: float) -> list:
-    """The shadow's embed and score stages: same batches, its own vectors, clusters and scores."""
-    from plugin.detect.fitting import load_scorer
-    from plugin.detect.reference import ReferenceError as RefError
-    from plugin.pipeline.cache import EmbeddingCache
-    from plugin.pipeline.embed import EmbedStage
-    from plugin.pipeline.score import ScoreStage
-    from plugin.resources import default_model_dir
-
-    store.register_model(shadow.name, shadow.version, shadow.dim, model_dir)
-    stages = [EmbedStage(shadow, EmbeddingCache(store, shadow.name, shadow.version), sample_rate=rate)]
-    try:
-        loaded = load_scorer(store, shadow.name, shadow.version,
-                             Path(model_dir) if model_dir else default_model_dir())
-    except RefError as exc:
-        raise UsageError(f"--model: {exc}") from exc
-    if loaded is None:
-        log.warning("no_shadow_scorer", model=shadow.name, reason="no reference clusters and no "
-                    "fit: the shadow's vectors are stored but not scored")
-        return stages
-    stages.append(ScoreStage(shadow.name, loaded.version, loaded.scorer, alerts=False))
-    return stages
-
-
-def _load_shadow(cfg):
-    """The Linformer shadow of the model directory, or None (rate 0, or the directory has none)."""
-    from plugin.models.checkpoint import ModelDirError
-    from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
-    from plugin.resources import default_model_dir
-
-    if cfg.shadow_sample_rate <= 0:
-        return None
-    path = Path(cfg.model) if cfg.model else default_model_dir()
-    if not has_linformer(path):
-        log.warning("no_shadow", model_dir=str(path), reason="the model directory has no "
-                    "Linformer; only the BLT runs (train one with `sysmon-blt train`)")
-        return None
-    try:
-        return LinformerEmbedder.from_dir(path)
-    except ModelDirError as exc:
-        raise UsageError(f"--model {path}: {exc}") from exc
-
-
-def _load_embedder(model_dir: str | None):
-    """The BLT of the given model directory, or of the shipped default one."""
-    from plugin.models.checkpoint import ModelDirError
-    from plugin.models.embedder import BLTEmbedder
-    from plugin.resources import default_model_dir
-
-    path = Path(model_dir) if model_dir else default_model_dir()
-    if model_dir is None and not (path / "config.json").is_file():
-        log.warning("no_model", reason=f"no shipped model at {path}; storing events without "
-                    "embeddings (train one with `sysmon-blt train`, or pass --model)")
-        return None
-    if not path.is_dir():
-        raise UsageError(f"--model {path}: not a model directory")
-    try:
-        return BLTEmbedder.from_dir(path)
-    except ModelDirError as exc:
-        raise UsageError(f"--model {path}: {exc}") from exc
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -366,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.models.train import train_model_dir
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.corpus import CorpusStats, iter_texts
+    from plugin.models.corpus import CorpusStats, iter_texts
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -431,11 +337,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from plugin.config import load_config
+    from plugin.detect.evaluate import EvalSpec, evaluate, format_table
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.cache import EmbeddingCache
-    from plugin.pipeline.embed import EmbedStage
+    from plugin.pipeline.assemble import embed_stages, load_embedder, load_shadow
     from plugin.pipeline.importer import Importer
-    from plugin.report.eval import EvalSpec, evaluate, format_table
+    from plugin.pipeline.rescore import rescore
     from plugin.store.duckdb import Store
 
     paths = args.baseline + args.test + (args.attack or [])
@@ -448,7 +354,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except re.error as exc:
             raise UsageError(f"eval: --attack-seed is not a valid regex: {exc}") from exc
     cfg = load_config(args.config, {"db": args.db, "model": args.model})
-    embedder = _load_embedder(cfg.model)
+    embedder = load_embedder(cfg.model)
     if embedder is None:
         raise UsageError("eval: needs a model (none shipped here); pass --model")
     tmp = None
@@ -456,24 +362,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if db is None:
         tmp = tempfile.TemporaryDirectory(prefix="sysmon-blt-eval-")
         db = str(Path(tmp.name) / "eval.duckdb")
-    shadow = _load_shadow(cfg)
+    shadow = load_shadow(cfg)
     store = Store(db, memory_limit=cfg.db_memory_limit)
     try:
-        stages = []
-        for model in filter(None, (embedder, shadow)):
-            store.register_model(model.name, model.version, model.dim, cfg.model)
-            stages.append(EmbedStage(model, EmbeddingCache(store, model.name, model.version)))
+        stages = embed_stages(store, (embedder, shadow), cfg.model)
         Importer(store, load_schemas(cfg.schemas_dir), stages=stages, config_hash=cfg.digest(),
                  model_version=embedder.version, progress=not args.quiet, command="eval").run(paths)
         # events an earlier eval imported are skipped above; a model they were not embedded
         # with (another --model on the same --db) still needs their vectors
-        lacking = [m.name for m in filter(None, (embedder, shadow)) if store.con.execute(
-            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM text_vectors v WHERE "
-            "v.text_hash = e.text_hash AND v.model = ? AND v.model_version = ?)",
-            [m.name, m.version]).fetchall()[0][0]]
+        lacking = [m.name for m in filter(None, (embedder, shadow))
+                   if store.events_lacking_vectors(m.name, m.version)]
         if lacking:
-            from plugin.pipeline.rescore import rescore
-
             log.info("eval_embedding_stored_events", models=lacking)
             rescore(store, stages, batch_size=cfg.batch_size)
         res = evaluate(store, EvalSpec(baseline=args.baseline, test=args.test + (args.attack or []),
@@ -494,10 +393,12 @@ def _existing_db_and_model(command: str, args: argparse.Namespace):
     """Config, and the embedder, for commands that work on an existing database."""
     from plugin.config import load_config
 
+    from plugin.pipeline.assemble import load_embedder
+
     cfg = load_config(args.config, {"db": args.db, "model": args.model})
     if not Path(cfg.db).is_file():
         raise UsageError(f"{command}: database {cfg.db} does not exist")
-    embedder = _load_embedder(cfg.model)
+    embedder = load_embedder(cfg.model)
     if embedder is None:
         raise UsageError(f"{command}: needs a model; pass --model")
     return cfg, embedder
@@ -505,13 +406,14 @@ def _existing_db_and_model(command: str, args: argparse.Namespace):
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from plugin.detect.fitting import fit_database
+    from plugin.pipeline.assemble import load_shadow
     from plugin.store.duckdb import Store
 
     if not 0.5 <= args.quantile < 1.0:
         raise UsageError("fit: --quantile must be in [0.5, 1)")
     cfg, embedder = _existing_db_and_model("fit", args)
     store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
-    shadow = _load_shadow(cfg)
+    shadow = load_shadow(cfg)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
                            quantile=args.quantile, accept_outliers=args.accept_outliers,
@@ -534,14 +436,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    from plugin.pipeline.assemble import load_shadow, model_stages
     from plugin.pipeline.rescore import rescore
     from plugin.store.duckdb import Store
 
     cfg, embedder = _existing_db_and_model("rescore", args)
     store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
-        res = rescore(store, _model_stages(store, embedder, cfg.model, _load_shadow(cfg),
-                                           cfg.shadow_sample_rate), batch_size=cfg.batch_size)
+        res = rescore(store, model_stages(store, embedder, cfg.model, load_shadow(cfg),
+                                          cfg.shadow_sample_rate), batch_size=cfg.batch_size)
     finally:
         store.close()
     print(json.dumps(res) if args.json else "\n".join(f"{k:<16} {v}" for k, v in res.items()))
@@ -557,7 +460,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     from plugin.normalize.schema import load_schemas
     from plugin.normalize.text import CanonicalText
     from plugin.resources import default_model_dir
-    from plugin.store.duckdb import Store, texts_by_hash
+    from plugin.store.duckdb import Store
 
     if args.file != "-" and not Path(args.file).is_file():
         raise UsageError(f"enrich: {args.file} does not exist")
@@ -581,7 +484,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
         loaded = load_scorer(store, embedder.name, embedder.version,
                              Path(cfg.model) if cfg.model else default_model_dir(), record=False,
                              embedder=embedder)
-        explain = make_explainer(loaded, embedder, lambda hs: texts_by_hash(store, hs)) if loaded else None
+        explain = make_explainer(loaded, embedder, store.texts_by_hash) if loaded else None
         enricher = Enricher(store, CanonicalText(load_schemas(cfg.schemas_dir)), embedder, loaded, explain)
         for doc in docs:
             if not isinstance(doc, dict):
@@ -643,9 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sysmon-blt: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a runtime failure: say what, keep the traceback for -v
-        import duckdb
+        from plugin.store.duckdb import is_out_of_memory
 
-        if isinstance(exc, duckdb.OutOfMemoryException):  # DuckDB's buffer pool is full
+        if is_out_of_memory(exc):  # DuckDB's buffer pool is full
             print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "
                   "db_memory_limit allows (its key indexes grow with the database): raise it, "
                   "e.g. SYSMON_BLT_DB_MEMORY_LIMIT=2GB, and run the same command again (inputs "

@@ -111,7 +111,7 @@ class _Scorer:
 
 def test_score_stage_applies_the_context_per_event_in_arrival_order():
     from plugin.normalize.normalizer import NormalizedEvent
-    from plugin.pipeline.importer import Batch
+    from plugin.pipeline.batch import Batch
     from plugin.pipeline.score import ScoreStage
 
     rows = [create("a1", "a0", PAYLOAD), create("a2", "a1", CMD), (7, {"ProcessGuid": "{a2}"}, LOAD),
@@ -164,3 +164,23 @@ def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
     assert res["events"] == n == len(seen) == written == len({k for _, k, _ in seen})
     assert [(t, k) for t, k, _ in seen] == sorted((t, k) for t, k, _ in seen)
     assert all(has_fields for _, _, has_fields in seen)
+
+
+def test_zero_guid_carries_nothing_between_unrelated_processes():
+    zero = "00000000-0000-0000-0000-000000000000"
+    model = ContextModel(frozenset({CMD, CONHOST, "c:\\windows\\system32\\kernel32.dll", "x"}),
+                         threshold=2.0, novelty_weight=1.0, lineage_weight=0.5)
+    sc = ContextScorer(model)
+    # a suspicious process whose own GUID is unknown (all-zero)...
+    bad = sc.score(*create(zero, "a0", PAYLOAD), content=3.0)
+    assert bad.raw == pytest.approx(4.0)
+    # ...must not raise an unrelated process whose parent is unknown too
+    child = sc.score(*create("b2", zero, CMD), content=0.2)
+    assert child.lineage == 0.0 and child.raw == pytest.approx(0.2)
+    # nor any other event that merely carries the zero GUID
+    other = sc.score(7, {"ProcessGuid": "{" + zero + "}"}, LOAD, content=0.1)
+    assert other.lineage == 0.0
+    acc = sc.score(10, {"SourceProcessGUID": "{c9}", "TargetProcessGUID": "{" + zero + "}"},
+                   f"eid=10 sourceimage={CMD} targetimage={CMD}", content=0.1)
+    assert acc.lineage == 0.0
+    assert zero not in sc.carry._carry

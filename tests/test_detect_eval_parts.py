@@ -1,4 +1,4 @@
-"""Eval building blocks: process-tree labels, detection metrics, and the anchor baselines."""
+"""Eval building blocks: process-tree labels, detection metrics, and the comparison anchors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
+from plugin.detect.anchors import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
 from plugin.detect.labels import LabelEvent, attack_tree_labels, normalize_guid
-from plugin.report.metrics import detection_metrics
+from plugin.detect.metrics import detection_metrics
 
 # ---------------------------------------------------------------- process-tree labels
 
@@ -141,7 +141,7 @@ def test_metrics_strict_greater_and_degenerate_inputs():
         detection_metrics(np.array([1.0]), np.array([True, False]))
 
 
-# ---------------------------------------------------------------- baselines
+# ---------------------------------------------------------------- anchors
 
 
 def _baseline_texts() -> list[str]:
@@ -166,7 +166,7 @@ NOVEL = ("eid=1 image=c:\\windows\\system32\\rundll32.exe commandline=rundll32.e
     lambda: TfidfNearestNeighbor(dense_min_df=0.0, sims_budget=1),  # all-dense path, tiny chunks
     lambda: TfidfKMeans(k=3),
 ])
-def test_tfidf_baselines_rank_novel_above_seen(make):
+def test_tfidf_anchors_rank_novel_above_seen(make):
     model = make().fit(_baseline_texts())
     scores = model.score([SEEN, NOVEL, SEEN])
     assert scores.shape == (3,)

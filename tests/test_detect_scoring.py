@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from plugin.detect.calibration import weighted_quantile
 from plugin.detect.kmeans import (
     fit_clusters,
     from_arrays,
     to_arrays,
-    weighted_quantile,
     weighted_silhouette,
 )
 from plugin.detect.outliers import CentroidScorer, CombinedScorer, KnnScorer, Scored, knn_search

@@ -13,6 +13,7 @@ import pytest
 import torch
 from models.blt_helpers import micro_model
 
+from plugin.models import training
 from plugin.models.bpe import CLS, PAD, SPECIAL_TOKENS, clean_text, load_bpe, save_bpe, train_bpe
 from plugin.models.checkpoint import ModelDirError, load_blt, read_config, save_blt
 from plugin.models.linformer import (
@@ -23,7 +24,7 @@ from plugin.models.linformer import (
     save_linformer,
 )
 from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
-from plugin.models.linformer_train import linformer_card_section, train_linformer
+from plugin.models.linformer_train import STATE_DIR, linformer_card_section, train_linformer
 
 TINY = {"dim": 32, "vocab_size": 300, "layers": 1, "heads": 2, "k": 16, "max_len": 48,
         "steps": 40, "batch_size": 16, "progress": False, "bf16": False, "lr": 3e-3}
@@ -176,6 +177,65 @@ def test_training_lowers_mlm_loss_and_keeps_blt(trained):
     load_blt(d)  # the BLT is untouched
     card = linformer_card_section(stats)
     assert card.startswith("## Shadow model: Linformer") and "masked-token accuracy" in card
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """An interrupted training, rerun, continues from its last checkpoint and ends with the
+    weights (and loss history) of an uninterrupted one."""
+    opts = {**TINY, "steps": 8, "checkpoint_every": 3}
+    full = train_linformer(corpus(), blt_dir(tmp_path / "full"), **opts)
+
+    real_update = training.Progress.update
+    calls = {"n": 0}
+
+    def crash_on_fifth(self, loss):
+        calls["n"] += 1
+        if calls["n"] == 5:  # state saved after step 3, not yet after step 6
+            raise KeyboardInterrupt
+        real_update(self, loss)
+
+    d = blt_dir(tmp_path / "resumed")
+    monkeypatch.setattr(training.Progress, "update", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        train_linformer(corpus(), d, **opts)
+    assert json.loads((d / STATE_DIR / "state.json").read_text())["step"] == 3
+
+    def count(self, loss):
+        calls["n"] += 1
+        real_update(self, loss)
+
+    calls["n"] = 0
+    monkeypatch.setattr(training.Progress, "update", count)
+    resumed = train_linformer(corpus(), d, **opts)
+    assert calls["n"] == 5  # steps 3..7 only
+    for name in ("linformer.safetensors", "bpe.tokenizer.json"):
+        assert (tmp_path / "full" / name).read_bytes() == (d / name).read_bytes()
+    assert resumed["versions"] == full["versions"]
+    assert (resumed["first_loss"], resumed["final_loss"]) == (full["first_loss"], full["final_loss"])
+    assert not (d / STATE_DIR).exists()
+
+
+def test_changed_options_start_over(tmp_path, monkeypatch):
+    """A saved state from other options is not resumed: the run starts from step 0."""
+    d = blt_dir(tmp_path)
+    real_update = training.Progress.update
+    calls = {"n": 0}
+
+    def crash_on_fifth(self, loss):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_update(self, loss)
+
+    monkeypatch.setattr(training.Progress, "update", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        train_linformer(corpus(), d, **{**TINY, "steps": 8, "checkpoint_every": 3})
+    monkeypatch.setattr(training.Progress, "update", real_update)
+    stats = train_linformer(corpus(), d, **{**TINY, "steps": 8, "checkpoint_every": 3, "lr": 1e-3})
+    assert stats["steps"] == 8 and not (d / STATE_DIR).exists()
+    fresh = train_linformer(corpus(), blt_dir(tmp_path / "fresh"),
+                            **{**TINY, "steps": 8, "checkpoint_every": 3, "lr": 1e-3})
+    assert stats["versions"] == fresh["versions"]
 
 
 def test_train_needs_model_dir_and_known_options(tmp_path):

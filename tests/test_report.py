@@ -22,15 +22,10 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, cohen_kappa_score, silhouette_score
 
 from plugin.cli import main
+from plugin.detect.metrics import detection_metrics
 from plugin.errors import UsageError
-from plugin.report.compare import (
-    build_report,
-    sample_events,
-    sample_pairs,
-    silhouette_curve,
-    stored_models,
-)
-from plugin.report.metrics import detection_metrics
+from plugin.report.compare import build_report, sample_events
+from plugin.report.statistics import sample_pairs, silhouette_curve
 from plugin.store.duckdb import Store, VectorRows, utcnow
 
 N_TEXTS = 60
@@ -178,7 +173,7 @@ def test_cosine_matches_direct_computation_on_the_same_pairs(full, world):
     db, _, s = full
     store = Store(db, read_only=True)
     try:
-        infos = list(stored_models(store).values())
+        infos = list(store.stored_models().values())
         smp = sample_events(store, infos, 20000, 3)
     finally:
         store.close()

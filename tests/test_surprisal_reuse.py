@@ -21,3 +21,28 @@ def test_window_surprisal_from_the_embed_pass_equals_a_fresh_pass(micro_model_di
     for t in texts[:3]:  # and equal to the per-text surprisal explanations use
         emb.embed([t])
         np.testing.assert_allclose(emb.last_surprisal[t], emb.surprisal(t), rtol=1e-5, atol=1e-5)
+
+
+def test_window_means_is_the_one_window_scorer_and_explanations_share():
+    from plugin.detect.explain import surprising_spans
+    from plugin.detect.surprisal import WINDOW, _window_max, window_means
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 5, WINDOW - 1, WINDOW, WINDOW + 1, 200):
+        v = rng.random(n).astype(np.float32) * 8
+        means = window_means(v, WINDOW)
+        w = min(WINDOW, n)
+        naive = np.array([v[s:s + w].astype(np.float64).mean() for s in range(n - w + 1)]) if n else np.zeros(0)
+        assert means.shape == naive.shape
+        np.testing.assert_allclose(means, naive, rtol=1e-12, atol=1e-12)
+        # the scorer's value is exactly the maximum window mean
+        assert _window_max(v, WINDOW) == (float(means.max()) if n else 0.0)
+        # and explanations rank the very same windows: the top span carries that maximum
+        text = "".join("abcdefgh "[i % 9] for i in range(n))
+        spans = surprising_spans(text, v, top=1)
+        if n:
+            assert spans[0]["bits_per_byte"] == round(float(means.max()), 2)
+            best = int(np.argmax(means))
+            assert spans[0]["start"] <= best and best + w <= spans[0]["end"]
+        else:
+            assert spans == []

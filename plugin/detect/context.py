@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plugin.detect.kmeans import THRESHOLD_FLOOR
+from plugin.detect.calibration import THRESHOLD_FLOOR
 from plugin.detect.lineage import guid
 
 NOVELTY_WEIGHT = 1.0
@@ -78,6 +78,16 @@ class ContextModel:
 
     def novel(self, text: str) -> list[str]:
         return sorted(p for p in image_paths(text) if p not in self.images)
+
+    def own(self, content: float, novel: Sequence[str]) -> float:
+        """An event's own suspicion: its content score, plus the prevalence term."""
+        return content + (self.novelty_weight if novel else 0.0)
+
+    def combine(self, content: float, novel: list[str], carry: float) -> "ContextScore":
+        """The calibrated score from the content score, the unseen paths and the lineage carry:
+        the one formula for the stream walk, enrichment and calibration alike."""
+        raw = self.own(content, novel) + self.lineage_weight * carry
+        return ContextScore(raw / self.threshold, raw, content, novel, carry)
 
 
 _PROCESS_KEYS = frozenset({"processguid", "parentprocessguid", "sourceprocessguid",
@@ -151,12 +161,9 @@ class ContextScorer:
         return hit
 
     def score(self, event_id: int, fields: dict, text: str, content: float) -> ContextScore:
-        m = self.model
         novel = self.novel(text)
-        own = content + (m.novelty_weight if novel else 0.0)
-        ctx = self.carry.step(event_id, fields, own)
-        raw = own + m.lineage_weight * ctx
-        return ContextScore(raw / m.threshold, raw, content, novel, ctx)
+        carry = self.carry.step(event_id, fields, self.model.own(content, novel))
+        return self.model.combine(content, novel, carry)
 
 
 def calibration_groups(computers: Sequence[str | None], sources: Sequence[str]) -> tuple[list, str]:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-SPAN_BYTES = 12  # window over which surprisal is averaged
+from plugin.detect.surprisal import WINDOW, window_means
 
 
 def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dict]:
@@ -22,9 +22,8 @@ def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dic
     n = len(data)
     if n == 0:
         return []
-    w = min(SPAN_BYTES, n)
-    csum = np.concatenate([[0.0], np.cumsum(surprisal[:n], dtype=np.float64)])
-    means = (csum[w:] - csum[:-w]) / w
+    w = min(WINDOW, n)
+    means = window_means(surprisal[:n], WINDOW)
     order = np.argsort(-means, kind="stable")
     taken: list[tuple[int, int]] = []
     out = []

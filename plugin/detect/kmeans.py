@@ -30,20 +30,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from plugin.detect.calibration import THRESHOLD_FLOOR, weighted_quantile
+
 __all__ = [
     "ClusterModel",
     "fit_clusters",
     "to_arrays",
     "from_arrays",
-    "weighted_quantile",
     "normalize_rows",
     "assign",
     "weighted_silhouette",
-    "THRESHOLD_FLOOR",
 ]
-
-#: Smallest threshold ever used, so identical baselines (all distances 0) never divide by zero.
-THRESHOLD_FLOOR = 1e-6
 
 
 @dataclass
@@ -103,25 +100,6 @@ def _weights(weights: np.ndarray | None, n: int) -> np.ndarray:
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("weights must be finite and non-negative")
     return w
-
-
-def weighted_quantile(values: np.ndarray, weights: np.ndarray | None, q: float) -> float:
-    """Weighted quantile, inverted-CDF definition (same as ``np.quantile(..., method="inverted_cdf")``).
-
-    The smallest value ``v`` with at least a share ``q`` of the total weight at or below it. This is
-    the natural definition for count weights: a text seen 10 times counts as 10 identical events.
-    Returns 0.0 for empty input or zero total weight.
-    """
-    v = np.asarray(values, dtype=np.float64).reshape(-1)
-    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    keep = w > 0
-    v, w = v[keep], w[keep]
-    if v.size == 0:
-        return 0.0
-    order = np.argsort(v, kind="stable")
-    v, cw = v[order], np.cumsum(w[order])
-    idx = int(np.searchsorted(cw, float(q) * cw[-1], side="left"))
-    return float(v[min(idx, v.size - 1)])
 
 
 def assign(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

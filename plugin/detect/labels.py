@@ -30,6 +30,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from plugin.detect.lineage import guid as normalize_guid
+
 __all__ = ["LabelEvent", "attack_tree_labels", "normalize_guid"]
 
 _GUID_FIELDS = ("processguid", "parentprocessguid", "sourceprocessguid", "targetprocessguid")
@@ -56,20 +58,6 @@ class LabelEvent:
     key: str
     fields: dict
     event_id: int | None = field(default=None)
-
-
-def normalize_guid(value: Any) -> str | None:
-    """Lower-case, strip braces and whitespace; None for empty or all-zero GUIDs.
-
-    The all-zero GUID stands for "unknown" in Sysmon; treating it as a process would join
-    unrelated events into one tree.
-    """
-    if value is None:
-        return None
-    text = str(value).strip().strip("{}").strip().lower()
-    if not text or set(text) <= {"0", "-"}:
-        return None
-    return text
 
 
 def _lower_keys(fields: Mapping[str, Any]) -> dict[str, Any]:

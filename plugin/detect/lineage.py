@@ -19,11 +19,18 @@ Lookup = Callable[[str], "dict | None"]  # process guid -> {process_guid, image,
 
 
 def guid(v: Any) -> str | None:
-    """A ProcessGuid in one spelling (no braces, lower case), or None."""
+    """A process GUID in one spelling (no braces or whitespace, lower case), or None.
+
+    None also for an empty or all-zero GUID: Sysmon writes ``{00000000-0000-0000-0000-000000000000}``
+    for "unknown", and treating it as a process would join unrelated processes (lineage, the
+    context carry, attack labels). The one normalizer for every process join in `plugin.detect`.
+    """
     if not isinstance(v, str):
         return None
-    g = v.strip().strip("{}").lower()
-    return g or None
+    g = v.strip().strip("{}").strip().lower()
+    if not g or set(g) <= {"0", "-"}:
+        return None
+    return g
 
 
 def lineage(fields: dict, lookup: Lookup) -> list[dict]:

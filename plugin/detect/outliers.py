@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kmeans import THRESHOLD_FLOOR, ClusterModel, assign, normalize_rows, weighted_quantile
+from .calibration import THRESHOLD_FLOOR, weighted_quantile
+from .kmeans import ClusterModel, assign, normalize_rows
 
 __all__ = ["Scored", "CentroidScorer", "KnnScorer", "CombinedScorer", "knn_search"]
 

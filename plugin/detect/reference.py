@@ -20,7 +20,7 @@ from plugin.detect.kmeans import ClusterModel, from_arrays, to_arrays
 FILE = "clusters.safetensors"
 
 
-class ReferenceError(ValueError):
+class ReferenceModelError(ValueError):
     pass
 
 
@@ -45,15 +45,15 @@ def load_reference(model_dir: Path | str, model_name: str) -> tuple[ClusterModel
     try:
         cfg = json.loads((d / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ReferenceError(f"{d / 'config.json'}: unreadable: {exc}") from exc
+        raise ReferenceModelError(f"{d / 'config.json'}: unreadable: {exc}") from exc
     meta = cfg.get("reference_clusters", {}).get(model_name)
     if meta is None:
         return None
     path = d / meta["file"]
     if not path.is_file():
-        raise ReferenceError(f"{path}: missing (listed in config.json)")
+        raise ReferenceModelError(f"{path}: missing (listed in config.json)")
     if hashlib.sha256(path.read_bytes()).hexdigest() != meta["sha256"]:
-        raise ReferenceError(f"{path}: sha256 does not match config.json (tampered or corrupt)")
+        raise ReferenceModelError(f"{path}: sha256 does not match config.json (tampered or corrupt)")
     return from_arrays(load_file(str(path))), meta
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from plugin.detect.kmeans import THRESHOLD_FLOOR, weighted_quantile
+from plugin.detect.calibration import THRESHOLD_FLOOR, weighted_quantile
 from plugin.models.blt.byteseq import make_batch, to_bytes
 
 WINDOW = 12
@@ -50,13 +50,22 @@ def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch
     return out
 
 
-def _window_max(v: np.ndarray, window: int) -> float:
+def window_means(v: np.ndarray, window: int = WINDOW) -> np.ndarray:
+    """Mean of every run of ``min(window, len(v))`` consecutive values of ``v`` (per-byte
+    surprisal), float64, one per start position: ``len(v) - w + 1`` of them, none for empty input.
+    The scorer takes their maximum; explanations rank them to find the surprising spans."""
+    v = np.asarray(v)
     n = len(v)
     if n == 0:
-        return 0.0
+        return np.zeros(0, dtype=np.float64)
     w = min(window, n)
     c = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
-    return float(((c[w:] - c[:-w]) / w).max())
+    return (c[w:] - c[:-w]) / w
+
+
+def _window_max(v: np.ndarray, window: int) -> float:
+    means = window_means(v, window)
+    return float(means.max()) if means.size else 0.0
 
 
 class SurprisalScorer:

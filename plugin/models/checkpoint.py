@@ -55,6 +55,13 @@ def weights_version(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def combined_version(versions: dict[str, str]) -> str:
+    """An embedder's version from its parts' (weights, tokenizer): 16 hex of sha256 over
+    ``name=version`` pairs in name order, so it changes when any part does."""
+    key = ":".join(f"{k}={versions[k]}" for k in sorted(versions))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,6 +1,7 @@
 """`LinformerEmbedder`: the shadow model behind the same interface as `BLTEmbedder`.
 
-Inference choices, made once in ``__init__`` (as for the BLT):
+Inference choices, made once in ``__init__`` (device, precision and batching by
+`plugin.models.embedder_base.Embedder`, as for the BLT):
 
 * device: CUDA when available, else CPU (or what the caller names);
 * tokens: ``[CLS]`` + the text's BPE ids, truncated to ``max_len`` tokens in all; the empty text
@@ -27,14 +28,13 @@ import copy
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from plugin.models.bpe import BPE_ENTRY, CLS, clean_text, encode_ids, load_bpe_entry
 from plugin.models.checkpoint import CONFIG, ModelDirError, read_config
-from plugin.models.embedder import autocast, combined_version, inference_setup
+from plugin.models.device import autocast
+from plugin.models.embedder_base import Embedder
 from plugin.models.linformer import ENTRY, Linformer, batch_ids, load_linformer
 
 
@@ -50,8 +50,9 @@ def has_linformer(model_dir: Path | str) -> bool:
     return isinstance(models.get(ENTRY), dict) and isinstance(models.get(BPE_ENTRY), dict)
 
 
-class LinformerEmbedder:
-    name: str = "linformer"
+class LinformerEmbedder(Embedder[list[int]]):
+    name = "linformer"
+    model: Linformer
 
     def __init__(
         self,
@@ -63,19 +64,10 @@ class LinformerEmbedder:
         cpu_bf16: bool | str = "auto",
         max_batch_tokens: int = 4096,
     ):
-        self.device, self.autocast_dtype, bf16_copy = inference_setup(device, threads, cpu_bf16)
-        self.model = model.to(self.device).eval()
+        super().__init__(model, versions, device, threads, cpu_bf16, max_batch_tokens)
         self.tokenizer = copy.deepcopy(tokenizer)
         self.max_len = model.cfg.max_len
         self.tokenizer.enable_truncation(max_length=self.max_len - 1)  # + [CLS]
-        self.versions = dict(versions)
-        self.version = combined_version(self.versions)
-        self.dim = model.dim
-        self.max_batch_tokens = max_batch_tokens
-        self.run_model = self.model
-        if bf16_copy:
-            self.run_model = copy.deepcopy(self.model).to(torch.bfloat16)
-        self.precision = "bf16" if self.run_model is not self.model or self.autocast_dtype else "fp32"
 
     @classmethod
     def from_dir(
@@ -110,27 +102,13 @@ class LinformerEmbedder:
         """``[CLS]`` + BPE ids of every text, at most ``max_len`` in all."""
         return [[CLS, *ids] for ids in encode_ids(self.tokenizer, [clean_text(t) for t in texts])]
 
-    def _batches(self, seqs: list[list[int]]):
-        """Indices sorted by length, cut into batches of at most ``max_batch_tokens`` padded
-        tokens (sorted ascending, so the newest sequence is the longest)."""
-        order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
-        batch: list[int] = []
-        for i in order:
-            if batch and (len(batch) + 1) * len(seqs[i]) > self.max_batch_tokens:
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+    def _inputs(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.token_ids(texts)
 
-    @torch.inference_mode()
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """``(len(texts), dim)`` float32 L2-normalized vectors, in input order."""
-        seqs = self.token_ids(texts)
-        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
-        for idx in self._batches(seqs):
-            ids, lengths = batch_ids([seqs[i] for i in idx], self.device)
-            with autocast(self.device, self.autocast_dtype):
-                vec = self.run_model.encode(ids, lengths)
-            out[np.asarray(idx)] = F.normalize(vec.float(), dim=-1).cpu().numpy()
-        return out
+    def _n_tokens(self, item: list[int]) -> int:
+        return len(item)
+
+    def _embed_batch(self, texts: Sequence[str], items: list[list[int]], idx: list[int]) -> torch.Tensor:
+        ids, lengths = batch_ids([items[i] for i in idx], self.device)
+        with autocast(self.device, self.autocast_dtype):
+            return self.run_model.encode(ids, lengths)

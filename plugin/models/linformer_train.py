@@ -11,9 +11,13 @@
 5. ``linformer.safetensors`` + ``bpe.tokenizer.json`` and their ``config.json`` entries; the
    stats under ``linformer_training``. Other entries (the BLT, clusters, ``training``) are kept.
 
-Mixed precision and determinism follow `plugin.models.train`: bf16 autocast for the forward pass
-where the CPU has native bf16 (``bf16="auto"``), fp32 weights and optimizer; every step reseeds
-torch from ``(seed, "linformer", step)``, so a seed gives the same weights on a machine type.
+Step 3 runs the loop the BLT's training runs (`plugin.models.training`): bf16 autocast for the
+forward pass where the CPU has native bf16 (``bf16="auto"``), fp32 weights and optimizer; every
+step reseeds torch from ``(seed, "linformer", step)``, so a seed gives the same weights on a
+machine type. Resumable the same way: every ``checkpoint_every`` steps the model and optimizer go
+to ``model_dir/.train_state_linformer/``; a rerun with the same texts and options redoes steps 1
+and 2 (deterministic, seconds) and continues the masked LM from there. The state is removed once
+the shadow model is written.
 
 Budget: the defaults (`DEFAULT_STEPS` of 96 texts, lr 2e-3) fit the 8-minute budget for ~50,000
 distinct texts on 2 CPU cores with room to spare: measured on 50,000 real canonical texts, 250 s
@@ -33,10 +37,11 @@ from typing import Any
 
 import structlog
 import torch
+from tokenizers import Tokenizer
 
 from plugin.models.bpe import CLS, clean_text, encode_ids, save_bpe, train_bpe
-from plugin.models.checkpoint import read_config, write_config
-from plugin.models.embedder import combined_version, wants_cpu_bf16
+from plugin.models.checkpoint import combined_version, read_config, write_config
+from plugin.models.device import wants_cpu_bf16
 from plugin.models.linformer import (
     ENTRY,
     Linformer,
@@ -45,11 +50,20 @@ from plugin.models.linformer import (
     mask_tokens,
     save_linformer,
 )
-from plugin.models.train import _lr, _Progress, _step_seed, _tail_mean, distinct_texts
+from plugin.models.training import (
+    TrainState,
+    adamw,
+    distinct_texts,
+    fingerprint,
+    run_steps,
+    step_seed,
+    tail_mean,
+)
 
 log = structlog.get_logger(__name__)
 
 STATS_KEY = "linformer_training"
+STATE_DIR = ".train_state_linformer"  # apart from the BLT's, which may share the directory
 DEFAULT_STEPS = 1500  # ~0.16 s/step (batch 96, ~32 tokens/text, bf16) on 2 idle CPU cores: ~4 min
 
 
@@ -63,6 +77,7 @@ class LinformerTrainConfig:
     warmup: float = 0.05  # share of steps with linear warm-up, then cosine to 10%
     holdout: float = 0.02  # share of distinct texts held out for the masked-token accuracy
     vocab_size: int = 4096
+    checkpoint_every: int = 100
     seed: int = 0
     bf16: bool | str = "auto"
 
@@ -102,6 +117,12 @@ class _TokenSampler:
         return batch_ids([self.seqs[i] for i in idx])
 
 
+def _fingerprint_items(corpus: list[str], tok: Tokenizer) -> list[bytes]:
+    """What a saved state must have been trained on: the distinct texts (hence the held-out
+    split, given the seed in the options) and the tokenizer (hence the token ids)."""
+    return [*(t.encode("utf-8") for t in corpus), tok.to_str().encode("utf-8")]
+
+
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` -> (LinformerTrainConfig fields, LinformerConfig fields); others are errors."""
     tfields = {f.name for f in dataclasses.fields(LinformerTrainConfig)}
@@ -124,6 +145,7 @@ def train_linformer(
     vocab_size: int = 4096,
     progress: bool = True,
     bf16: bool | str = "auto",
+    resume: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
     """Train the BPE tokenizer and the Linformer on ``texts``; write them into ``model_dir``.
@@ -133,6 +155,7 @@ def train_linformer(
     vector size), so the two models' vectors have the same size. ``options``: other
     `LinformerTrainConfig` fields (``lr``, ``warmup``...) or `LinformerConfig` fields
     (``layers``, ``heads``, ``k``, ``share``, ``max_len``, ``ff_mult``, ``dropout``).
+    ``resume``: continue from the state an interrupted run with the same texts and options left.
     Returns the training stats (also stored in ``config.json`` under ``linformer_training``).
     """
     model_dir = Path(model_dir)
@@ -148,7 +171,7 @@ def train_linformer(
     corpus = distinct_texts(clean_text(t) for t in texts)
     if len(corpus) < 2:
         raise ValueError("need at least 2 distinct texts to train the shadow model")
-    gen = torch.Generator().manual_seed(_step_seed(seed, "linformer:holdout", 0))
+    gen = torch.Generator().manual_seed(step_seed(seed, "linformer:holdout", 0))
     perm = torch.randperm(len(corpus), generator=gen).tolist()
     n_hold = max(1, round(len(corpus) * tc.holdout)) if len(corpus) >= 10 else 0
     held = sorted(perm[:n_hold])
@@ -169,36 +192,33 @@ def train_linformer(
     n_trunc = sum(len(s) >= cfg.max_len for s in seqs)
 
     # 2. masked LM
+    state = TrainState(model_dir / STATE_DIR,
+                       fingerprint([asdict(tc), cfg.to_dict()], _fingerprint_items(corpus, tok)),
+                       phase="linformer")
     torch.manual_seed(seed)
     model = Linformer(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                            betas=(0.9, 0.98), foreach=False)
+    opt = adamw(model.parameters(), tc.lr, tc.weight_decay)
+    tensors = state.load() if resume else None
+    resumed_at = 0
+    if tensors is not None:
+        state.restore(model, opt, tensors)
+        resumed_at = state.meta["step"]
+        log.info("linformer_train_resumed", step=resumed_at, dir=str(state.dir))
     use_bf16 = wants_cpu_bf16(tc.bf16)
-    tc.bf16 = use_bf16  # record what ran
+    tc.bf16 = use_bf16  # record what ran (after the fingerprint, which keeps the request)
     sample = _TokenSampler(seqs, tc.batch_size, tc.max_batch_tokens)
     log.info("linformer_train_start", texts=len(corpus), held_out=len(held),
              vocab_size=cfg.vocab_size, mean_tokens=sum(map(len, seqs)) / len(seqs),
              steps=tc.steps, batch_size=tc.batch_size, bf16=use_bf16, seed=seed)
-    t_train = time.perf_counter()
-    hist: list[dict[str, float]] = []
-    bar = _Progress(tc.steps, "linformer", 0, progress)
-    model.train()
-    for step in range(tc.steps):
-        torch.manual_seed(_step_seed(seed, "linformer", step))
-        gen = torch.Generator().manual_seed(_step_seed(seed, "linformer:data", step))
-        for g in opt.param_groups:
-            g["lr"] = _lr(tc.lr, step, tc.steps, tc.warmup)
+
+    def mlm_step(gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         ids, lengths = sample(gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss, parts = model.mlm_loss(ids, lengths, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        hist.append(parts)
-        bar.update(parts["loss"])
-    bar.close()
-    model.eval()
+        return model.mlm_loss(ids, lengths, gen)
+
+    t_train = time.perf_counter()
+    hist = run_steps(model, opt, state, mlm_step, phase="linformer", total=tc.steps, lr=tc.lr,
+                     warmup=tc.warmup, seed=seed, bf16=use_bf16,
+                     checkpoint_every=tc.checkpoint_every, progress=progress)
     train_seconds = time.perf_counter() - t_train
 
     # 3. held-out accuracy, 4. the model directory
@@ -217,12 +237,12 @@ def train_linformer(
         "truncated_share": n_trunc / len(seqs),
         "steps": tc.steps,
         "first_loss": hist[0]["loss"] if hist else None,
-        "final_loss": _tail_mean(hist),
-        "final_train_acc": _tail_mean(hist, "acc"),
+        "final_loss": tail_mean(hist),
+        "final_train_acc": tail_mean(hist, "acc"),
         "heldout_masked_accuracy": held_acc,
         "heldout_loss": held_loss,
         "params": n_params,
-        "step_seconds": train_seconds / max(1, tc.steps),
+        "step_seconds": train_seconds / max(1, tc.steps - resumed_at),  # the steps this run ran
         "seconds": time.perf_counter() - t0,
         "versions": {
             ENTRY: entry["version"],
@@ -233,6 +253,7 @@ def train_linformer(
     full = read_config(model_dir)
     full[STATS_KEY] = stats
     write_config(model_dir, full)
+    state.clear()
     log.info("linformer_written", dir=str(model_dir), version=stats["versions"]["embedder"],
              first_loss=stats["first_loss"], final_loss=stats["final_loss"],
              heldout_acc=held_acc, seconds=round(stats["seconds"], 1))
@@ -247,7 +268,7 @@ def heldout_accuracy(
     if not seqs:
         return None, None
     model.eval()
-    gen = torch.Generator().manual_seed(_step_seed(seed, "linformer:eval", 0))
+    gen = torch.Generator().manual_seed(step_seed(seed, "linformer:eval", 0))
     seqs = sorted(seqs, key=len)
     correct = total = 0
     loss_sum = 0.0

@@ -8,37 +8,43 @@
 3. **blt**: the entropy model frozen, the local encoder + latent transformer (+ the small
    reconstruction decoder) trained with the chosen objective (`plugin.models.blt.model`).
 
-Mixed precision: with ``bf16="auto"`` the forward passes run under bf16 autocast where the CPU
-has native bf16 instructions (about 1.5x faster steps here); weights, optimizer and losses stay
-fp32. Deterministic on CPU for a given seed (and machine type): every step reseeds torch from ``(seed, phase, step)``
-(batch choice, masking, dropout), so a resumed run continues exactly where it stopped.
-Resumable: every ``checkpoint_every`` steps the model and optimizer go to
-``out_dir/.train_state/`` (safetensors + JSON, never pickle); a rerun with the same texts and
-options continues from there. The state is removed once the model directory is written.
+Both training phases run the shared loop of `plugin.models.training`:
+
+* mixed precision: with ``bf16="auto"`` the forward passes run under bf16 autocast where the CPU
+  has native bf16 instructions (about 1.5x faster steps here); weights, optimizer and losses stay
+  fp32;
+* deterministic on CPU for a given seed (and machine type): every step reseeds torch from
+  ``(seed, phase, step)`` (batch choice, masking, dropout), so a resumed run continues exactly
+  where it stopped;
+* resumable: every ``checkpoint_every`` steps the model and optimizer go to
+  ``out_dir/.train_state/`` (safetensors + JSON, never pickle); a rerun with the same texts and
+  options continues from there. The state is removed once the model directory is written.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-import shutil
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import structlog
 import torch
-from safetensors.torch import load_file, save_file
 
 from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.model import BLT, BLTConfig, DEFAULT_OBJECTIVE, OBJECTIVES
 from plugin.models.blt.patching import boundary_entropy, calibrate_threshold, mean_patch_len, patch_starts
 from plugin.models.checkpoint import save_blt, write_card
-from plugin.models.embedder import wants_cpu_bf16
+from plugin.models.device import wants_cpu_bf16
+from plugin.models.training import (
+    TrainState,
+    adamw,
+    distinct_texts,
+    fingerprint,
+    run_steps,
+    step_seed,
+    tail_mean,
+)
 
 log = structlog.get_logger("plugin.models.train")
 
@@ -64,25 +70,7 @@ class TrainConfig:
     bf16: bool | str = "auto"  # bf16 autocast for the forward pass; "auto": where the CPU has bf16
 
 
-def distinct_texts(texts: Iterable[str]) -> list[str]:
-    """Distinct texts in first-seen order (the corpus repeats texts; we train on each once)."""
-    return list(dict.fromkeys(texts))
-
-
-# --- small helpers ------------------------------------------------------------------------------
-def _step_seed(seed: int, phase: str, step: int) -> int:
-    h = hashlib.sha256(f"{seed}:{phase}:{step}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def _lr(base: float, step: int, total: int, warmup: float) -> float:
-    w = max(1, int(total * warmup))
-    if step < w:
-        return base * (step + 1) / w
-    t = (step - w) / max(1, total - w)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
+# --- batches ------------------------------------------------------------------------------------
 class _Sampler:
     """Random batches of distinct texts of similar length (little padding in padded batches).
 
@@ -110,77 +98,6 @@ class _Sampler:
         pick = lo + torch.randperm(hi - lo, generator=gen)[: self.bs]
         idx = self.order[pick].sort().values.tolist()
         return make_batch([self.blobs[i] for i in idx])
-
-
-class _Progress:
-    """tqdm on stderr when available, else a plain stderr line every few steps."""
-
-    def __init__(self, total: int, desc: str, initial: int, enabled: bool):
-        self.bar = None
-        self.enabled = enabled
-        self.total, self.desc, self.n = total, desc, initial
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False)
-        except ImportError:  # pragma: no cover
-            pass
-
-    def update(self, loss: float):
-        self.n += 1
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.bar.update(1)
-        elif self.enabled and (self.n % 20 == 0 or self.n == self.total):
-            print(f"{self.desc} {self.n}/{self.total} loss={loss:.4f}", file=sys.stderr)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --- resumable state (safetensors + JSON) -------------------------------------------------------
-def _save_state(sdir: Path, model: BLT, opt: torch.optim.Optimizer, meta: dict) -> None:
-    sdir.mkdir(parents=True, exist_ok=True)
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for key, val in opt.state.get(p, {}).items():
-                tensors[f"opt.{names[id(p)]}.{key}"] = torch.as_tensor(val).detach().clone()
-    save_file(tensors, str(sdir / "state.safetensors.tmp"))
-    os.replace(sdir / "state.safetensors.tmp", sdir / "state.safetensors")
-    (sdir / "state.json.tmp").write_text(json.dumps(meta, indent=1))
-    os.replace(sdir / "state.json.tmp", sdir / "state.json")
-
-
-def _load_state(sdir: Path, fingerprint: str) -> tuple[dict, dict] | None:
-    try:
-        meta = json.loads((sdir / "state.json").read_text())
-        tensors = load_file(str(sdir / "state.safetensors"))
-    except (OSError, ValueError) as e:
-        if sdir.exists():
-            log.warning("train_state_unreadable", dir=str(sdir), error=str(e))
-        return None
-    if meta.get("fingerprint") != fingerprint:
-        log.warning("train_state_mismatch", dir=str(sdir), note="texts or options changed; starting over")
-        return None
-    return meta, tensors
-
-
-def _restore(model: BLT, opt: torch.optim.Optimizer, tensors: dict) -> None:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    params = dict(model.named_parameters())
-    for key, val in tensors.items():
-        if key.startswith("opt."):
-            pname, field = key[4:].rsplit(".", 1)
-            opt.state[params[pname]][field] = val.clone()
-
-
-def _adamw(params, lr, wd) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=(0.9, 0.98), foreach=False)
 
 
 # --- the phases ---------------------------------------------------------------------------------
@@ -223,77 +140,50 @@ def train_model_dir(
     cfg.patch.target_mean_len = tc.target_patch_len
 
     out_dir = Path(out_dir)
-    sdir = out_dir / STATE_DIR
     corpus = distinct_texts(texts)
     if not corpus:
         raise ValueError("no texts to train on")
     blobs = [to_bytes(t, cfg.max_bytes) for t in corpus]
-    fingerprint = hashlib.sha256(
-        json.dumps([asdict(tc), cfg.to_dict()], sort_keys=True, default=str).encode()
-        + b"".join(hashlib.sha256(b).digest() for b in blobs)
-    ).hexdigest()
+    state = TrainState(out_dir / STATE_DIR, fingerprint([asdict(tc), cfg.to_dict()], blobs),
+                       phase="entropy")
 
     sample = _Sampler(blobs, tc.batch_size)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = BLT(cfg)
-    meta = {"fingerprint": fingerprint, "phase": "entropy", "step": 0, "history": {}}
-    state = _load_state(sdir, fingerprint) if resume else None
-    ent_opt = _adamw(model.entropy.parameters(), tc.entropy_lr, tc.weight_decay)
-    blt_opt = _adamw(model.blt_parameters(), tc.lr, tc.weight_decay)
-    if state is not None:
-        meta, tensors = state
+    tensors = state.load() if resume else None
+    meta = state.meta
+    ent_opt = adamw(model.entropy.parameters(), tc.entropy_lr, tc.weight_decay)
+    blt_opt = adamw(model.blt_parameters(), tc.lr, tc.weight_decay)
+    if tensors is not None:
         if meta.get("threshold") is not None:
             cfg.patch.threshold = meta["threshold"]
             cfg.patch.calibrated = True
-        _restore(model, ent_opt if meta["phase"] == "entropy" else blt_opt, tensors)
-        log.info("train_resumed", phase=meta["phase"], step=meta["step"], dir=str(sdir))
+        state.restore(model, ent_opt if meta["phase"] == "entropy" else blt_opt, tensors)
+        log.info("train_resumed", phase=meta["phase"], step=meta["step"], dir=str(state.dir))
     log.info("train_start", texts=len(corpus), size=tc.size, objective=tc.objective,
              entropy_steps=tc.entropy_steps, steps=tc.steps, seed=seed)
 
     use_bf16 = wants_cpu_bf16(tc.bf16)
     tc.bf16 = use_bf16  # record what ran (after the fingerprint, which keeps the request)
 
-    def run_phase(phase, total, opt, lr, step_fn):
-        model.train()
-        start = meta["step"] if meta["phase"] == phase else 0
-        bar = _Progress(total, phase, start, progress)
-        hist = meta["history"].setdefault(phase, [])
-        for step in range(start, total):
-            torch.manual_seed(_step_seed(seed, phase, step))
-            gen = torch.Generator().manual_seed(_step_seed(seed, phase + ":data", step))
-            for g in opt.param_groups:
-                g["lr"] = _lr(lr, step, total, tc.warmup)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss, parts = step_fn(gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-            opt.step()
-            hist.append(parts)
-            bar.update(parts["loss"])
-            done = step + 1
-            if done % tc.checkpoint_every == 0 and done < total:
-                meta.update(phase=phase, step=done)
-                _save_state(sdir, model, opt, meta)
-        bar.close()
-        model.eval()
-
     # 1. entropy model
     if meta["phase"] == "entropy":
-        def ent_step(gen):
+        def ent_step(gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
             ids, layout = sample(gen)
             loss = model.entropy.loss(ids, layout)
             return loss, {"loss": float(loss.detach())}
 
-        run_phase("entropy", tc.entropy_steps, ent_opt, tc.entropy_lr, ent_step)
-        log.info("entropy_trained", steps=tc.entropy_steps, loss=_tail_mean(meta["history"]["entropy"]))
+        hist = run_steps(model, ent_opt, state, ent_step, phase="entropy", total=tc.entropy_steps,
+                         lr=tc.entropy_lr, warmup=tc.warmup, seed=seed, bf16=use_bf16,
+                         checkpoint_every=tc.checkpoint_every, progress=progress)
+        log.info("entropy_trained", steps=tc.entropy_steps, loss=tail_mean(hist))
 
         # 2. calibrate the threshold
         th, achieved = calibrate(model, blobs, tc, seed)
         cfg.patch.threshold, cfg.patch.calibrated = th, True
         meta.update(phase="blt", step=0, threshold=th, calibrated_mean_len=achieved)
-        _save_state(sdir, model, blt_opt, meta)
+        state.save(model, blt_opt)
         log.info("threshold_calibrated", threshold=th, mean_bytes_per_patch=achieved,
                  target=tc.target_patch_len, mode=cfg.patch.mode)
 
@@ -301,12 +191,14 @@ def train_model_dir(
     for p in model.entropy.parameters():
         p.requires_grad_(False)
 
-    def blt_step(gen):
+    def blt_step(gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         ids, layout = sample(gen)
         return model.training_loss(ids, layout, tc.objective, gen)
 
     if meta["phase"] == "blt":
-        run_phase("blt", tc.steps, blt_opt, tc.lr, blt_step)
+        run_steps(model, blt_opt, state, blt_step, phase="blt", total=tc.steps, lr=tc.lr,
+                  warmup=tc.warmup, seed=seed, bf16=use_bf16, checkpoint_every=tc.checkpoint_every,
+                  progress=progress)
     for p in model.entropy.parameters():
         p.requires_grad_(True)
 
@@ -315,7 +207,7 @@ def train_model_dir(
     versions = save_blt(out_dir, model, training=stats)
     stats["versions"] = versions
     write_card(out_dir, model_card(stats, data_description))
-    shutil.rmtree(sdir, ignore_errors=True)
+    state.clear()
     log.info("model_dir_written", dir=str(out_dir), **versions,
              seconds=round(stats["seconds"], 1))
     return stats
@@ -336,17 +228,12 @@ def corpus_entropies(model: BLT, blobs: list[bytes], batch: int = 64):
 def calibrate(model: BLT, blobs: list[bytes], tc: TrainConfig, seed: int) -> tuple[float, float]:
     """Threshold for the target mean patch length, on up to ``calibration_texts`` texts."""
     model.eval()
-    gen = torch.Generator().manual_seed(_step_seed(seed, "calibrate", 0))
+    gen = torch.Generator().manual_seed(step_seed(seed, "calibrate", 0))
     n = min(len(blobs), tc.calibration_texts)
     pick = torch.randperm(len(blobs), generator=gen)[:n].sort().values.tolist()
     ent, pos = corpus_entropies(model, [blobs[i] for i in pick])
     return calibrate_threshold(ent, pos, tc.target_patch_len, model.cfg.patch.mode,
                                model.cfg.patch.max_patch_len)
-
-
-def _tail_mean(hist: list[dict], key: str = "loss", n: int = 20) -> float | None:
-    vals = [h[key] for h in hist[-n:] if key in h]
-    return sum(vals) / len(vals) if vals else None
 
 
 def _stats(model: BLT, tc: TrainConfig, meta: dict, blobs: list[bytes], seconds: float) -> dict:
@@ -364,14 +251,14 @@ def _stats(model: BLT, tc: TrainConfig, meta: dict, blobs: list[bytes], seconds:
         "entropy": {
             "steps": tc.entropy_steps,
             "first_loss_nats": hist.get("entropy", [{}])[0].get("loss"),
-            "final_loss_nats": _tail_mean(hist.get("entropy", [])),
+            "final_loss_nats": tail_mean(hist.get("entropy", [])),
         },
         "blt": {
             "steps": tc.steps,
             "objective": tc.objective,
             "first_loss": blt_hist[0]["loss"] if blt_hist else None,
-            "final_loss": _tail_mean(blt_hist),
-            "final_parts": {k: _tail_mean(blt_hist, k) for k in (blt_hist[-1] if blt_hist else {})},
+            "final_loss": tail_mean(blt_hist),
+            "final_parts": {k: tail_mean(blt_hist, k) for k in (blt_hist[-1] if blt_hist else {})},
         },
         "threshold": p.threshold,
         "patch_mode": p.mode,

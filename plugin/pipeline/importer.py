@@ -1,8 +1,10 @@
-"""Forensic batch import: inputs -> normalize -> batch -> sinks -> commit (an `imports` row).
+"""Forensic batch import: file custody around the flow.
 
-Each file or archive member is one unit of custody. Its `imports` row is written only after all
-of its events are in the database, so a rerun skips inputs whose SHA-256 already completed and
-re-imports the rest; idempotent writes keyed by `event_key` make that replay duplicate nothing.
+Each file or archive member is one unit of custody. Its records go through the flow
+(`plugin.pipeline.flow`: normalize, batch, stages, sink); its `imports` row is written only after
+the flow reports all of its events durable, so a rerun skips inputs whose SHA-256 already
+completed and re-imports the rest; idempotent writes keyed by `event_key` make that replay
+duplicate nothing.
 """
 
 from __future__ import annotations
@@ -10,53 +12,21 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np  # noqa: F401 (annotation)
 import structlog
 
 from plugin import __version__
-from plugin.normalize.normalizer import NOT_SYSMON, NormalizedEvent, Normalizer
+from plugin.normalize.normalizer import Normalizer
 from plugin.normalize.schema import SchemaSet
-from plugin.normalize.shapes import BadRecord
+from plugin.pipeline.batch import BatchStage
+from plugin.pipeline.flow import Counts, Flow
 from plugin.pipeline.progress import Progress
-from plugin.pipeline.writer import BackgroundWriter
-from plugin.sources.base import RawRecord, SourceError, truncate_payload
+from plugin.sources.base import SourceError
 from plugin.sources.files import ArchiveInput, FileInput, MemberInput, discover
-from plugin.store.duckdb import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
+from plugin.store.duckdb import Store, utcnow
 
 log = structlog.get_logger(__name__)
-
-@dataclass
-class Batch:
-    """What flows from normalize to the sinks: events, dead letters, and what stages add."""
-
-    events: list[NormalizedEvent]
-    dead: list[DeadLetter]
-    vectors: list[VectorRows] = field(default_factory=list)  # new vectors, to store
-    text_vectors: dict[str, dict[str, "np.ndarray"]] = field(default_factory=dict)  # model -> hash -> vector
-    assignments: list[dict] = field(default_factory=list)  # scores, one row per event and model
-    alerts: list[dict] = field(default_factory=list)  # outliers of the primary model
-
-
-# A stage sees each batch after normalization and before the sinks (embedding and scoring plug
-# in here); it may add to the batch but must not drop events.
-BatchStage = Callable[[Batch], None]
-
-
-@dataclass
-class Counts:
-    records: int = 0
-    sysmon_events: int = 0
-    new_events: int = 0
-    duplicates: int = 0
-    skipped_non_sysmon: int = 0
-    dead_letters: int = 0
-    filtered_by_time: int = 0
-
-    def add(self, other: "Counts") -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
 
 
 @dataclass
@@ -70,15 +40,6 @@ class ImportSummary(Counts):
     embedded: bool = False
     note: str = ""
     stages: list[dict] = field(default_factory=list)
-
-
-def _rows(events: Sequence[NormalizedEvent], imported_at: datetime) -> dict[str, list]:
-    cols: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
-    for e in events:
-        for c in EVENT_COLUMNS[:-1]:
-            cols[c].append(getattr(e, c))
-    cols["imported_at"] = [imported_at] * len(events)
-    return cols
 
 
 class Importer:
@@ -98,7 +59,7 @@ class Importer:
         command: str = "import",
     ) -> None:
         self.store = store
-        self.normalize = Normalizer(schemas)
+        self.normalizer = Normalizer(schemas)
         self.batch_size = batch_size
         self.since = since
         self.until = until
@@ -117,18 +78,19 @@ class Importer:
         units = list(discover(list(paths), self.evtx_threads))
         total = sum(u.size for u in units if not isinstance(u, SourceError))
         progress = Progress(total, enabled=self.show_progress)
-        self.writer = BackgroundWriter()
+        self._current = ""
+        flow = Flow(self.store, self.normalizer, self.stages, batch_size=self.batch_size,
+                    since=self.since, until=self.until,
+                    progress=lambda n: progress.advance(0, n, self._current))
         try:
             for unit in units:
                 if isinstance(unit, SourceError):
-                    counts = Counts(dead_letters=1)
-                    self.store.write_batch({}, [self._dead(unit)])
-                    summary.add(counts)
+                    summary.add(self._dead_letter(flow, unit))
                     continue
                 summary.files += 1
-                self._run_unit(unit, summary, progress)
+                self._run_unit(flow, unit, summary, progress)
         finally:
-            self.writer.close()
+            flow.close()
             progress.close()
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.stages = [s.stats() if hasattr(s, "stats") else {"name": getattr(s, "name", "?")}
@@ -148,113 +110,53 @@ class Importer:
                                          summary.sysmon_events, embeds)
         return summary
 
-    def _run_unit(self, unit: FileInput | ArchiveInput, summary: ImportSummary, progress: Progress) -> None:
+    def _run_unit(self, flow: Flow, unit: FileInput | ArchiveInput, summary: ImportSummary,
+                  progress: Progress) -> None:
         started = utcnow()
         sha = unit.sha256()
         done = self.store.completed_import(sha)
         if done is not None:
             log.info("input_already_imported", path=unit.name, sha256=sha, first_path=done["path"])
             summary.inputs_skipped_same_sha256 += 1
-            summary.records += done["records"]
-            summary.sysmon_events += done["sysmon_events"]
-            summary.duplicates += done["sysmon_events"]
-            self._record(unit.name, sha, unit.size, Counts(records=done["records"],
-                         sysmon_events=done["sysmon_events"], duplicates=done["sysmon_events"]),
-                         started, "skipped_same_sha256")
+            skipped = Counts(records=done["records"], sysmon_events=done["sysmon_events"],
+                             duplicates=done["sysmon_events"])
+            summary.add(skipped)
+            self._record(unit.name, sha, unit.size, skipped, started, "skipped_same_sha256")
             progress.advance(unit.size, 0, unit.name)
             return
         if isinstance(unit, FileInput):
-            counts = self._consume(unit, progress)
-            summary.add(counts)
+            counts = self._consume(flow, unit)
         else:
             counts = Counts()
             for member in unit.members():
                 if isinstance(member, SourceError):
-                    self.writer.drain()
-                    self.store.write_batch({}, [self._dead(member)])
-                    counts.dead_letters += 1
+                    counts.add(self._dead_letter(flow, member))
                     continue
                 m_started = utcnow()
-                mc = self._consume(member, progress)
+                mc = self._consume(flow, member)
                 self._record(member.name, member.sha256(), member.size, mc, m_started, "complete")
                 counts.add(mc)
-            summary.add(counts)
+        summary.add(counts)
         self._record(unit.name, sha, unit.size, counts, started, "complete")
         progress.advance(unit.size, 0, unit.name)
         log.info("input_imported", path=unit.name, **asdict(counts))
 
-    # -- one input ---------------------------------------------------------------------------
-    def _consume(self, inp: FileInput | MemberInput, progress: Progress) -> Counts:
-        """Read one input to the end; returns once all of its events are written."""
-        c = Counts()
-        writes: list = []
-        batch: dict[str, NormalizedEvent] = {}
-        dead: list[DeadLetter] = []
+    def _consume(self, flow: Flow, inp: FileInput | MemberInput) -> Counts:
+        """Read one input to the end; returns once all of its events are durable."""
+        self._current = inp.name
         for item in inp.records():
-            if isinstance(item, SourceError):
-                dead.append(self._dead(item))
-                c.dead_letters += 1
-                continue
-            c.records += 1
-            out = self._normalize(item, dead, c)
-            if out is None:
-                continue
-            if out is NOT_SYSMON:
-                c.skipped_non_sysmon += 1
-                continue
-            c.sysmon_events += 1
-            if out.ts is not None and (
-                (self.since is not None and out.ts < self.since)
-                or (self.until is not None and out.ts >= self.until)
-            ):
-                c.filtered_by_time += 1
-                continue
-            if out.event_key in batch:
-                c.duplicates += 1
-                continue
-            batch[out.event_key] = out
-            if len(batch) >= self.batch_size:
-                writes.append(self._flush(batch, dead, progress, inp.name))
-                batch, dead = {}, []
-        writes.append(self._flush(batch, dead, progress, inp.name))
-        self.writer.drain()
-        for fut, n in filter(None, writes):
-            new = fut.result()
-            c.new_events += new
-            c.duplicates += n - new
-        return c
+            flow.feed(item)
+        flow.flush()
+        return flow.drain()
 
-    def _normalize(self, item: RawRecord, dead: list[DeadLetter], c: Counts):
-        try:
-            return self.normalize(item)
-        except BadRecord as exc:
-            reason = str(exc)
-        except Exception as exc:  # a bug must cost one record, never the import
-            log.exception("normalize_internal_error", source=item.source, position=item.position)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-        dead.append(DeadLetter(item.source, item.position, reason, truncate_payload(item.data)))
-        c.dead_letters += 1
-        return None
-
-    def _flush(self, batch: dict[str, NormalizedEvent], dead: list[DeadLetter],
-               progress: Progress, name: str):
-        """Run the batch stages, hand the batch to the writer; (future of new count, size)."""
-        if not batch and not dead:
-            return None
-        b = Batch(list(batch.values()), dead)
-        for stage in self.stages:
-            stage(b)
-        fut = self.writer.submit(self.store.write_batch,
-                                 _rows(b.events, utcnow()) if b.events else {}, b.dead, b.vectors,
-                                 b.assignments, b.alerts)
-        progress.advance(0, len(b.events), name)
-        return fut, len(b.events)
+    @staticmethod
+    def _dead_letter(flow: Flow, err: SourceError) -> Counts:
+        """An input that cannot be read at all: one dead letter, written now."""
+        flow.feed(err)
+        flow.flush()
+        return flow.drain()
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    @staticmethod
-    def _dead(err: SourceError) -> DeadLetter:
-        return DeadLetter(err.source, err.position, err.reason, truncate_payload(err.payload))
-
     def _record(self, path: str, sha: str | None, size: int, c: Counts, started: datetime,
                 status: str) -> None:
         self.store.record_import({
@@ -265,9 +167,3 @@ class Importer:
             "status": status, "tool_version": __version__, "model_version": self.model_version,
             "config_hash": self.config_hash,
         })
-
-
-def summary_dict(s: ImportSummary) -> dict:
-    return asdict(s)
-
-

@@ -1,35 +1,34 @@
-"""Re-embed and re-score stored events after a model or fit change, through the same stages
-`import` uses (so the two can never disagree on a score)."""
+"""Re-embed and re-score stored events after a model or fit change, through the same flow and
+stages `import` uses (so the two can never disagree on a score)."""
 
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import structlog
 
-from plugin.normalize.normalizer import NormalizedEvent
-from plugin.pipeline.importer import Batch
+from plugin.pipeline.batch import BatchStage
+from plugin.pipeline.flow import Flow
 from plugin.store.duckdb import Store
 
 log = structlog.get_logger(__name__)
 
 
-def rescore(store: Store, stages: list, batch_size: int = 5000) -> dict:
+def rescore(store: Store, stages: Sequence[BatchStage], batch_size: int = 5000) -> dict:
+    """Stored events in log order (the context scorer walks process trees) through the stages;
+    the sink writes what the stages add (vectors, assignments, alerts), not the events."""
     t0 = time.perf_counter()
-    # in log order, with fields (the context scorer walks process GUIDs); streamed from a second
-    # cursor so the writes below do not cut the read short
-    cur = store.con.cursor()
-    cur.execute(
-        "SELECT event_key, source, position, event_id, computer, user_name, ts, record_id, channel, "
-        "shape, normalized, text_hash, fields FROM events ORDER BY ts, event_key")
+    flow = Flow(store, None, stages, batch_size=batch_size, store_events=False)
     n = 0
-    while rows := cur.fetchmany(batch_size):
-        events = [NormalizedEvent(*r[:-1], fields=r[-1] or "", raw="") for r in rows]
-        b = Batch(events, [])
-        for stage in stages:
-            stage(b)
-        store.write_batch({}, [], b.vectors, b.assignments, b.alerts)
-        n += len(events)
-    cur.close()
+    try:
+        for events in store.events_in_log_order(batch_size):
+            for e in events:
+                flow.add(e)
+            n += len(events)
+        flow.flush()
+        flow.drain()
+    finally:
+        flow.close()
     stats = [s.stats() for s in stages if hasattr(s, "stats")]
     return {"events": n, "seconds": round(time.perf_counter() - t0, 2), "stages": stats}

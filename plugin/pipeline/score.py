@@ -18,7 +18,6 @@ the shadow did not sample (no vector) get no shadow assignment.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,25 +25,19 @@ import orjson
 import structlog
 
 from plugin.detect.context import ContextScorer, process_fields
+from plugin.detect.lineage import ProcessIndex
+from plugin.detect.scoring import TextScore, event_score, explanation, score_texts
+from plugin.pipeline.batch import Batch
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass
-class TextScore:
-    cluster: int
-    distance: float
-    score: float
-    is_outlier: bool
-    detail: dict
+MAX_CACHED_TEXTS = 2_000_000
 
 
 class ScoreStage:
     def __init__(self, model: str, version: int, scorer, *,
                  explain: Callable[[str, TextScore], dict] | None = None,
                  alerts: bool = True, context=None) -> None:
-        from plugin.detect.lineage import ProcessIndex
-
         self.model = model
         self.alerts = alerts
         # process creations seen so far, for the lineage in outliers' explanations
@@ -63,18 +56,13 @@ class ScoreStage:
         todo = [h for h in vectors if h not in self._cache]
         if not todo:
             return
-        if len(self._cache) + len(todo) > 2_000_000:  # bound memory; before adding this batch's
+        if len(self._cache) + len(todo) > MAX_CACHED_TEXTS:  # bound memory, before this batch
             self._cache.clear()
-        mat = np.stack([vectors[h] for h in todo])
-        if getattr(self.scorer, "needs_text", False):
-            res = self.scorer.score(mat, [texts[h] for h in todo])
-        else:
-            res = self.scorer.score(mat)
-        for i, h in enumerate(todo):
-            self._cache[h] = TextScore(int(res.cluster[i]), float(res.distance[i]),
-                                       float(res.score[i]), bool(res.is_outlier[i]), res.detail[i])
+        scored = score_texts(self.scorer, np.stack([vectors[h] for h in todo]),
+                             [texts[h] for h in todo])
+        self._cache.update(zip(todo, scored))
 
-    def __call__(self, batch) -> None:
+    def __call__(self, batch: Batch) -> None:
         vectors = batch.text_vectors.get(self.model)
         if not vectors:
             return
@@ -86,34 +74,29 @@ class ScoreStage:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
             ts = self._cache[e.text_hash]
-            score, is_outlier, detail, parts = ts.score, ts.is_outlier, ts.detail, None
-            if self.context is not None:
-                cs = self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
-                parts = cs.detail(self.context.model)
-                score, is_outlier, detail = cs.score, cs.score >= 1.0, {**ts.detail, **parts}
-            explanation = None
-            if is_outlier:
+            cs = (self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
+                  if self.context is not None else None)
+            ev = event_score(ts, self.context.model if self.context is not None else None, cs)
+            text_explanation = None
+            if ev.is_outlier:
                 self.outliers += 1
-            if is_outlier and self.alerts:
+            if ev.is_outlier and self.alerts:
                 if self.explain is not None:
-                    if e.text_hash not in explained:  # per text; the lineage is per event
-                        explained[e.text_hash] = self.explain(e.normalized, ts)
-                    per_event = {"process_lineage": self.processes.lineage_of(e.fields)}
-                    if parts is not None:
-                        per_event.update(score=round(score, 4), is_outlier=True, context=parts)
-                    explanation = orjson.dumps({**explained[e.text_hash], **per_event},
-                                               option=orjson.OPT_SERIALIZE_NUMPY).decode()
+                    text_explanation = orjson.dumps(
+                        explanation(self.explain, e.normalized, ts, ev,
+                                    self.processes.lineage_of(e.fields), explained),
+                        option=orjson.OPT_SERIALIZE_NUMPY).decode()
                 batch.alerts.append({
                     "alert_id": hashlib.sha256(f"{self.model}|{e.text_hash}".encode()).hexdigest()[:24],
-                    "event_key": e.event_key, "model": self.model, "score": score,
+                    "event_key": e.event_key, "model": self.model, "score": ev.score,
                     "ts": e.ts,
                 })
             batch.assignments.append({
                 "event_key": e.event_key, "model": self.model, "version": self.version,
-                "cluster": ts.cluster, "distance": ts.distance, "score": score,
-                "is_outlier": is_outlier,
-                "detail": orjson.dumps(detail, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
-                "explanation": explanation,
+                "cluster": ts.cluster, "distance": ts.distance, "score": ev.score,
+                "is_outlier": ev.is_outlier,
+                "detail": orjson.dumps(ev.detail, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                "explanation": text_explanation,
             })
             self.scored += 1
 

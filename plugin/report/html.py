@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plugin.report.compare import display_name, eval_scorers
+from plugin.report.names import display_name, eval_scorers
 
 __all__ = ["render_html"]
 

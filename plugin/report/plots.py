@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from plugin.report.names import display_name
+
 __all__ = [
     "cosine_histogram",
     "model_color",
@@ -31,12 +33,6 @@ _COLORS = {"blt": "#1f77b4", "linformer": "#ff7f0e"}
 _EXTRA = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 _SIZE = (7.5, 4.4)
 _DPI = 110
-
-
-def _name(model: str) -> str:
-    from plugin.report.compare import display_name
-
-    return display_name(model)
 
 
 def model_color(model: str) -> str:
@@ -69,7 +65,7 @@ def cosine_histogram(cos: Mapping[str, np.ndarray], path: Path) -> Path:
         weights = np.full(c.size, 1.0 / c.size)
         ax.hist(c, bins=bins, weights=weights, color=color, alpha=0.35)
         ax.hist(c, bins=bins, weights=weights, histtype="step", color=color, linewidth=1.4,
-                label=f"{_name(m)} (median {np.median(c):.2f}, dashed)")
+                label=f"{display_name(m)} (median {np.median(c):.2f}, dashed)")
         ax.axvline(float(np.median(c)), color=color, linestyle="--", linewidth=1.2)
     ax.axvline(0.9, color="0.3", linestyle=":", linewidth=1.2, label="cosine 0.9 (near-duplicate)")
     n = max(c.size for c in cos.values())
@@ -87,7 +83,7 @@ def silhouette_curves(sil: Mapping[str, dict], path: Path) -> Path:
         ks = [k for k, v in zip(s["k"], s["silhouette"]) if v is not None]
         vs = [v for v in s["silhouette"] if v is not None]
         color = model_color(m)
-        ax.plot(ks, vs, marker="o", color=color, label=f"{_name(m)} (best k={s['best_k']})")
+        ax.plot(ks, vs, marker="o", color=color, label=f"{display_name(m)} (best k={s['best_k']})")
         if s["best_k"] is not None:
             ax.plot([s["best_k"]], [s["best_silhouette"]], marker="o", markersize=14,
                     markerfacecolor="none", markeredgecolor=color, markeredgewidth=2)
@@ -112,7 +108,7 @@ def pca_cumulative(pca: Mapping[str, dict], path: Path) -> Path:
         widest = max(widest, cum.size)
         color = model_color(m)
         ax.plot(x, cum, color=color, linewidth=1.8,
-                label=f"{_name(m)} (90%: {p['components_90']}, 95%: {p['components_95']} "
+                label=f"{display_name(m)} (90%: {p['components_90']}, 95%: {p['components_95']} "
                       f"of {p['dim']})")
         for key in ("components_90", "components_95"):
             if p[key]:
@@ -141,7 +137,8 @@ def pca_scree(pca: Mapping[str, dict], path: Path) -> Path:
     for m, p in pca.items():
         r = np.asarray(p["explained_variance_ratio"], dtype=np.float64)
         ax.plot(np.arange(1, r.size + 1), r, marker="o", color=model_color(m),
-                label=f"{_name(m)} (first component {r[0]:.0%})" if r.size else _name(m))
+                label=(f"{display_name(m)} (first component {r[0]:.0%})" if r.size
+                       else display_name(m)))
     n = max(len(p["explained_variance_ratio"]) for p in pca.values())
     ax.set_xticks(range(1, n + 1))
     ax.set_title(f"PCA scree plot: the first {n} components")
@@ -173,7 +170,7 @@ def score_scatter(arrays: Mapping[str, np.ndarray], primary: str, shadow: str, p
         floor = max(float(np.quantile(pos, 0.01)) / 2, 1e-4)
         sa, sb = np.maximum(sa, floor), np.maximum(sb, floor)
     fig, ax = _figure(size=(9.0, 4.8))  # room for the legend beside the points
-    pn, sn = _name(primary), _name(shadow)
+    pn, sn = display_name(primary), display_name(shadow)
     groups = (
         (~oa & ~ob, "#9e9e9e", "neither flags", 6),
         (oa & ~ob, model_color(primary), f"only {pn} flags", 14),
@@ -209,7 +206,8 @@ def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) 
         score = np.nan_to_num(score, posinf=big, neginf=-big)
         fpr, tpr, _ = roc_curve(is_attack, score)
         auc = roc_auc_score(is_attack, score)
-        ax.plot(fpr, tpr, color=model_color(m), linewidth=1.8, label=f"{_name(m)} (AUC {auc:.3f})")
+        ax.plot(fpr, tpr, color=model_color(m), linewidth=1.8,
+                label=f"{display_name(m)} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="0.5", linestyle=":", label="chance")
     ax.axvline(0.01, color="0.3", linestyle="--", linewidth=1, label="1% false positive rate")
     ax.set_xlim(0, 1)

@@ -21,6 +21,9 @@ import structlog
 from plugin import __version__
 from plugin.errors import UsageError
 from plugin.resources import schemas_dir
+from plugin.store.events import EventQueries
+from plugin.store.fits import FitQueries
+from plugin.store.reports import ReportQueries
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +66,12 @@ def _size(value: str) -> str:
     return value.strip()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a failure is DuckDB's buffer pool running full (the fix: a larger
+    db_memory_limit), so the command line can say so without knowing DuckDB."""
+    return isinstance(exc, duckdb.OutOfMemoryException)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -85,8 +94,8 @@ class DeadLetter:
     payload: str | None
 
 
-class Store:
-    """A writable sysmon-blt database."""
+class Store(EventQueries, FitQueries, ReportQueries):
+    """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
                  memory_limit: str = "512MB") -> None:
@@ -314,16 +323,3 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
-
-def texts_by_hash(store: Store, hashes: list[str]) -> dict[str, str]:
-    """Canonical texts for text hashes (any one event carrying each), on a cursor of its own."""
-    if not hashes:
-        return {}
-    cur = store.con.cursor()
-    try:
-        cur.register("_h", pa.table({"h": hashes}))
-        rows = cur.execute("SELECT text_hash, any_value(normalized) FROM events JOIN _h ON "
-                           "text_hash = h GROUP BY 1").fetchall()
-    finally:
-        cur.close()
-    return dict(rows)

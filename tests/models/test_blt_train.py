@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from plugin.models import train as train_mod
+from plugin.models import training
 from plugin.models.checkpoint import read_config
 from plugin.models.embedder import BLTEmbedder
-from plugin.models.train import distinct_texts, train_model_dir
+from plugin.models.train import train_model_dir
+from plugin.models.training import distinct_texts
 from tests.models.blt_helpers import make_texts, micro_config
 
 FAST = dict(batch_size=8, calibration_texts=32, checkpoint_every=3)
@@ -53,7 +54,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     _train(tmp_path / "full")
 
     calls = {"n": 0}
-    real_update = train_mod._Progress.update
+    real_update = training.Progress.update
 
     def crash_on_tenth(self, loss):
         calls["n"] += 1
@@ -61,11 +62,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_update(self, loss)
 
-    monkeypatch.setattr(train_mod._Progress, "update", crash_on_tenth)
+    monkeypatch.setattr(training.Progress, "update", crash_on_tenth)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "resumed")
     assert (tmp_path / "resumed" / ".train_state" / "state.json").exists()
-    monkeypatch.setattr(train_mod._Progress, "update", real_update)
+    monkeypatch.setattr(training.Progress, "update", real_update)
     _train(tmp_path / "resumed")
     for name in ("entropy.safetensors", "blt.safetensors"):
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()

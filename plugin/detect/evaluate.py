@@ -17,8 +17,11 @@ import numpy as np
 import orjson
 import structlog
 
+from plugin.detect.context import calibration_groups, fit_context, score_events
+from plugin.detect.fitting import BaselineEvents, fit_default_scorer
 from plugin.detect.labels import LabelEvent, attack_tree_labels
-from plugin.report.metrics import detection_metrics
+from plugin.detect.metrics import detection_metrics
+from plugin.detect.surprisal import window_surprisal
 from plugin.store.duckdb import Store
 
 log = structlog.get_logger(__name__)
@@ -60,20 +63,17 @@ class _Events:
 
 def _load(store: Store, roots: Sequence[str]) -> _Events:
     """Events under `roots` in arrival order (the order the context scorer walks them in)."""
-    rows = store.con.execute(
-        "SELECT event_key, text_hash, normalized, fields, source, event_id, computer FROM events "
-        "ORDER BY ts, event_key"
-    ).fetchall()
     ev = _Events([], [], [], [], [])
-    for key, h, text, fields, source, eid, computer in rows:
-        if _matches(source, roots):
-            ev.keys.append(key)
-            ev.hashes.append(h)
-            ev.texts.append(text)
-            ev.fields.append(orjson.loads(fields) if fields else {})
-            ev.sources.append(source)
-            ev.event_ids.append(int(eid))
-            ev.computers.append(computer)
+    for batch in store.events_in_log_order(50_000):
+        for e in batch:
+            if _matches(e.source, roots):
+                ev.keys.append(e.event_key)
+                ev.hashes.append(e.text_hash)
+                ev.texts.append(e.normalized)
+                ev.fields.append(orjson.loads(e.fields) if e.fields else {})
+                ev.sources.append(e.source)
+                ev.event_ids.append(int(e.event_id))
+                ev.computers.append(e.computer)
     return ev
 
 
@@ -89,36 +89,19 @@ def _vectors(store: Store, model: str, version: str, hashes: list[str]) -> np.nd
 def _keep(store: Store, spec: EvalSpec, keys: list[str], is_attack: np.ndarray,
           results: dict) -> None:
     """Labels of the test events and the results, kept in the database for `report`."""
-    import json
-
-    import pyarrow as pa
-
-    from plugin.store.duckdb import utcnow
-
     how = (f"eval --attack-seed {spec.attack_seed}" if spec.attack_seed
            else f"eval --attack {' '.join(spec.attack)}")
-    store.con.begin()
-    try:
-        store.con.register("_labels", pa.table({"event_key": keys, "is_attack": is_attack.tolist(),
-                                                "source": [how] * len(keys)}))
-        store.con.execute("INSERT OR REPLACE INTO labels SELECT * FROM _labels").fetchall()
-        store.con.unregister("_labels")
-        spec_doc = {"baseline": spec.baseline, "test": spec.test, "attack_seed": spec.attack_seed,
-                    "attack": spec.attack, "model": spec.model, "model_version": spec.model_version,
-                    "shadow_model": spec.shadow_model, "shadow_version": spec.shadow_version}
-        store.con.execute("INSERT INTO evaluations VALUES (?, ?, ?)",
-                          [utcnow(), json.dumps(spec_doc), json.dumps(results)]).fetchall()
-        store.con.commit()
-    except Exception:
-        store.con.rollback()
-        raise
+    spec_doc = {"baseline": spec.baseline, "test": spec.test, "attack_seed": spec.attack_seed,
+                "attack": spec.attack, "model": spec.model, "model_version": spec.model_version,
+                "shadow_model": spec.shadow_model, "shadow_version": spec.shadow_version}
+    store.keep_evaluation(keys, is_attack.tolist(), how, spec_doc, results)
 
 
 def _heldout_content(cls, texts: list[str], weights: np.ndarray, quantile: float,
                      folds: int = 5, seed: int = 0) -> tuple[np.ndarray, float]:
     """An anchor's content score for every baseline text as a new text would get it (k-fold: each
     fold scored against the others), and its calibration threshold (the weighted `quantile`)."""
-    from plugin.detect.kmeans import THRESHOLD_FLOOR, weighted_quantile
+    from plugin.detect.calibration import THRESHOLD_FLOOR, weighted_quantile
 
     n = len(texts)
     raw = np.zeros(n, dtype=np.float64)
@@ -166,6 +149,8 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
     t_index = {h: i for i, h in enumerate(t_hashes)}
     per_event = np.array([t_index[h] for h in test.hashes])
     t_text = {h: t for h, t in zip(test.hashes, test.texts)}
+    b_texts = [text_of[h] for h in b_hashes]
+    t_texts = [t_text[h] for h in t_hashes]
 
     results: dict[str, dict] = {}
 
@@ -199,55 +184,51 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
                seconds=time.perf_counter() - t)
         return knn_scores
 
-    def context_scorers_on(name: str, b_content: np.ndarray, t_content: np.ndarray,
-                           seconds: float = 0.0, ablations: tuple = ()) -> None:
-        """Context terms (`plugin.detect.context`) over calibrated content scores of the distinct
-        baseline and test texts: fit on the baseline's events, score the test's in order."""
-        from plugin.detect.context import calibration_groups, fit_context, score_events
+    b_index = {h: i for i, h in enumerate(b_hashes)}
+    b_events = BaselineEvents([base.event_ids[i] for i in keep], [base.fields[i] for i in keep],
+                              np.array([b_index[base.hashes[i]] for i in keep], dtype=np.int64),
+                              [base.computers[i] for i in keep], [base.sources[i] for i in keep])
 
+    def context_rows(rows: Sequence[tuple[str, dict]], b_content: np.ndarray,
+                     t_content: np.ndarray, seconds: float = 0.0) -> None:
+        """Context terms (`plugin.detect.context`) with other weights (the ablations) or over
+        another content score (the TF-IDF anchor), fitted on the baseline's events as the
+        default recipe fits them, each scoring the test's events in order."""
         t = time.perf_counter()
-        b_index = {h: i for i, h in enumerate(b_hashes)}
-        content = b_content[[b_index[base.hashes[i]] for i in keep]]
-        groups, how = calibration_groups([base.computers[i] for i in keep],
-                                         [base.sources[i] for i in keep])
-        for row, kw in ((name, {}), *ablations):
-            model = fit_context([base.event_ids[i] for i in keep], [base.fields[i] for i in keep],
-                                [base.texts[i] for i in keep], groups, content,
-                                quantile=spec.quantile, calibration=how, **kw)
+        groups, how = calibration_groups(b_events.computers, b_events.sources)
+        for row, kw in rows:
+            model = fit_context(b_events.event_ids, b_events.fields,
+                                [b_texts[i] for i in b_events.text_index], groups,
+                                b_content[b_events.text_index], quantile=spec.quantile,
+                                calibration=how, **kw)
             record(row, event_scores=score_events(model, test.event_ids, test.fields, test.texts,
                                                   t_content[per_event]),
                    calibrated=True, seconds=seconds + time.perf_counter() - t)
             t, seconds = time.perf_counter(), 0.0
 
-    def context_scorers(b_content: np.ndarray, sur_scores: np.ndarray) -> None:
-        """The default scorer (surprisal + prevalence + lineage) and each context term alone."""
-        context_scorers_on(f"{spec.model}-context", b_content, sur_scores, 0.0,
-                           ((f"{spec.model}-surprisal+novelty", {"lineage_weight": 0.0}),
-                            (f"{spec.model}-surprisal+lineage", {"novelty_weight": 0.0})))
-
     if spec.shadow_version:  # the shadow is measured, never chosen: same events, same metrics
         vector_scorers(spec.shadow_model, spec.shadow_version)
     if spec.model_version:
         knn_scores = vector_scorers(spec.model, spec.model_version)
-        if embedder is not None:
-            from plugin.detect.surprisal import SurprisalScorer
-
-            from plugin.detect.surprisal import window_surprisal
-
+        if embedder is not None:  # the default scorer, fitted as `fit` fits it
             t = time.perf_counter()
-            b_bits = window_surprisal(embedder, [text_of[h] for h in b_hashes])  # also the context's
-            sur = SurprisalScorer(embedder, [text_of[h] for h in b_hashes], b_weights,
-                                  quantile=spec.quantile, bits=b_bits)
-            sur_scores = sur.score_texts([t_text[h] for h in t_hashes])
+            default = fit_default_scorer(embedder, b_texts, b_weights, b_events,
+                                         quantile=spec.quantile)
+            sur_scores = window_surprisal(embedder, t_texts) / default.surprisal_threshold
             record(f"{spec.model}-surprisal", sur_scores, calibrated=True,
                    seconds=time.perf_counter() - t)
             record(f"{spec.model}-max-knn-surprisal", np.maximum(knn_scores, sur_scores), calibrated=True)
-            context_scorers(b_bits / sur.threshold, sur_scores)
+            t = time.perf_counter()
+            record(f"{spec.model}-context",
+                   event_scores=score_events(default.context, test.event_ids, test.fields,
+                                             test.texts, sur_scores[per_event]),
+                   calibrated=True, seconds=time.perf_counter() - t)
+            context_rows(((f"{spec.model}-surprisal+novelty", {"lineage_weight": 0.0}),
+                          (f"{spec.model}-surprisal+lineage", {"novelty_weight": 0.0})),
+                         default.bits / default.surprisal_threshold, sur_scores)
     if spec.anchors:
-        from plugin.detect.baselines import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
+        from plugin.detect.anchors import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
 
-        b_texts = [text_of[h] for h in b_hashes]
-        t_texts = [t_text[h] for h in t_hashes]
         for name, cls in (("tfidf-1nn", TfidfNearestNeighbor), ("tfidf-kmeans", TfidfKMeans)):
             t = time.perf_counter()
             sc = cls()
@@ -260,8 +241,8 @@ def evaluate(store: Store, spec: EvalSpec, embedder=None, record_labels: bool = 
                 t = time.perf_counter()
                 b_content, threshold = _heldout_content(TfidfNearestNeighbor, b_texts, b_weights,
                                                         spec.quantile)
-                context_scorers_on(f"{name}+context", b_content, tfidf_scores / threshold,
-                                   time.perf_counter() - t)
+                context_rows(((f"{name}+context", {}),), b_content, tfidf_scores / threshold,
+                             time.perf_counter() - t)
         try:
             t = time.perf_counter()
             d3 = Drain3Rarity()

@@ -2,6 +2,8 @@
 
 Uses the same sources and normalizer as `import`, so a model is trained on exactly the text it
 will later embed. Bad records are skipped here (and counted), since training stores nothing.
+It lives beside the trainers: it reads inputs and normalizes them, and needs nothing of the
+pipeline that stores, scores and reports events.
 """
 
 from __future__ import annotations

@@ -1,0 +1,118 @@
+"""Stages assembled from the configuration and the model directory, in one place.
+
+Every entry point (import, rescore, eval, the Kafka consumer) gets its embed and score stages
+from here, so they embed and score alike: the BLT embeds, then scores with the database's latest
+fit (or the model directory's shipped reference clusters: the cold start); the Linformer shadow,
+when the model directory has one and ``shadow_sample_rate`` > 0, does the same beside it and
+never raises an alert.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from plugin.config import Config
+from plugin.detect.explain import make_explainer
+from plugin.detect.fitting import load_scorer
+from plugin.detect.reference import ReferenceModelError
+from plugin.errors import UsageError
+from plugin.models.checkpoint import ModelDirError
+from plugin.models.embedder import BLTEmbedder
+from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
+from plugin.pipeline.batch import BatchStage
+from plugin.pipeline.cache import EmbeddingCache
+from plugin.pipeline.embed import EmbedStage
+from plugin.pipeline.score import ScoreStage
+from plugin.resources import default_model_dir
+from plugin.store.duckdb import Store
+
+log = structlog.get_logger(__name__)
+
+
+def model_dir_of(cfg: Config) -> Path:
+    return Path(cfg.model) if cfg.model else default_model_dir()
+
+
+def load_embedder(model_dir: str | None) -> BLTEmbedder | None:
+    """The BLT of the given model directory, or of the shipped default one (None, with a
+    warning, when no model ships here and none was named)."""
+    path = Path(model_dir) if model_dir else default_model_dir()
+    if model_dir is None and not (path / "config.json").is_file():
+        log.warning("no_model", reason=f"no shipped model at {path}; storing events without "
+                    "embeddings (train one with `sysmon-blt train`, or pass --model)")
+        return None
+    if not path.is_dir():
+        raise UsageError(f"--model {path}: not a model directory")
+    try:
+        return BLTEmbedder.from_dir(path)
+    except ModelDirError as exc:
+        raise UsageError(f"--model {path}: {exc}") from exc
+
+
+def load_shadow(cfg: Config) -> LinformerEmbedder | None:
+    """The Linformer shadow of the model directory, or None (rate 0, or the directory has none)."""
+    if cfg.shadow_sample_rate <= 0:
+        return None
+    path = model_dir_of(cfg)
+    if not has_linformer(path):
+        log.warning("no_shadow", model_dir=str(path), reason="the model directory has no "
+                    "Linformer; only the BLT runs (train one with `sysmon-blt train`)")
+        return None
+    try:
+        return LinformerEmbedder.from_dir(path)
+    except ModelDirError as exc:
+        raise UsageError(f"--model {path}: {exc}") from exc
+
+
+def embed_stage(store: Store, embedder, model_dir: str | None, sample_rate: float = 1.0) -> EmbedStage:
+    """An embed stage whose cache is seeded from the database (the model version registered)."""
+    store.register_model(embedder.name, embedder.version, embedder.dim, model_dir)
+    return EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version),
+                      sample_rate=sample_rate)
+
+
+def _scorer(store: Store, model, model_dir: str | None, embedder=None):
+    try:
+        return load_scorer(store, model.name, model.version,
+                           Path(model_dir) if model_dir else default_model_dir(), embedder=embedder)
+    except ReferenceModelError as exc:
+        raise UsageError(f"--model: {exc}") from exc
+
+
+def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
+                 shadow: LinformerEmbedder | None = None,
+                 shadow_rate: float = 1.0) -> list[BatchStage]:
+    """Embed, then score with the database's latest fit (or the shipped reference clusters);
+    then the same for the shadow model, if any, whose flags never become alerts."""
+    stages: list[BatchStage] = [embed_stage(store, embedder, model_dir)]
+    loaded = _scorer(store, embedder, model_dir, embedder=embedder)
+    if loaded is None:
+        log.warning("no_scorer", reason="the model directory has no reference clusters and the "
+                    "database no fit: events are embedded but not scored")
+    else:
+        explain = make_explainer(loaded, embedder, store.texts_by_hash)
+        stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
+                                 context=loaded.context))
+    if shadow is not None:
+        stages += shadow_stages(store, shadow, model_dir, shadow_rate)
+    return stages
+
+
+def shadow_stages(store: Store, shadow: LinformerEmbedder, model_dir: str | None,
+                  rate: float) -> list[BatchStage]:
+    """The shadow's embed and score stages: same batches, its own vectors, clusters and scores."""
+    stages: list[BatchStage] = [embed_stage(store, shadow, model_dir, rate)]
+    loaded = _scorer(store, shadow, model_dir)
+    if loaded is None:
+        log.warning("no_shadow_scorer", model=shadow.name, reason="no reference clusters and no "
+                    "fit: the shadow's vectors are stored but not scored")
+        return stages
+    stages.append(ScoreStage(shadow.name, loaded.version, loaded.scorer, alerts=False))
+    return stages
+
+
+def embed_stages(store: Store, models, model_dir: str | None) -> list[BatchStage]:
+    """Embed stages only (no scoring), one per model: what `eval` imports with."""
+    return [embed_stage(store, m, model_dir) for m in models if m is not None]

@@ -1,0 +1,32 @@
+"""What flows through the stages: one micro-batch of normalized events and what stages add to it.
+
+Kept apart from the flow so stages (embed, score) and the entry points that feed them (import,
+rescore, the Kafka consumer) share the type without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from plugin.normalize.normalizer import NormalizedEvent
+from plugin.store.duckdb import DeadLetter, VectorRows
+
+
+@dataclass
+class Batch:
+    """Events, dead letters, and what the stages add: new vectors, scores, alerts."""
+
+    events: list[NormalizedEvent]
+    dead: list[DeadLetter] = field(default_factory=list)
+    vectors: list[VectorRows] = field(default_factory=list)  # new vectors, to store
+    text_vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # model -> hash -> vector
+    assignments: list[dict] = field(default_factory=list)  # scores, one row per event and model
+    alerts: list[dict] = field(default_factory=list)  # outliers of the primary model
+
+
+# A stage sees each batch after normalization and before the sink (embedding and scoring plug in
+# here); it may add to the batch but must not drop events.
+BatchStage = Callable[[Batch], None]

@@ -1,0 +1,233 @@
+"""The flow: records in, durable batches out. The one seam every entry point feeds.
+
+    record -> normalize -> (time filter, in-batch dedupe) -> micro-batch -> stages -> sink -> durable
+
+`import` wraps it in file custody (SHA-256, `imports` rows); `rescore` feeds it stored events
+(normalization already done, events not rewritten); a Kafka consumer feeds it records and commits
+a partition's offset once the batch holding it is durable. Nothing is lost on bad input: a record
+that cannot be normalized becomes a dead letter in the same batch as its neighbours.
+
+Durability is reported per batch, in order: the sink runs on one background thread (so DuckDB's
+insert work overlaps the next batch's parsing) and writes batches in the order they were flushed.
+A `Durable` carries, per source, the highest position fed since the previous flush, so whoever
+commits positions (Kafka offsets, import checkpoints) never moves past an unwritten record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Callable, Sequence
+
+import structlog
+
+from plugin.normalize.normalizer import NOT_SYSMON, NormalizedEvent, Normalizer
+from plugin.normalize.shapes import BadRecord
+from plugin.pipeline.batch import Batch, BatchStage
+from plugin.pipeline.batcher import Batcher
+from plugin.pipeline.writer import BackgroundWriter
+from plugin.sources.base import RawRecord, SourceError, truncate_payload
+from plugin.store.duckdb import EVENT_COLUMNS, DeadLetter, Store, utcnow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Counts:
+    """What happened to the records fed so far (summed per input by `import`)."""
+
+    records: int = 0
+    sysmon_events: int = 0
+    new_events: int = 0
+    duplicates: int = 0
+    skipped_non_sysmon: int = 0
+    dead_letters: int = 0
+    filtered_by_time: int = 0
+
+    def add(self, other: "Counts") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass(frozen=True)
+class Durable:
+    """One batch, durably written. ``positions``: per source, the highest position fed into the
+    flow since the previous batch (records that were skipped or dead-lettered included)."""
+
+    seq: int
+    events: int
+    new_events: int
+    dead_letters: int
+    positions: dict[str, int] = field(default_factory=dict)
+
+
+def dead_letter(err: SourceError) -> DeadLetter:
+    return DeadLetter(err.source, err.position, err.reason, truncate_payload(err.payload))
+
+
+def event_rows(events: Sequence[NormalizedEvent], imported_at: datetime) -> dict[str, list]:
+    """Events as the sink's column lists (one Arrow batch)."""
+    cols: dict[str, list] = {c: [] for c in EVENT_COLUMNS}
+    for e in events:
+        for c in EVENT_COLUMNS[:-1]:
+            cols[c].append(getattr(e, c))
+    cols["imported_at"] = [imported_at] * len(events)
+    return cols
+
+
+class Flow:
+    """Normalize, batch, run the stages, write; report each batch when it is durable.
+
+    ``normalizer`` None: the flow takes only events already normalized (`add`), as `rescore`
+    does. ``store_events`` False: the sink writes what the stages add (vectors, scores, alerts)
+    but not the events themselves, which are stored already. ``max_wait_s``: a batch is `due`
+    that long after its first event, for sources that trickle (the caller polls `due`).
+    """
+
+    def __init__(self, store: Store, normalizer: Normalizer | None,
+                 stages: Sequence[BatchStage] = (), *, batch_size: int = 5000,
+                 max_wait_s: float | None = None, since: datetime | None = None,
+                 until: datetime | None = None, store_events: bool = True,
+                 progress: Callable[[int], None] | None = None,
+                 on_durable: Callable[[Durable], None] | None = None,
+                 max_pending: int = 2) -> None:
+        self.store = store
+        self.normalize = normalizer
+        self.stages = list(stages)
+        self.since = since
+        self.until = until
+        self.store_events = store_events
+        self.progress = progress
+        self.on_durable = on_durable
+        self.counts = Counts()
+        self._batcher: Batcher[NormalizedEvent] = Batcher(
+            batch_size, max_wait_s if max_wait_s is not None else math.inf)
+        self._keys: set[str] = set()
+        self._dead: list[DeadLetter] = []
+        self._positions: dict[str, int] = {}
+        self._writes: deque[tuple[Future, int]] = deque()  # not yet accounted by `drain`
+        self._done: deque[Future] = deque()  # not yet handed out by `completed`
+        self._seq = 0
+        self._writer = BackgroundWriter(max_pending)
+
+    # -- in ----------------------------------------------------------------------------------
+    def feed(self, item: RawRecord | SourceError) -> None:
+        """One record from a source (or the source's error for an unreadable part)."""
+        self._saw(item.source, item.position)
+        if isinstance(item, SourceError):
+            self.dead_letter(dead_letter(item))
+            return
+        self.counts.records += 1
+        try:
+            out = self.normalize(item)
+        except BadRecord as exc:
+            self.dead_letter(DeadLetter(item.source, item.position, str(exc),
+                                        truncate_payload(item.data)))
+            return
+        except Exception as exc:  # a bug must cost one record, never the run
+            log.exception("normalize_internal_error", source=item.source, position=item.position)
+            self.dead_letter(DeadLetter(item.source, item.position,
+                                        f"internal error: {type(exc).__name__}: {exc}",
+                                        truncate_payload(item.data)))
+            return
+        if out is NOT_SYSMON:
+            self.counts.skipped_non_sysmon += 1
+            return
+        self.counts.sysmon_events += 1
+        if out.ts is not None and ((self.since is not None and out.ts < self.since)
+                                   or (self.until is not None and out.ts >= self.until)):
+            self.counts.filtered_by_time += 1
+            return
+        self.add(out)
+
+    def add(self, event: NormalizedEvent) -> None:
+        """One normalized event; flushes when the batch is full. A twin already in this batch
+        counts as a duplicate (across batches, the sink's key does the same)."""
+        self._saw(event.source, event.position)
+        if event.event_key in self._keys:
+            self.counts.duplicates += 1
+            return
+        self._keys.add(event.event_key)
+        full = self._batcher.add(event)
+        if full is not None:
+            self._submit(full)
+
+    def dead_letter(self, dead: DeadLetter) -> None:
+        self._dead.append(dead)
+        self.counts.dead_letters += 1
+
+    def _saw(self, source: str, position: int | None) -> None:
+        if position is not None and position > self._positions.get(source, -1):
+            self._positions[source] = position
+
+    # -- out ---------------------------------------------------------------------------------
+    def due(self) -> bool:
+        """A batch has waited `max_wait_s` since its first event (or dead letters wait)."""
+        return self._batcher.due()
+
+    def flush(self) -> Future | None:
+        """Run the stages on what is batched and hand it to the sink; returns the future of its
+        `Durable` (None when nothing was fed since the last flush)."""
+        events = self._batcher.flush()
+        return self._submit(events)
+
+    def _submit(self, events: list[NormalizedEvent]) -> Future | None:
+        dead, positions = self._dead, self._positions
+        self._dead, self._positions, self._keys = [], {}, set()
+        if not events and not dead and not positions:
+            return None
+        b = Batch(events, dead)
+        for stage in self.stages:
+            stage(b)
+        self._seq += 1
+        seq = self._seq
+        rows = event_rows(b.events, utcnow()) if b.events and self.store_events else {}
+
+        def write() -> Durable:
+            new = 0
+            if rows or b.dead or b.vectors or b.assignments or b.alerts:
+                new = self.store.write_batch(rows, b.dead, b.vectors, b.assignments, b.alerts)
+            return Durable(seq, len(b.events), new, len(b.dead), positions)
+
+        fut = self._writer.submit(write)
+        if self.on_durable is not None:
+            fut.add_done_callback(self._notify)
+        self._writes.append((fut, len(b.events)))
+        self._done.append(fut)
+        if self.progress is not None:
+            self.progress(len(b.events))
+        return fut
+
+    def _notify(self, fut: Future) -> None:
+        if fut.exception() is None:
+            self.on_durable(fut.result())
+
+    def completed(self) -> list[Durable]:
+        """Batches written since the last call, in order, stopping at the first still in flight
+        (so positions are handed out only behind everything before them). Re-raises a failed
+        write: nothing after it may be committed."""
+        out = []
+        while self._done and self._done[0].done():
+            out.append(self._done.popleft().result())
+        return out
+
+    def drain(self) -> Counts:
+        """Wait for every batch handed to the sink; returns the counts since the last drain
+        (new events and cross-batch duplicates known only now) and starts new ones."""
+        self._writer.drain()
+        while self._writes:
+            fut, n = self._writes.popleft()
+            new = fut.result().new_events
+            self.counts.new_events += new
+            if self.store_events:
+                self.counts.duplicates += n - new
+        counts, self.counts = self.counts, Counts()
+        return counts
+
+    def close(self) -> None:
+        """Wait for the sink and stop its thread (what is still batched is not written: flush
+        first)."""
+        self._writer.close()
