@@ -29,7 +29,7 @@ from plugin.normalize.shapes import BadRecord
 from plugin.pipeline.importer import Importer
 from plugin.sources.base import RawRecord
 from plugin.sources.files import ArchiveInput, FileInput, discover
-from plugin.store.duckdb import Store
+from plugin.store import open_store
 
 
 def raw_evtx(files: list[Path]) -> tuple[int, float]:
@@ -101,7 +101,7 @@ def ours_normalize(paths: list[Path]) -> tuple[int, int, float]:
 
 def ours_import(paths: list[Path]) -> tuple[int, int, float]:
     with tempfile.TemporaryDirectory() as d:
-        store = Store(Path(d) / "bench.duckdb")
+        store = open_store(Path(d) / "bench.duckdb")
         s = Importer(store, load_schemas(), progress=False).run([str(p) for p in paths])
         store.close()
     return s.records, s.sysmon_events, s.seconds

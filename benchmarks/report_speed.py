@@ -22,12 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plugin.report.compare import build_report
-from plugin.store.duckdb import Store, VectorRows, utcnow
+from plugin.store import VectorRows, open_store, utcnow
 
 
 def build(db: Path, n_events: int, n_texts: int, dim: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    store = Store(db)
+    store = open_store(db)
     hashes = [f"{i:064x}" for i in range(n_texts)]
     topic = rng.integers(0, 40, n_texts)
     vecs = {}
@@ -81,7 +81,7 @@ def main() -> None:
         t = time.perf_counter()
         build(db, args.events, args.texts, args.dim)
         print(f"built {db} in {time.perf_counter() - t:.1f} s")
-    store = Store(db, read_only=True)
+    store = open_store(db, read_only=True)
     try:
         t = time.perf_counter()
         s = build_report(store, Path(args.out))

@@ -213,7 +213,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from plugin.normalize.schema import load_schemas
     from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages
     from plugin.pipeline.importer import Importer
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -225,7 +225,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     schemas = load_schemas(cfg.schemas_dir)
     embedder = None if args.no_embed else load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
-    store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
                   if embedder is not None else [])
@@ -342,7 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from plugin.pipeline.assemble import embed_stages, load_embedder, load_shadow
     from plugin.pipeline.importer import Importer
     from plugin.pipeline.rescore import rescore
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     paths = args.baseline + args.test + (args.attack or [])
     missing = [p for p in paths if not Path(p).exists()]
@@ -363,7 +363,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="sysmon-blt-eval-")
         db = str(Path(tmp.name) / "eval.duckdb")
     shadow = load_shadow(cfg)
-    store = Store(db, memory_limit=cfg.db_memory_limit)
+    store = open_store(db, memory_limit=cfg.db_memory_limit)
     try:
         stages = embed_stages(store, (embedder, shadow), cfg.model)
         Importer(store, load_schemas(cfg.schemas_dir), stages=stages, config_hash=cfg.digest(),
@@ -407,12 +407,12 @@ def _existing_db_and_model(command: str, args: argparse.Namespace):
 def cmd_fit(args: argparse.Namespace) -> int:
     from plugin.detect.fitting import fit_database
     from plugin.pipeline.assemble import load_shadow
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     if not 0.5 <= args.quantile < 1.0:
         raise UsageError("fit: --quantile must be in [0.5, 1)")
     cfg, embedder = _existing_db_and_model("fit", args)
-    store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
     shadow = load_shadow(cfg)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
@@ -438,10 +438,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_rescore(args: argparse.Namespace) -> int:
     from plugin.pipeline.assemble import load_shadow, model_stages
     from plugin.pipeline.rescore import rescore
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     cfg, embedder = _existing_db_and_model("rescore", args)
-    store = Store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
         res = rescore(store, model_stages(store, embedder, cfg.model, load_shadow(cfg),
                                           cfg.shadow_sample_rate), batch_size=cfg.batch_size)
@@ -460,7 +460,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     from plugin.normalize.schema import load_schemas
     from plugin.normalize.text import CanonicalText
     from plugin.resources import default_model_dir
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     if args.file != "-" and not Path(args.file).is_file():
         raise UsageError(f"enrich: {args.file} does not exist")
@@ -479,7 +479,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
                 raise UsageError(f"enrich: line {i + 1} is not JSON: {exc}") from exc
     if len(docs) == 1 and isinstance(docs[0], list):
         docs = docs[0]
-    store = Store(cfg.db, read_only=True)
+    store = open_store(cfg.db, read_only=True)
     try:
         loaded = load_scorer(store, embedder.name, embedder.version,
                              Path(cfg.model) if cfg.model else default_model_dir(), record=False,
@@ -499,7 +499,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.report.compare import build_report
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     if args.sample < 2:
         raise UsageError("report: --sample must be at least 2")
@@ -509,7 +509,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"report: --out {out} is a file, not a folder")
-    store = Store(cfg.db, read_only=True)
+    store = open_store(cfg.db, read_only=True)
     try:
         summary = build_report(store, out, sample=args.sample, seed=args.seed)
     finally:
@@ -546,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sysmon-blt: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a runtime failure: say what, keep the traceback for -v
-        from plugin.store.duckdb import is_out_of_memory
+        from plugin.store import is_out_of_memory
 
         if is_out_of_memory(exc):  # DuckDB's buffer pool is full
             print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "

@@ -140,7 +140,7 @@ def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
     from plugin import simulate
     from plugin.cli import main
     from plugin.pipeline.rescore import rescore
-    from plugin.store.duckdb import Store
+    from plugin.store import open_store
 
     src = tmp_path / "e.jsonl"
     simulate.write_jsonl(str(src), 600, seed=3, anomaly_rate=0.0, shape="winlogbeat8")
@@ -154,7 +154,7 @@ def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
                                   "distance": 0.0, "score": 0.5, "is_outlier": False, "detail": "{}",
                                   "explanation": None} for e in batch.events)
 
-    store = Store(str(db))
+    store = open_store(str(db))
     try:
         res = rescore(store, [stage], batch_size=97)
         n = store.con.execute("SELECT count(*) FROM events").fetchall()[0][0]

@@ -182,7 +182,8 @@ def test_default_db_in_working_directory(tmp_path, capsys, monkeypatch):
 
 
 def test_older_database_is_migrated_forward(tmp_path):
-    from plugin.store.duckdb import Store, load_migrations
+    from plugin.store import open_store
+    from plugin.store.duckdb import load_migrations
 
     db = tmp_path / "old.duckdb"
     con = duckdb.connect(str(db))
@@ -190,7 +191,7 @@ def test_older_database_is_migrated_forward(tmp_path):
     con.execute(first[1])
     con.execute("INSERT INTO schema_version VALUES (?, now(), 'old')", [first[0]])
     con.close()
-    store = Store(db)
+    store = open_store(db)
     assert store.schema_version() == load_migrations()[-1][0]
     store.close()
     con = duckdb.connect(str(db))
@@ -198,7 +199,7 @@ def test_older_database_is_migrated_forward(tmp_path):
     con.close()
     from plugin.errors import UsageError
     with pytest.raises(UsageError, match="newer"):
-        Store(db)
+        open_store(db)
 
 
 def test_db_memory_limit_too_small_is_a_clear_error(tmp_path, monkeypatch, capsys):

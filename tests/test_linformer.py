@@ -211,7 +211,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     for name in ("linformer.safetensors", "bpe.tokenizer.json"):
         assert (tmp_path / "full" / name).read_bytes() == (d / name).read_bytes()
     assert resumed["versions"] == full["versions"]
-    assert (resumed["first_loss"], resumed["final_loss"]) == (full["first_loss"], full["final_loss"])
+    for key in ("first_loss", "final_loss"):  # the history survived the interruption
+        assert resumed[key] == full[key]
     assert not (d / STATE_DIR).exists()
 
 

@@ -26,7 +26,7 @@ from plugin.detect.metrics import detection_metrics
 from plugin.errors import UsageError
 from plugin.report.compare import build_report, sample_events
 from plugin.report.statistics import sample_pairs, silhouette_curve
-from plugin.store.duckdb import Store, VectorRows, utcnow
+from plugin.store import VectorRows, open_store, utcnow
 
 N_TEXTS = 60
 N_EVENTS = 480
@@ -79,7 +79,7 @@ class World:
 
 def make_db(path: Path, world: World, models=("blt", "linformer"), labels: bool = True,
             runs: bool = True, evals: bool = True, assignments: bool = True) -> Path:
-    store = Store(path)
+    store = open_store(path)
     t0 = datetime(2024, 3, 1, tzinfo=UTC)
     now = utcnow()
     events = {
@@ -133,7 +133,7 @@ def full(tmp_path_factory, world):
     """The two-model database and its report (built once: the report takes a few seconds)."""
     tmp = tmp_path_factory.mktemp("report")
     db = make_db(tmp / "r.duckdb", world)
-    store = Store(db, read_only=True)
+    store = open_store(db, read_only=True)
     try:
         summary = build_report(store, tmp / "out", sample=20000, pairs=3000, k_range=K_RANGE, seed=3)
     finally:
@@ -171,7 +171,7 @@ def test_summary_describes_what_was_compared(full):
 
 def test_cosine_matches_direct_computation_on_the_same_pairs(full, world):
     db, _, s = full
-    store = Store(db, read_only=True)
+    store = open_store(db, read_only=True)
     try:
         infos = list(store.stored_models().values())
         smp = sample_events(store, infos, 20000, 3)
@@ -256,7 +256,7 @@ def test_detection_throughput_and_evaluations(full, world):
 def test_one_model_without_labels_or_runs(tmp_path, world):
     db = make_db(tmp_path / "one.duckdb", world, models=("blt",), labels=False, runs=False,
                  evals=False)
-    store = Store(db, read_only=True)
+    store = open_store(db, read_only=True)
     try:
         s = build_report(store, tmp_path / "out", pairs=500, k_range=range(2, 5))
     finally:
@@ -273,10 +273,10 @@ def test_one_model_without_labels_or_runs(tmp_path, world):
 def test_shadow_without_assignments_and_an_old_schema(tmp_path, world):
     db = make_db(tmp_path / "old.duckdb", world, assignments=False, labels=False, runs=False,
                  evals=False)
-    store = Store(db)
+    store = open_store(db)
     store.con.execute("DROP TABLE labels; DROP TABLE model_runs; DROP TABLE evaluations")
     store.close()
-    store = Store(db, read_only=True)
+    store = open_store(db, read_only=True)
     try:
         s = build_report(store, tmp_path / "out", pairs=200, k_range=range(2, 4))
     finally:
@@ -287,8 +287,8 @@ def test_shadow_without_assignments_and_an_old_schema(tmp_path, world):
 
 
 def test_no_vectors_is_a_usage_error(tmp_path):
-    Store(tmp_path / "empty.duckdb").close()
-    store = Store(tmp_path / "empty.duckdb", read_only=True)
+    open_store(tmp_path / "empty.duckdb").close()
+    store = open_store(tmp_path / "empty.duckdb", read_only=True)
     try:
         with pytest.raises(UsageError, match="no vectors"):
             build_report(store, tmp_path / "out")
@@ -305,20 +305,20 @@ def test_cli_report(tmp_path, world, capsys):
     assert printed["sample"]["events"]["blt"] == 300 and (out / "report.html").is_file()
     assert main(["report", "--db", str(tmp_path / "nope.duckdb"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    Store(tmp_path / "empty.duckdb").close()
+    open_store(tmp_path / "empty.duckdb").close()
     assert main(["report", "--db", str(tmp_path / "empty.duckdb"), "--out", str(out)]) == 2
     assert "no vectors" in capsys.readouterr().err
 
 
 def test_models_without_common_events_are_sampled_apart(tmp_path, world):
     db = make_db(tmp_path / "apart.duckdb", world, labels=False, runs=False, evals=False)
-    store = Store(db)
+    store = open_store(db)
     half = len(world.hashes) // 2
     for model, hashes in (("blt", world.hashes[half:]), ("linformer", world.hashes[:half])):
         store.con.executemany("DELETE FROM text_vectors WHERE model = ? AND text_hash = ?",
                               [[model, h] for h in hashes])
     store.close()
-    store = Store(db, read_only=True)
+    store = open_store(db, read_only=True)
     try:
         s = build_report(store, tmp_path / "out", pairs=300, k_range=range(2, 4))
     finally:

@@ -8,7 +8,7 @@ import re
 from conftest import DATA, requires_data
 from plugin.normalize.schema import load_schemas
 from plugin.pipeline.importer import Importer
-from plugin.store.duckdb import Store
+from plugin.store import open_store
 
 pytestmark = requires_data
 
@@ -24,7 +24,7 @@ def inventory() -> dict[str, tuple[int, int, int]]:
 
 
 def do_import(tmp_path, *paths, db="t.duckdb"):
-    store = Store(tmp_path / db)
+    store = open_store(tmp_path / db)
     try:
         summary = Importer(store, load_schemas(), progress=False).run([str(p) for p in paths])
         imports = store.con.execute(

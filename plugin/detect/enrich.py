@@ -19,7 +19,7 @@ from plugin.detect.lineage import lineage as walk_lineage
 from plugin.detect.scoring import event_score, explanation, score_texts
 from plugin.normalize.shapes import BadRecord, map_document
 from plugin.normalize.text import CanonicalText
-from plugin.store.duckdb import Store
+from plugin.store import Store
 
 
 def _process(store: Store, g: str | None) -> dict | None:

@@ -22,7 +22,7 @@ from plugin.detect.fitting import BaselineEvents, fit_default_scorer
 from plugin.detect.labels import LabelEvent, attack_tree_labels
 from plugin.detect.metrics import detection_metrics
 from plugin.detect.surprisal import window_surprisal
-from plugin.store.duckdb import Store
+from plugin.store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -19,7 +19,7 @@ import structlog
 
 from plugin.detect.context import ContextModel
 from plugin.detect.kmeans import ClusterModel, fit_clusters
-from plugin.store.duckdb import Store
+from plugin.store import Store
 from plugin.store.fits import StoredClusters
 
 log = structlog.get_logger(__name__)

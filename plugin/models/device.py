@@ -33,7 +33,8 @@ def cpu_has_bf16() -> bool:
 
 
 def wants_cpu_bf16(setting: bool | str) -> bool:
-    """A bf16 setting (True, False or "auto") resolved: "auto" means where the CPU has native bf16."""
+    """A bf16 setting (True, False or "auto") resolved: "auto" means where the CPU has native
+    bf16."""
     return setting is True or (setting == "auto" and cpu_has_bf16())
 
 

@@ -76,7 +76,9 @@ class BLTEmbedder(Embedder[bytes]):
     def _n_tokens(self, item: bytes) -> int:
         return len(item) + 1  # + BOS
 
-    def _embed_batch(self, texts: Sequence[str], items: list[bytes], idx: list[int]) -> torch.Tensor:
+    def _embed_batch(
+        self, texts: Sequence[str], items: list[bytes], idx: list[int]
+    ) -> torch.Tensor:
         ids, layout = make_batch([items[i] for i in idx], self.packed, self.device)
         # fp32: boundaries do not move
         starts, sur = self.model.patch_starts_and_surprisal(ids, layout)

@@ -25,7 +25,8 @@ from plugin.models.attention import prefer_packed
 from plugin.models.checkpoint import combined_version
 from plugin.models.device import inference_setup
 
-Item = TypeVar("Item")  # one text as the model takes it (bytes for the BLT, token ids for the Linformer)
+# one text as the model takes it: bytes for the BLT, token ids for the Linformer
+Item = TypeVar("Item")
 
 
 class Embedder(ABC, Generic[Item]):
@@ -55,10 +56,12 @@ class Embedder(ABC, Generic[Item]):
         self.packed = self.can_pack and prefer_packed(self.device)
         self.max_batch_tokens = max_batch_tokens
         self.run_model = self._bf16_copy() if bf16_copy else self.model  # what computes vectors
-        self.precision = "bf16" if self.run_model is not self.model or self.autocast_dtype else "fp32"
+        bf16 = self.run_model is not self.model or self.autocast_dtype is not None
+        self.precision = "bf16" if bf16 else "fp32"
 
     def _bf16_copy(self) -> nn.Module:
-        """A bf16 copy of the model for CPU inference (subclasses drop parts that must stay fp32)."""
+        """A bf16 copy of the model for CPU inference (subclasses drop the parts that must stay
+        fp32)."""
         return copy.deepcopy(self.model).to(torch.bfloat16)
 
     @abstractmethod
@@ -70,7 +73,9 @@ class Embedder(ABC, Generic[Item]):
         """How many positions ``item`` occupies in a batch."""
 
     @abstractmethod
-    def _embed_batch(self, texts: Sequence[str], items: list[Item], idx: list[int]) -> torch.Tensor:
+    def _embed_batch(
+        self, texts: Sequence[str], items: list[Item], idx: list[int]
+    ) -> torch.Tensor:
         """Unnormalized vectors ``(len(idx), dim)`` of ``items[i] for i in idx`` (on any device)."""
 
     def _batches(self, sizes: list[int]) -> Iterator[list[int]]:

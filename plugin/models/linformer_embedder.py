@@ -108,7 +108,9 @@ class LinformerEmbedder(Embedder[list[int]]):
     def _n_tokens(self, item: list[int]) -> int:
         return len(item)
 
-    def _embed_batch(self, texts: Sequence[str], items: list[list[int]], idx: list[int]) -> torch.Tensor:
+    def _embed_batch(
+        self, texts: Sequence[str], items: list[list[int]], idx: list[int]
+    ) -> torch.Tensor:
         ids, lengths = batch_ids([items[i] for i in idx], self.device)
         with autocast(self.device, self.autocast_dtype):
             return self.run_model.encode(ids, lengths)

@@ -61,7 +61,8 @@ def step_seed(seed: int, phase: str, step: int) -> int:
 
 
 def scheduled_lr(base: float, step: int, total: int, warmup: float) -> float:
-    """Learning rate at ``step``: linear warm-up over ``warmup`` of ``total``, then cosine to 10%."""
+    """Learning rate at ``step``: linear warm-up over a ``warmup`` share of ``total``, then
+    cosine to 10% of ``base``."""
     w = max(1, int(total * warmup))
     if step < w:
         return base * (step + 1) / w
@@ -143,7 +144,9 @@ class TrainState:
         return tensors
 
     @staticmethod
-    def restore(model: nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    def restore(
+        model: nn.Module, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+    ) -> None:
         """Put the saved weights into ``model`` and the saved optimizer state into ``opt``."""
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         params = dict(model.named_parameters())

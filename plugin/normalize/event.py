@@ -1,6 +1,6 @@
 """The normalized event every shape maps to, and its identity (`event_key`).
 
-`event_key` follows DESIGN.md exactly: the first 32 hex digits of SHA-256 over
+`event_key` follows the design contract exactly: the first 32 hex digits of SHA-256 over
 `lower(computer)|channel|record_id|utc_time` (utc_time as ISO-8601 with milliseconds), else over
 the raw record's bytes when any part is missing. Record IDs alone collide across captures, so the
 event's own creation time is part of the key.

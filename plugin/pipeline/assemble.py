@@ -26,7 +26,7 @@ from plugin.pipeline.cache import EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
 from plugin.pipeline.score import ScoreStage
 from plugin.resources import default_model_dir
-from plugin.store.duckdb import Store
+from plugin.store import Store
 
 log = structlog.get_logger(__name__)
 

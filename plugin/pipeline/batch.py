@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from plugin.normalize.normalizer import NormalizedEvent
-from plugin.store.duckdb import DeadLetter, VectorRows
+from plugin.store import DeadLetter, VectorRows
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugin.store.duckdb import Store
+from plugin.store import Store
 
 MAX_IN_MEMORY = 1_000_000  # about 0.5 GB at d=128; beyond it, older vectors are re-read
 

@@ -10,7 +10,7 @@ import structlog
 
 from plugin.memory import release_freed_heap
 from plugin.pipeline.cache import EmbeddingCache
-from plugin.store.duckdb import VectorRows
+from plugin.store import VectorRows
 
 log = structlog.get_logger(__name__)
 

@@ -30,7 +30,7 @@ from plugin.pipeline.batch import Batch, BatchStage
 from plugin.pipeline.batcher import Batcher
 from plugin.pipeline.writer import BackgroundWriter
 from plugin.sources.base import RawRecord, SourceError, truncate_payload
-from plugin.store.duckdb import EVENT_COLUMNS, DeadLetter, Store, utcnow
+from plugin.store import EVENT_COLUMNS, DeadLetter, Store, utcnow
 
 log = structlog.get_logger(__name__)
 

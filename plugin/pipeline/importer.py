@@ -24,7 +24,7 @@ from plugin.pipeline.flow import Counts, Flow
 from plugin.pipeline.progress import Progress
 from plugin.sources.base import SourceError
 from plugin.sources.files import ArchiveInput, FileInput, MemberInput, discover
-from plugin.store.duckdb import Store, utcnow
+from plugin.store import Store, utcnow
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ import structlog
 
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Flow
-from plugin.store.duckdb import Store
+from plugin.store import Store
 
 log = structlog.get_logger(__name__)
 

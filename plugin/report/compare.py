@@ -64,7 +64,7 @@ from plugin.report.statistics import (
     silhouette_curve,
     unit_sample,
 )
-from plugin.store.duckdb import Store, utcnow
+from plugin.store import Store, utcnow
 from plugin.store.reports import ModelInfo
 
 log = structlog.get_logger(__name__)

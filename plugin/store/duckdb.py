@@ -21,6 +21,7 @@ import structlog
 from plugin import __version__
 from plugin.errors import UsageError
 from plugin.resources import schemas_dir
+from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
 from plugin.store.events import EventQueries
 from plugin.store.fits import FitQueries
 from plugin.store.reports import ReportQueries
@@ -29,10 +30,6 @@ log = structlog.get_logger(__name__)
 
 _MIGRATION_RE = re.compile(r"^-- migration: (\d+)\s*$", re.MULTILINE)
 
-EVENT_COLUMNS = (
-    "event_key", "source", "position", "event_id", "computer", "user_name", "ts", "record_id",
-    "channel", "shape", "normalized", "text_hash", "fields", "raw", "imported_at",
-)
 _EVENT_SCHEMA = pa.schema([
     ("event_key", pa.string()), ("source", pa.string()), ("position", pa.int64()),
     ("event_id", pa.int32()), ("computer", pa.string()), ("user_name", pa.string()),
@@ -72,29 +69,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass
-class VectorRows:
-    """New vectors of one model for distinct canonical texts (rows of `vectors`)."""
-
-    model: str
-    model_version: str
-    text_hashes: list[str]
-    vectors: np.ndarray  # (len(text_hashes), dim) float32
-
-
-@dataclass
-class DeadLetter:
-    source: str
-    position: int | None
-    reason: str
-    payload: str | None
-
-
-class Store(EventQueries, FitQueries, ReportQueries):
+class DuckDBStore(EventQueries, FitQueries, ReportQueries, Store):
     """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
     def __init__(self, path: str | Path, read_only: bool = False,

@@ -1,0 +1,170 @@
+"""The store interface: everything the rest of sysmon-blt asks of persistence, named for what it
+answers. Nothing outside ``plugin/store`` sees SQL or DuckDB; it sees this.
+
+The DuckDB file (`plugin.store.duckdb`) is the first implementation; a DuckLake (many writers,
+catalog plus Parquet) comes beside it with the same tables and the same questions. The row types
+that cross the interface (what a batch writes) live here too, so callers need no implementation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from plugin.normalize.normalizer import NormalizedEvent
+from plugin.store.fits import BaselineText, StoredClusters
+from plugin.store.reports import AssignmentPairs, ModelInfo, SampledEvents
+
+#: the columns of an `events` row, in the order a batch hands them to `write_batch`
+EVENT_COLUMNS = (
+    "event_key", "source", "position", "event_id", "computer", "user_name", "ts", "record_id",
+    "channel", "shape", "normalized", "text_hash", "fields", "raw", "imported_at",
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class VectorRows:
+    """New vectors of one model for distinct canonical texts (rows of `text_vectors`)."""
+
+    model: str
+    model_version: str
+    text_hashes: list[str]
+    vectors: np.ndarray  # (len(text_hashes), dim) float32
+
+
+@dataclass
+class DeadLetter:
+    source: str
+    position: int | None
+    reason: str
+    payload: str | None
+
+
+class Store(ABC):
+    """A sysmon-blt database. ``path`` names it as the user gave it (for messages)."""
+
+    path: str
+
+    # -- schema and lifetime -----------------------------------------------------------------
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The newest migration the database holds (0 for an empty one)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- the sink ----------------------------------------------------------------------------
+    @abstractmethod
+    def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
+                    vectors: Sequence[VectorRows] = (), assignments: Sequence[dict] = (),
+                    alerts: Sequence[dict] = ()) -> int:
+        """One batch, atomically: events (column lists, idempotent by event_key), dead letters,
+        new text vectors, assignments (replacing older ones), alerts (folding twins). Returns
+        how many events were new."""
+
+    # -- models and vectors ------------------------------------------------------------------
+    @abstractmethod
+    def register_model(self, model: str, version: str, dim: int, directory: str | None) -> None: ...
+
+    @abstractmethod
+    def read_vectors(self, model: str, version: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors by text hash (absent ones left out); safe beside a writing sink."""
+
+    @abstractmethod
+    def vector_hashes(self, model: str, version: str) -> set[str]: ...
+
+    # -- imports (chain of custody) and runs -------------------------------------------------
+    @abstractmethod
+    def completed_import(self, sha256: str) -> dict[str, Any] | None:
+        """The newest complete import of an input with this SHA-256: path, sysmon_events,
+        records; None if there is none."""
+
+    @abstractmethod
+    def record_import(self, row: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def record_model_runs(self, command: str, started: datetime, run_seconds: float,
+                          run_events: int, embed_stats: Sequence[dict]) -> None: ...
+
+    # -- stored events -----------------------------------------------------------------------
+    @abstractmethod
+    def events_in_log_order(self, batch_size: int = 5000,
+                            text_hashes: Sequence[str] | None = None) -> Iterator[list[NormalizedEvent]]: ...
+
+    @abstractmethod
+    def events_lacking_vectors(self, model: str, version: str) -> int: ...
+
+    @abstractmethod
+    def texts_by_hash(self, hashes: list[str]) -> dict[str, str]: ...
+
+    @abstractmethod
+    def process_creation(self, guid: str) -> dict | None: ...
+
+    @abstractmethod
+    def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5) -> list[dict]: ...
+
+    @abstractmethod
+    def assignment_details(self, model: str, event_keys: Sequence[str]) -> list[dict]: ...
+
+    # -- fits and evaluations ----------------------------------------------------------------
+    @abstractmethod
+    def latest_fit(self, model: str, model_version: str) -> tuple[int, dict] | None: ...
+
+    @abstractmethod
+    def fit_clusters(self, model: str, version: int) -> StoredClusters: ...
+
+    @abstractmethod
+    def fit_baseline(self, model: str, version: int) -> list[tuple[str, int]]: ...
+
+    @abstractmethod
+    def baseline_candidates(self, model: str, model_version: str,
+                            flags_of: str) -> list[BaselineText]: ...
+
+    @abstractmethod
+    def record_shipped_fit(self, model: str, model_version: str, clusters: StoredClusters,
+                           scorer: str, meta: dict) -> None: ...
+
+    @abstractmethod
+    def save_fit(self, model: str, model_version: str, scorer: str, params: dict,
+                 clusters: StoredClusters, baseline: Sequence[tuple[str, int]]) -> int: ...
+
+    @abstractmethod
+    def keep_evaluation(self, event_keys: Sequence[str], is_attack: Sequence[bool], how: str,
+                        spec: dict, results: dict) -> None: ...
+
+    # -- the comparison report ---------------------------------------------------------------
+    @abstractmethod
+    def has_table(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def event_count(self) -> int: ...
+
+    @abstractmethod
+    def stored_models(self) -> dict[str, ModelInfo]: ...
+
+    @abstractmethod
+    def sample_event_vectors(self, models: Sequence[ModelInfo], n: int, seed: int) -> SampledEvents: ...
+
+    @abstractmethod
+    def model_agreement(self, primary: str, shadow: str) -> AssignmentPairs: ...
+
+    @abstractmethod
+    def label_count(self) -> int: ...
+
+    @abstractmethod
+    def label_rows(self, model: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def evaluations(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def model_runs(self) -> list[dict[str, Any]]: ...
