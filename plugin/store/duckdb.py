@@ -210,6 +210,7 @@ class DuckDBStore(EventQueries, FitQueries, ReportQueries, Store):
             else:
                 a["count"] += 1
                 a["first"], a["last"] = min(a["first"], ts), max(a["last"], ts)
+                a["score"] = max(a["score"], r["score"])  # as across batches: the highest
         tbl = pa.table({
             "alert_id": [a["alert_id"] for a in folded.values()],
             "event_key": [a["event_key"] for a in folded.values()],

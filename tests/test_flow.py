@@ -1,0 +1,170 @@
+"""The flow: records in, durable batches out, with what each batch covers of its sources.
+
+These are the properties the Kafka consumer and the importer rely on: batches by size and by
+deadline, positions handed out only once everything before them is written, nothing dropped
+(bad records become dead letters in the same batch), twins stored once, and a failed write
+stopping the hand-out of positions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from conftest import EVENT_DATA, evtx_json
+from plugin.normalize.normalizer import Normalizer
+from plugin.pipeline.flow import Flow
+from plugin.sources.base import RawRecord, SourceError
+from plugin.store import open_store
+
+SRC = "kafka:sysmon/0"
+
+
+def record(position: int, record_id: int | None = None, utc: str = "2024-03-05 10:11:12.345",
+           source: str = SRC) -> RawRecord:
+    """One Sysmon process creation; distinct record ids make distinct events."""
+    doc = evtx_json({**EVENT_DATA, "UtcTime": utc},
+                    EventRecordID=record_id if record_id is not None else 1000 + position)
+    return RawRecord(source, position, orjson.dumps(doc))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "flow.duckdb")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def normalizer(schemas):
+    return Normalizer(schemas)
+
+
+def test_batches_by_size_and_positions_cover_every_record_fed(store, normalizer):
+    flow = Flow(store, normalizer, batch_size=3)
+    for i in range(7):
+        flow.feed(record(i))
+    flow.feed(RawRecord(SRC, 7, b"{not json"))  # a dead letter, in the last batch
+    logon = evtx_json(EventID=4624, Channel="Security",
+                      Provider={"#attributes": {"Name": "Microsoft-Windows-Security-Auditing"}})
+    flow.feed(RawRecord(SRC, 8, orjson.dumps(logon)))  # not Sysmon: counted, skipped
+    flow.flush()
+    counts = flow.drain()
+    done = flow.completed()
+    flow.close()
+    assert [d.seq for d in done] == [1, 2, 3]
+    assert [d.events for d in done] == [3, 3, 1]
+    assert [d.positions for d in done] == [{SRC: 2}, {SRC: 5}, {SRC: 8}]
+    assert done[-1].dead_letters == 1
+    assert counts.records == 9 and counts.sysmon_events == 7 and counts.new_events == 7
+    assert counts.dead_letters == 1 and counts.skipped_non_sysmon == 1
+    assert store.event_count() == 7
+    assert flow.completed() == []  # handed out once
+
+
+def test_twins_are_stored_once_within_and_across_batches(store, normalizer):
+    flow = Flow(store, normalizer, batch_size=10)
+    flow.feed(record(0, record_id=5))
+    flow.feed(record(1, record_id=5))  # the same event again, same batch
+    flow.flush()
+    flow.feed(record(2, record_id=5))  # and in a later batch
+    flow.flush()
+    counts = flow.drain()
+    flow.close()
+    assert counts.sysmon_events == 3 and counts.new_events == 1 and counts.duplicates == 2
+    assert store.event_count() == 1
+
+
+def test_time_window_filters_events_but_not_their_positions(store, normalizer):
+    from datetime import datetime, timezone
+
+    flow = Flow(store, normalizer, since=datetime(2024, 3, 5, 12, tzinfo=timezone.utc))
+    flow.feed(record(0, utc="2024-03-05 10:00:00.000"))
+    flow.feed(record(1, utc="2024-03-05 13:00:00.000"))
+    flow.flush()
+    counts = flow.drain()
+    (done,) = flow.completed()
+    flow.close()
+    assert counts.filtered_by_time == 1 and counts.new_events == 1
+    assert done.positions == {SRC: 1}
+
+
+def test_a_batch_is_due_after_its_deadline(store, normalizer):
+    flow = Flow(store, normalizer, batch_size=1000, max_wait_s=0.05)
+    assert not flow.due()
+    flow.feed(record(0))
+    assert not flow.due()
+    time.sleep(0.08)
+    assert flow.due()
+    flow.flush()
+    flow.drain()
+    assert not flow.due()
+    flow.close()
+
+
+def test_source_errors_become_dead_letters_and_advance_positions(store, normalizer):
+    flow = Flow(store, normalizer)
+    flow.feed(SourceError("case.evtx", 4, "damaged chunk", b"\x00\x01"))
+    flow.flush()
+    counts = flow.drain()
+    (done,) = flow.completed()
+    flow.close()
+    assert counts.dead_letters == 1 and counts.records == 0
+    assert done.positions == {"case.evtx": 4} and done.dead_letters == 1
+
+
+def test_on_durable_is_called_in_order(store, normalizer):
+    seen = []
+    flow = Flow(store, normalizer, batch_size=2, on_durable=seen.append)
+    for i in range(5):
+        flow.feed(record(i))
+    flow.flush()
+    flow.drain()
+    flow.close()
+    assert [d.seq for d in seen] == [1, 2, 3]
+    assert seen[-1].positions == {SRC: 4}
+
+
+def test_events_already_stored_are_rescored_not_rewritten(store, normalizer):
+    """`rescore`'s use: no normalizer, store_events=False; only what the stages add is written."""
+    flow = Flow(store, normalizer)
+    flow.feed(record(0))
+    flow.flush()
+    flow.drain()
+    flow.close()
+    (stored,) = next(store.events_in_log_order())
+
+    def stage(batch):
+        for e in batch.events:
+            batch.assignments.append({"event_key": e.event_key, "model": "m", "version": 1,
+                                      "cluster": 0, "distance": 0.5, "score": 2.0,
+                                      "is_outlier": True, "detail": "{}", "explanation": None})
+
+    again = Flow(store, None, [stage], store_events=False)
+    again.add(stored)
+    again.flush()
+    counts = again.drain()
+    again.close()
+    assert counts.new_events == 0 and counts.duplicates == 0
+    assert store.assignment_details("m", [stored.event_key]) == [{}]
+    assert store.event_count() == 1
+
+
+def test_a_failed_write_stops_positions_and_is_raised(store, normalizer):
+    def bad_stage(batch):  # an assignment the table refuses (score is NOT NULL)
+        for e in batch.events:
+            batch.assignments.append({"event_key": e.event_key, "model": "m", "version": 1,
+                                      "cluster": 0, "distance": 0.0, "score": None,
+                                      "is_outlier": False, "detail": "{}", "explanation": None})
+
+    flow = Flow(store, normalizer, [bad_stage])
+    flow.feed(record(0))
+    flow.flush()
+    with pytest.raises(Exception):
+        flow.drain()
+    with pytest.raises(Exception):
+        flow.completed()
+    flow.close()
+    assert store.event_count() == 0  # the batch is one transaction: nothing of it was kept

@@ -1,0 +1,173 @@
+"""The store on its own: the interface is complete, writes are idempotent and atomic, alerts fold
+twins, fits round-trip, and the read-backs answer what their names say."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import orjson
+import pytest
+
+from conftest import EVENT_DATA, evtx_json
+from plugin.normalize.normalizer import Normalizer
+from plugin.pipeline.flow import event_rows
+from plugin.sources.base import RawRecord
+from plugin.store import DeadLetter, Store, VectorRows, open_store, utcnow
+from plugin.store.fits import StoredClusters
+
+T0 = datetime(2024, 3, 5, 10, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path / "store.duckdb")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def events(schemas):
+    """Five process creations, a parent (record 1) and four children, out of time order."""
+    norm = Normalizer(schemas)
+    out = []
+    for i, minute in enumerate([4, 0, 3, 1, 2]):
+        data = {**EVENT_DATA, "UtcTime": (T0 + timedelta(minutes=minute)).strftime("%Y-%m-%d %H:%M:%S.000"),
+                "ProcessGuid": f"{{4A3F1C2D-0000-0000-0000-00000000000{i}}}",
+                "ParentProcessGuid": "{4a3f1c2d-0000-0000-0000-000000000001}",
+                "CommandLine": f"cmd.exe /c step{i}"}
+        out.append(norm(RawRecord("case.evtx", i, orjson.dumps(evtx_json(data, EventRecordID=100 + i)))))
+    return out
+
+
+def test_the_duckdb_store_implements_the_whole_interface(store):
+    assert isinstance(store, Store)
+    assert not getattr(type(store), "__abstractmethods__", None)
+
+
+def test_event_writes_are_idempotent(store, events):
+    assert store.write_batch(event_rows(events, utcnow()), []) == 5
+    assert store.write_batch(event_rows(events, utcnow()), []) == 0
+    assert store.event_count() == 5
+
+
+def test_a_batch_is_one_transaction(store, events):
+    bad = {"event_key": events[0].event_key, "model": "m", "version": 1, "cluster": 0,
+           "distance": 0.0, "score": None, "is_outlier": False, "detail": "{}", "explanation": None}
+    with pytest.raises(Exception):
+        store.write_batch(event_rows(events, utcnow()), [DeadLetter("x", 1, "bad", "p")],
+                          assignments=[bad])
+    assert store.event_count() == 0
+
+
+def test_events_come_back_in_log_order_and_by_text(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    got = [e for batch in store.events_in_log_order(batch_size=2) for e in batch]
+    assert [e.ts for e in got] == sorted(e.ts for e in events)
+    assert all(e.raw == "" and e.fields for e in got)  # fields read back, the raw record not
+    one = events[2].text_hash
+    assert [e.event_key for b in store.events_in_log_order(text_hashes=[one]) for e in b] == \
+        [events[2].event_key]
+
+
+def test_alerts_fold_twins(store, events):
+    """Twins fold into one alert with the highest score, within a batch as across batches (a
+    batch once kept its first twin's score)."""
+    store.write_batch(event_rows(events, utcnow()), [])
+    a = {"alert_id": "a1", "event_key": events[0].event_key, "model": "blt", "score": 1.5,
+         "ts": T0 + timedelta(minutes=5)}
+    store.write_batch({}, [], alerts=[a, {**a, "score": 2.5, "ts": T0}])
+    store.write_batch({}, [], alerts=[{**a, "score": 1.1, "ts": T0 + timedelta(minutes=9)}])
+    (row,) = store._run("SELECT count, score, first_seen, last_seen, status FROM alerts")
+    assert row[0] == 3 and row[1] == 2.5 and row[4] == "open"
+    assert row[2] == T0 and row[3] == T0 + timedelta(minutes=9)
+
+
+def test_assignments_replace_older_scores(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    row = {"event_key": events[0].event_key, "model": "blt", "version": 1, "cluster": 0,
+           "distance": 0.1, "score": 0.5, "is_outlier": False, "detail": '{"v": 1}', "explanation": None}
+    store.write_batch({}, [], assignments=[row])
+    store.write_batch({}, [], assignments=[{**row, "detail": '{"v": 2}'}])
+    assert store.assignment_details("blt", [events[0].event_key]) == [{"v": 2}]
+    assert store.assignment_details("blt", []) == []
+
+
+def test_process_creation_by_guid_in_any_spelling(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    p = store.process_creation("4a3f1c2d-0000-0000-0000-000000000003")
+    assert p["event_key"] == events[3].event_key
+    assert p["command_line"] == "cmd.exe /c step3"
+    assert store.process_creation("4a3f1c2d-0000-0000-0000-0000000000ff") is None
+
+
+def test_vectors_texts_and_neighbours(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    hashes = [e.text_hash for e in events]
+    vecs = np.eye(5, 4, dtype=np.float32) + 0.01
+    store.register_model("blt", "v1", 4, None)
+    store.write_batch({}, [], [VectorRows("blt", "v1", hashes, vecs)])
+    assert store.vector_hashes("blt", "v1") == set(hashes)
+    assert store.events_lacking_vectors("blt", "v1") == 0
+    assert store.events_lacking_vectors("blt", "v2") == 5
+    np.testing.assert_array_equal(store.read_vectors("blt", "v1", hashes[:2])[hashes[1]], vecs[1])
+    assert store.texts_by_hash([hashes[4]]) == {hashes[4]: events[4].normalized}
+    near = store.nearest_events("blt", "v1", vecs[2], k=2)
+    assert near[0]["event_key"] == events[2].event_key and near[0]["similarity"] == pytest.approx(1.0)
+    assert len(near) == 2
+
+
+def test_fits_round_trip_and_the_shipped_fit_is_recorded_once(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    clusters = StoredClusters(np.ones((2, 4), np.float32), np.array([0.5, 0.7], np.float32),
+                              np.array([3, 2]), ["medoid a", "medoid b"])
+    assert store.latest_fit("blt", "v1") is None
+    store.record_shipped_fit("blt", "v1", clusters, "centroid", {"k": 2})
+    store.record_shipped_fit("blt", "v1", clusters, "centroid", {"k": 2})
+    assert store.latest_fit("blt", "v1") is None  # version 0 is the shipped one, not a fit
+    v = store.save_fit("blt", "v1", "knn", {"quantile": 0.99}, clusters, [("h1", 3), ("h2", 2)])
+    assert v == 1 and store.latest_fit("blt", "v1") == (1, {"quantile": 0.99})
+    got = store.fit_clusters("blt", 1)
+    np.testing.assert_array_equal(got.thresholds, clusters.thresholds)
+    assert got.medoids == ["medoid a", "medoid b"]
+    assert sorted(store.fit_baseline("blt", 1)) == [("h1", 3), ("h2", 2)]
+    assert store.save_fit("blt", "v1", "knn", {}, clusters, []) == 2
+
+
+def test_baseline_candidates_hold_back_flagged_texts_unless_marked_false_positive(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    store.register_model("blt", "v1", 4, None)
+    store.write_batch({}, [], [VectorRows("blt", "v1", [e.text_hash for e in events],
+                                          np.ones((5, 4), np.float32))])
+    flagged = {"event_key": events[0].event_key, "model": "blt", "version": 1, "cluster": 0,
+               "distance": 0.9, "score": 3.0, "is_outlier": True, "detail": "{}", "explanation": None}
+    store.write_batch({}, [], assignments=[flagged],
+                      alerts=[{"alert_id": "a1", "event_key": events[0].event_key, "model": "blt",
+                               "score": 3.0, "ts": T0}])
+    cands = {c.text_hash: c for c in store.baseline_candidates("blt", "v1", "blt")}
+    assert len(cands) == 5 and cands[events[0].text_hash].was_flagged
+    assert sum(c.was_flagged for c in cands.values()) == 1
+    store._run("UPDATE alerts SET status = 'false_positive'")
+    assert not any(c.was_flagged for c in store.baseline_candidates("blt", "v1", "blt"))
+
+
+def test_imports_custody(store):
+    assert store.completed_import("abc") is None
+    row = {"path": "a.evtx", "sha256": "abc", "bytes": 10, "records": 4, "sysmon_events": 3,
+           "new_events": 3, "duplicates": 0, "skipped_non_sysmon": 1, "dead_letters": 0,
+           "started": utcnow(), "finished": utcnow(), "status": "complete", "tool_version": "t",
+           "model_version": None, "config_hash": ""}
+    store.record_import({**row, "status": "skipped_same_sha256", "sha256": "zzz"})
+    store.record_import(row)
+    assert store.completed_import("abc") == {"path": "a.evtx", "sysmon_events": 3, "records": 4}
+    assert store.completed_import("zzz") is None  # only complete imports count
+
+
+def test_evaluations_are_kept_for_the_report(store, events):
+    store.write_batch(event_rows(events, utcnow()), [])
+    keys = [e.event_key for e in events]
+    store.keep_evaluation(keys, [True, False, False, False, False], "eval --attack x",
+                          {"test": ["x"]}, {"blt-context": {"roc_auc": 0.9}})
+    assert store.label_count() == 5
+    (ev,) = store.evaluations()
+    assert ev["results"] == {"blt-context": {"roc_auc": 0.9}} and ev["spec"] == {"test": ["x"]}
