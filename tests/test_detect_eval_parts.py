@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from plugin.detect.anchors import Drain3Rarity, TfidfKMeans, TfidfNearestNeighbor
-from plugin.detect.labels import LabelEvent, attack_tree_labels, normalize_guid
+from plugin.detect.labels import LabelEvent, attack_tree_labels
+from plugin.detect.lineage import guid
 from plugin.detect.metrics import detection_metrics
 
 # ---------------------------------------------------------------- process-tree labels
@@ -96,8 +97,8 @@ def test_zero_guid_never_joins_a_tree():
         _create("other", NOTEPAD, zero, r"C:\Windows\notepad.exe"),
     ]
     assert attack_tree_labels(events, "evil") == {"seed"}
-    assert normalize_guid(" {ABC-1} ") == "abc-1"
-    assert normalize_guid(zero) is None
+    assert guid(" {ABC-1} ") == "abc-1"
+    assert guid(zero) is None
 
 
 # ---------------------------------------------------------------- metrics

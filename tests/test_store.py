@@ -171,3 +171,15 @@ def test_evaluations_are_kept_for_the_report(store, events):
     assert store.label_count() == 5
     (ev,) = store.evaluations()
     assert ev["results"] == {"blt-context": {"roc_auc": 0.9}} and ev["spec"] == {"test": ["x"]}
+
+
+def test_process_creation_matches_the_guid_spelling_of_lineage(store, schemas):
+    """The SQL lookup spells GUIDs as `plugin.detect.lineage.guid` does (braces, case and
+    whitespace inside the braces ignored)."""
+    from plugin.detect.lineage import guid
+
+    stored = " { 4A3F1C2D-0000-0000-0000-0000000000AA } "
+    data = {**EVENT_DATA, "ProcessGuid": stored}
+    ev = Normalizer(schemas)(RawRecord("x", 0, orjson.dumps(evtx_json(data))))
+    store.write_batch(event_rows([ev], utcnow()), [])
+    assert store.process_creation(guid(stored))["event_key"] == ev.event_key

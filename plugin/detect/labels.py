@@ -30,9 +30,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from plugin.detect.lineage import guid as normalize_guid
+from plugin.detect.lineage import guid
 
-__all__ = ["LabelEvent", "attack_tree_labels", "normalize_guid"]
+__all__ = ["LabelEvent", "attack_tree_labels"]
 
 _GUID_FIELDS = ("processguid", "parentprocessguid", "sourceprocessguid", "targetprocessguid")
 # (field whose text is matched against the seed, GUID field it seeds)
@@ -94,22 +94,22 @@ def attack_tree_labels(events: Sequence[LabelEvent], seed: str) -> set[str]:
             if value is None or not pattern.search(str(value)):
                 continue
             labels.add(ev.key)
-            guid = normalize_guid(low.get(guid_field))
-            if guid is not None:
-                seeds.add(guid)
+            g = guid(low.get(guid_field))
+            if g is not None:
+                seeds.add(g)
         eid = _event_id(ev, low)
         is_creation = eid == 1 or (eid is None and "processguid" in low and "parentprocessguid" in low)
         if is_creation:
-            parent = normalize_guid(low.get("parentprocessguid"))
-            child = normalize_guid(low.get("processguid"))
+            parent = guid(low.get("parentprocessguid"))
+            child = guid(low.get("processguid"))
             if parent is not None and child is not None:
                 children[parent].add(child)
 
     tree = set(seeds)
     frontier = list(seeds)
     while frontier:  # fixed point over the whole edge set: order of events is irrelevant
-        guid = frontier.pop()
-        for child in children.get(guid, ()):
+        g = frontier.pop()
+        for child in children.get(g, ()):
             if child not in tree:
                 tree.add(child)
                 frontier.append(child)
@@ -118,8 +118,8 @@ def attack_tree_labels(events: Sequence[LabelEvent], seed: str) -> set[str]:
         if ev.key in labels:
             continue
         for name in _GUID_FIELDS:
-            guid = normalize_guid(low.get(name))
-            if guid is not None and guid in tree:
+            g = guid(low.get(name))
+            if g is not None and g in tree:
                 labels.add(ev.key)
                 break
     return labels

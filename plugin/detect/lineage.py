@@ -1,7 +1,7 @@
 """Process lineage: an event's ancestor chain by ParentProcessGuid, for explanations.
 
 The walk is the same everywhere; where the process-creation events come from differs: `enrich`
-looks them up in the database (`StoreProcesses`), `import` in the process creations it has seen
+looks them up in the store (`Store.process_creation`), `import` in the process creations it has seen
 so far in this run (`ProcessIndex`, in memory: a query per ancestor of every outlier would cost
 a table scan each). Sysmon logs a parent's creation before its children's, so within one import
 the chain reaches as far as the evidence does.

@@ -5,7 +5,7 @@ that bounds memory whatever the input size."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,7 @@ class BackgroundWriter:
     def drain(self) -> None:
         """Wait for every submitted write; re-raise the first failure."""
         pending, self._pending = self._pending, []
+        wait(pending)  # all of them, even after a failure: no write may still run behind us
         for fut in pending:
             fut.result()
 

@@ -22,7 +22,7 @@ _READ_COLUMNS = ("event_key", "source", "position", "event_id", "computer", "use
 
 def _guid_sql(column: str) -> str:
     """SQL spelling of one GUID form: no braces, lower case (as `plugin.detect.lineage.guid`)."""
-    return f"lower(trim(both '{{}}' FROM json_extract_string(fields, '$.{column}')))"
+    return f"lower(trim(trim(trim(json_extract_string(fields, '$.{column}')), '{{}}')))"
 
 
 class EventQueries:
