@@ -171,3 +171,15 @@ CREATE TABLE IF NOT EXISTS evaluations (
     spec    JSON NOT NULL,              -- baseline, test, attack seed or inputs
     results JSON NOT NULL               -- per scorer: roc_auc, average_precision, tpr_at_1pct_fpr, ...
 );
+
+
+-- migration: 5
+-- Triage without SQL: every status change of an alert with who, when and why (`alerts mark`,
+-- the service's POST /feedback); alerts.status holds the current one.
+CREATE TABLE IF NOT EXISTS alert_changes (
+    alert_id VARCHAR NOT NULL,
+    status   VARCHAR NOT NULL,             -- open, suppressed, false_positive
+    note     VARCHAR,
+    analyst  VARCHAR NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL
+);

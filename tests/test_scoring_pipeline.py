@@ -124,10 +124,10 @@ def test_enrich_returns_the_stored_twin_first_and_lineage(tmp_path, capsys, mode
     stored = q(db, f"SELECT a.score FROM assignments a JOIN events e USING (event_key) WHERE "
                    f"a.model = 'blt' AND e.record_id = {ev.record_id} AND e.event_id = 1")
     assert "context" in blk["explanation"] and blk["score"] == pytest.approx(stored[0][0], rel=1e-5)
-    # a non-Sysmon object gets an error block, not a crash
+    # a non-Sysmon object gets an error block, not a crash, and the exit code says so
     src.write_text('{"EventID": 4624, "Channel": "Security", "SourceName": "x"}')
-    assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 0
-    assert "error" in json.loads(capsys.readouterr().out)["sysmon_blt"]
+    assert main(["enrich", str(src), "--db", str(db), "--model", str(model_dir), "-q"]) == 1
+    assert json.loads(capsys.readouterr().out)["sysmon_blt"]["error"] == "not a Sysmon event"
 
 
 def test_eval_reports_every_scorer_on_the_same_events(tmp_path, capsys, model_dir, sim):

@@ -17,9 +17,9 @@ import orjson
 from plugin.detect.lineage import guid
 from plugin.detect.lineage import lineage as walk_lineage
 from plugin.detect.scoring import event_score, explanation, score_texts
-from plugin.normalize.shapes import BadRecord, map_document
+from plugin.normalize.shapes import BadRecord, map_document, parse_and_map
 from plugin.normalize.text import CanonicalText
-from plugin.store import Store
+from plugin.store import AlertNotFound, Store
 
 
 def _process(store: Store, g: str | None) -> dict | None:
@@ -48,12 +48,20 @@ class Enricher:
         self.explain = explain
 
     def enrich(self, doc: Any) -> dict:
-        """The alert with a `sysmon_blt` block; an error block when it is not a Sysmon event."""
+        """The alert with a `sysmon_blt` block; an error block (``sysmon_blt.error``) when it
+        is not a Sysmon event, or names an alert the store does not hold.
+
+        ``{"alert_id": ...}`` enriches a stored alert: its first event as stored, with
+        ``alert_id`` and ``kind`` added (the shape of an alert on the alerts topic)."""
         if not isinstance(doc, dict):
             raise BadRecord("an alert must be a JSON object")
+        own_key = None
         try:
-            ev = map_document(doc)
-        except BadRecord as exc:
+            if "alert_id" in doc and len(doc) <= 2:  # a reference, not an event
+                doc, ev, own_key = self._stored_alert(str(doc["alert_id"]))
+            else:
+                ev = map_document(doc)
+        except (BadRecord, AlertNotFound) as exc:
             return {**doc, "sysmon_blt": {"error": str(exc)}}
         if ev is None:
             return {**doc, "sysmon_blt": {"error": "not a Sysmon event"}}
@@ -75,8 +83,26 @@ class Enricher:
             block.update(cluster=None, score=None, is_outlier=None)
             block["explanation"] = {"note": "no fit and no shipped clusters: not scored",
                                     "process_lineage": chain}
-        block["neighbors"] = self.store.nearest_events(self.embedder.name, self.embedder.version, vec)
+        if own_key is None:
+            own_key = ev.key(orjson.dumps(doc))
+        block["neighbors"] = self.store.nearest_events(self.embedder.name, self.embedder.version,
+                                                       vec, exclude_event=own_key)
         return {**doc, "sysmon_blt": orjson.loads(orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY))}
+
+    def _stored_alert(self, alert_id: str) -> tuple[dict, Any, str]:
+        """(the alert's document, its event, its event_key) from the store."""
+        a = self.store.alert(alert_id)
+        raw = a.get("raw") or ""
+        try:
+            original = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            original = None
+        doc = {**(original if isinstance(original, dict) else {"raw": raw}),
+               "alert_id": a["alert_id"], "kind": "alert"}
+        ev = parse_and_map(raw) if raw else None
+        if ev is None:
+            raise BadRecord(f"alert {a['alert_id']}: its stored event cannot be read back")
+        return doc, ev, a["event_key"]
 
     def _carry(self, ev, chain: list[dict]) -> float:
         """The lineage term as the import's walk would have carried it: the highest own score

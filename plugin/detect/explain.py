@@ -69,3 +69,44 @@ def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[s
         return out
 
     return explain
+
+
+def reasons(explanation: dict) -> list[str]:
+    """An explanation in sentences, the largest contribution to the score first: what an analyst
+    reads before the numbers (`alerts show`, the triage page)."""
+    ctx = explanation.get("context") or {}
+    m = explanation.get("measures") or {}
+    parts: list[tuple[float, str]] = []
+    content = ctx.get("content_score", explanation.get("score"))
+    if content is not None:
+        if m.get("scorer") == "surprisal" and m.get("window_bits_per_byte") is not None:
+            why = (f"its bytes are unusual to the entropy model: {m['window_bits_per_byte']:.2f} "
+                   f"bits/byte in its strangest stretch, where ordinary events stay under "
+                   f"{m.get('surprisal_threshold', 0):.2f}")
+        else:
+            why = "its text is far from every baseline text"
+        parts.append((float(content), f"{why} (content score {float(content):.2f})"))
+    novel = ctx.get("novel_images") or []
+    if novel:
+        weight = float(ctx.get("novelty_weight", 1.0))
+        parts.append((weight, f"it names a binary no baseline host ran: {', '.join(novel)} "
+                      f"(+{weight:.2f})"))
+    lineage_term = float(ctx.get("lineage_context") or 0.0) * float(ctx.get("lineage_weight", 0.5))
+    if lineage_term > 0:
+        parts.append((lineage_term, "its process tree is already suspicious: an ancestor's "
+                      f"creation scored high (+{lineage_term:.2f})"))
+    out = [text for _, text in sorted(parts, key=lambda p: -p[0])]
+    spans = explanation.get("surprising_spans") or []
+    if spans:
+        out.append("most surprising: " + "; ".join(
+            f"\"{s['text']}\" ({s['bits_per_byte']} bits/byte)" for s in spans[:3]))
+    near = [t for t in explanation.get("nearest_baseline") or [] if t]
+    if near:
+        out.append(f"nearest baseline text: {near[0]}")
+    elif explanation.get("medoid"):
+        out.append(f"typical text of its cluster: {explanation['medoid']}")
+    chain = explanation.get("process_lineage") or []
+    if chain:
+        out.append("lineage: " + " <- ".join(
+            (p.get("image") or f"{p.get('process_guid')} (not stored)") for p in chain))
+    return out

@@ -163,8 +163,12 @@ def fit_database(store: Store, model: str, model_version: str, *, k: int | None 
     """
     cands = store.baseline_candidates(model, model_version, flags_of or model)
     if not cands:
-        raise ValueError(f"no {model} vectors of version {model_version} in {store.path}: "
-                         "import events with this model first")
+        if store.event_count() == 0:
+            raise ValueError(f"{store.path} holds no events: import a baseline you trust first")
+        raise ValueError(f"the events in {store.path} have no {model} vectors of version "
+                         f"{model_version} (imported with --no-embed, or with another --model): "
+                         f"run `sysmon-blt rescore --db {store.path}` to embed and score them, "
+                         "then fit")
     held_back = [c for c in cands if c.was_flagged and not accept_outliers]
     rows = [c for c in cands if not (c.was_flagged and not accept_outliers)]
     if not rows:

@@ -34,6 +34,8 @@ from plugin.store import EVENT_COLUMNS, DeadLetter, Store, utcnow
 
 log = structlog.get_logger(__name__)
 
+MAX_DEAD_SHOWN = 5
+
 
 @dataclass
 class Counts:
@@ -103,6 +105,8 @@ class Flow:
         self.progress = progress
         self.on_durable = on_durable
         self.counts = Counts()
+        #: the run's first dead letters, for a message that says what could not be read
+        self.first_dead: list[DeadLetter] = []
         self._batcher: Batcher[NormalizedEvent] = Batcher(
             batch_size, max_wait_s if max_wait_s is not None else math.inf)
         self._keys: set[str] = set()
@@ -158,6 +162,8 @@ class Flow:
     def dead_letter(self, dead: DeadLetter) -> None:
         self._dead.append(dead)
         self.counts.dead_letters += 1
+        if len(self.first_dead) < MAX_DEAD_SHOWN:
+            self.first_dead.append(dead)
 
     def _saw(self, source: str, position: int | None) -> None:
         if position is not None and position > self._positions.get(source, -1):

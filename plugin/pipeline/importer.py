@@ -24,7 +24,7 @@ from plugin.pipeline.flow import Counts, Flow
 from plugin.pipeline.progress import Progress
 from plugin.sources.base import SourceError
 from plugin.sources.files import ArchiveInput, FileInput, MemberInput, discover
-from plugin.store import Store, utcnow
+from plugin.store import DeadLetter, Store, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +40,11 @@ class ImportSummary(Counts):
     embedded: bool = False
     note: str = ""
     stages: list[dict] = field(default_factory=list)
+    #: inputs (files, archive members) that held no Sysmon event: the wrong log, or a damaged one
+    inputs_without_sysmon: list[str] = field(default_factory=list)
+    #: the first records that became dead letters: source, position, line (1-based, JSON lines)
+    #: or record (1-based, EVTX), reason
+    first_dead_letters: list[dict] = field(default_factory=list)
 
 
 class Importer:
@@ -75,6 +80,7 @@ class Importer:
         t0 = time.perf_counter()
         started = utcnow()
         summary = ImportSummary(db=self.store.path)
+        self._without_sysmon = summary.inputs_without_sysmon
         units = list(discover(list(paths), self.evtx_threads))
         total = sum(u.size for u in units if not isinstance(u, SourceError))
         progress = Progress(total, enabled=self.show_progress)
@@ -92,13 +98,18 @@ class Importer:
         finally:
             flow.close()
             progress.close()
+        summary.first_dead_letters = [_where(d) for d in flow.first_dead]
         summary.seconds = round(time.perf_counter() - t0, 3)
         summary.stages = [s.stats() if hasattr(s, "stats") else {"name": getattr(s, "name", "?")}
                           for s in self.stages]
         summary.embedded = any(getattr(s, "name", "").startswith("embed:") for s in self.stages)
         scored = [s for s in self.stages if getattr(s, "name", "").startswith("score:")]
         summary.outliers = sum(s.outliers for s in scored if getattr(s, "alerts", True))
+        skipped_all = summary.files > 0 and summary.inputs_skipped_same_sha256 == summary.files
         summary.note = (
+            "nothing new: every input was imported before (same SHA-256), so nothing was "
+            "embedded or scored now; `sysmon-blt rescore` embeds and scores stored events"
+            if skipped_all else
             "events stored, embedded and scored" if scored else
             "events stored with embeddings; no scorer (the model has no reference clusters and "
             "the database no fit)" if summary.embedded else
@@ -147,7 +158,10 @@ class Importer:
         for item in inp.records():
             flow.feed(item)
         flow.flush()
-        return flow.drain()
+        counts = flow.drain()
+        if counts.sysmon_events == 0:
+            self._without_sysmon.append(inp.name)
+        return counts
 
     @staticmethod
     def _dead_letter(flow: Flow, err: SourceError) -> Counts:
@@ -167,3 +181,13 @@ class Importer:
             "status": status, "tool_version": __version__, "model_version": self.model_version,
             "config_hash": self.config_hash,
         })
+
+
+def _where(d: DeadLetter) -> dict:
+    """A dead letter as a user reads its place: line numbers in JSON files, record numbers in
+    EVTX, both counted from 1 (the stored position counts from 0)."""
+    out: dict = {"source": d.source, "position": d.position, "reason": d.reason}
+    if d.position is not None:
+        unit = "record" if d.source.lower().split("!")[-1].endswith(".evtx") else "line"
+        out[unit] = d.position + 1
+    return out

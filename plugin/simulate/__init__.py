@@ -31,11 +31,11 @@ from .engine import DEFAULT_START, generate
 from .event import LABEL_KEY, SimEvent
 from .shapes import PROVIDER, PROVIDER_GUID, SHAPES, render, simulate_records
 from .scenarios import ANOMALY_SCENARIOS
-from .sinks import produce_kafka, write_jsonl
+from .sinks import Tally, produce_kafka, write_jsonl
 
 __all__ = [
     "SimEvent", "generate", "render", "simulate_records", "write_jsonl", "produce_kafka",
-    "SHAPES", "ANOMALY_SCENARIOS", "LABEL_KEY",
+    "SHAPES", "ANOMALY_SCENARIOS", "LABEL_KEY", "Tally",
 ]
 # also importable, as before the split: CHANNEL, DOMAIN, DOMAIN_FQDN, DEFAULT_START, IMAGES,
 # PROVIDER, PROVIDER_GUID

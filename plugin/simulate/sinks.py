@@ -7,19 +7,38 @@ without them.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
 
+from .event import LABEL_KEY
 from .shapes import simulate_records
 
-__all__ = ["produce_kafka", "write_jsonl"]
+__all__ = ["Tally", "produce_kafka", "write_jsonl"]
+
+BROKER_TIMEOUT_S = 5.0
 
 
-def write_jsonl(path: str | os.PathLike[str], n: int, **kw: Any) -> int:
+@dataclass
+class Tally:
+    """What a sink wrote: records, and how many carry an injected anomaly (small runs may have
+    none: hosts boot first), so the caller can say so."""
+
+    records: int = 0
+    anomalies: int = 0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.records += 1
+        if (rec.get(LABEL_KEY) or {}).get("anomaly"):
+            self.anomalies += 1
+
+
+def write_jsonl(path: str | os.PathLike[str], n: int, tally: Tally | None = None, **kw: Any) -> int:
     """Write `n` records as JSON lines to `path` ("-" = stdout); returns the count."""
     dumps = orjson.dumps
     count = 0
@@ -35,6 +54,8 @@ def write_jsonl(path: str | os.PathLike[str], n: int, **kw: Any) -> int:
         for rec in simulate_records(n=n, **kw):
             buf.append(dumps(rec))
             count += 1
+            if tally is not None:
+                tally.add(rec)
             if len(buf) >= 2048:
                 out.write(b"\n".join(buf) + b"\n")
                 buf.clear()
@@ -48,7 +69,8 @@ def write_jsonl(path: str | os.PathLike[str], n: int, **kw: Any) -> int:
 
 
 def produce_kafka(bootstrap: str, topic: str, n: int, rate: float | None = None,
-                  producer_config: dict[str, Any] | None = None, **kw: Any) -> int:
+                  producer_config: dict[str, Any] | None = None, tally: Tally | None = None,
+                  **kw: Any) -> int:
     """Produce `n` records to Kafka (key = computer, value = JSON bytes), at most `rate` per second.
 
     Flushes at the end; raises RuntimeError naming the broker if any delivery fails.
@@ -58,10 +80,21 @@ def produce_kafka(bootstrap: str, topic: str, n: int, rate: float | None = None,
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "linger.ms": 20,
                             "compression.type": "lz4", "message.timeout.ms": 60000}
     conf.update(producer_config or {})
+    # librdkafka retries a dead broker forever and logs every attempt to stderr: route its log
+    # to a silent logger, and ask the broker once, with a deadline, before producing anything
+    quiet = logging.getLogger("sysmon_blt.kafka")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    conf.setdefault("logger", quiet)
     try:
         producer = Producer(conf)
     except KafkaException as exc:
         raise RuntimeError(f"cannot create a Kafka producer for {bootstrap}: {exc}") from exc
+    try:
+        producer.list_topics(timeout=BROKER_TIMEOUT_S)
+    except KafkaException as exc:
+        raise RuntimeError(f"no Kafka broker answers at {bootstrap} within {BROKER_TIMEOUT_S:.0f} s "
+                           "(is it running, and is HOST:PORT its advertised listener?)") from exc
     errors: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
@@ -84,6 +117,8 @@ def produce_kafka(bootstrap: str, topic: str, n: int, rate: float | None = None,
             except BufferError:
                 producer.poll(0.1)
         sent += 1
+        if tally is not None:
+            tally.add(rec)
         producer.poll(0)
         if rate and rate > 0:
             ahead = sent / rate - (time.monotonic() - t0)

@@ -110,7 +110,8 @@ class Store(ABC):
     def process_creation(self, guid: str) -> dict | None: ...
 
     @abstractmethod
-    def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5) -> list[dict]: ...
+    def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5,
+                       exclude_event: str | None = None) -> list[dict]: ...
 
     @abstractmethod
     def assignment_details(self, model: str, event_keys: Sequence[str]) -> list[dict]: ...
@@ -140,6 +141,23 @@ class Store(ABC):
     @abstractmethod
     def keep_evaluation(self, event_keys: Sequence[str], is_attack: Sequence[bool], how: str,
                         spec: dict, results: dict) -> None: ...
+
+    # -- triage ------------------------------------------------------------------------------
+    @abstractmethod
+    def list_alerts(self, *, status: str | None = None, host: str | None = None,
+                    since: datetime | None = None, top: int | None = 20) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def alert_count(self, status: str | None = None) -> int: ...
+
+    @abstractmethod
+    def resolve_alert_id(self, prefix: str) -> str: ...
+
+    @abstractmethod
+    def alert(self, alert_id: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def mark_alert(self, alert_id: str, status: str, note: str | None, analyst: str) -> dict[str, Any]: ...
 
     # -- the comparison report ---------------------------------------------------------------
     @abstractmethod

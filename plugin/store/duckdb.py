@@ -22,6 +22,7 @@ from plugin import __version__
 from plugin.errors import UsageError
 from plugin.resources import schemas_dir
 from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
+from plugin.store.alerts import AlertQueries
 from plugin.store.events import EventQueries
 from plugin.store.fits import FitQueries
 from plugin.store.reports import ReportQueries
@@ -69,7 +70,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
-class DuckDBStore(EventQueries, FitQueries, ReportQueries, Store):
+class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Store):
     """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
@@ -93,6 +94,9 @@ class DuckDBStore(EventQueries, FitQueries, ReportQueries, Store):
         # Checkpoint rarely: each checkpoint recompresses the big raw/fields strings, and at the
         # 16 MB default a bulk import spent more time checkpointing than inserting (measured).
         self._run("SET checkpoint_threshold = '1GB'")
+        # DuckDB draws a progress bar on stdout for queries over 2 s: stdout is for data
+        # (`--json`, pipes), and it corrupted a long import's JSON summary.
+        self._run("SET enable_progress_bar = false")
         if not read_only:
             self.migrate()
 

@@ -79,10 +79,12 @@ class EventQueries:
         key, ts, image, cmd, parent = rows[0]
         return {"event_key": key, "ts": ts, "image": image, "command_line": cmd, "parent": parent}
 
-    def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5) -> list[dict]:
+    def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5,
+                       exclude_event: str | None = None) -> list[dict]:
         """The ``k`` stored texts most similar to ``vector`` (exact cosine: fast enough for an
         analyst's request), one event each (the first seen): event_key, computer, ts,
-        similarity, normalized."""
+        similarity, normalized. ``exclude_event``: the event being enriched, which is not its
+        own neighbour (its text still is, through its twins, when other events carry it)."""
         rows = self._run(
             """
             WITH top AS (
@@ -93,8 +95,9 @@ class EventQueries:
             SELECT arg_min(e.event_key, e.ts), arg_min(e.computer, e.ts), min(e.ts),
                    any_value(e.normalized), max(top.sim)
             FROM top JOIN events e USING (text_hash)
-            GROUP BY top.text_hash ORDER BY max(top.sim) DESC
-            """, [vector.astype(np.float32).tolist(), model, version, k])
+            WHERE e.event_key IS DISTINCT FROM ?
+            GROUP BY top.text_hash ORDER BY max(top.sim) DESC LIMIT ?
+            """, [vector.astype(np.float32).tolist(), model, version, k + 1, exclude_event, k])
         return [{"event_key": r[0], "computer": r[1], "ts": r[2].isoformat() if r[2] else None,
                  "similarity": round(float(r[4]), 6), "normalized": r[3]} for r in rows]
 

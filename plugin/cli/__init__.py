@@ -1,0 +1,70 @@
+"""`sysmon-blt`: the command line. Logs and progress go to stderr; data and --json to stdout.
+
+Exit codes: 0 the run did its job (dead letters included), 1 runtime failure, 2 usage or
+configuration error (the message names the bad flag, key or file).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+import structlog
+
+from plugin.cli.ingest import cmd_import, cmd_simulate
+from plugin.cli.modeling import SHADOW_CARD_MARK, cmd_eval, cmd_fit, cmd_rescore, cmd_train
+from plugin.cli.parser import build_parser, merge_globals
+from plugin.cli.triage import cmd_alerts, cmd_enrich, cmd_report
+from plugin.errors import UsageError
+
+__all__ = ["SHADOW_CARD_MARK", "build_parser", "main"]
+
+log = structlog.get_logger("sysmon_blt")
+
+COMMANDS: dict[str, Callable] = {
+    "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train, "fit": cmd_fit,
+    "rescore": cmd_rescore, "eval": cmd_eval, "enrich": cmd_enrich, "alerts": cmd_alerts,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from plugin.logs import configure
+
+    parser = build_parser()
+    args = merge_globals(parser.parse_args(argv))
+    configure(-1 if args.quiet else args.verbose)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"sysmon-blt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sysmon-blt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`| head`): what was asked is done (an import is
+        # stored); stop writing, quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a runtime failure: say what, keep the traceback for -v
+        from plugin.store import is_out_of_memory
+
+        if is_out_of_memory(exc):  # DuckDB's buffer pool is full
+            print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "
+                  "db_memory_limit allows (its key indexes grow with the database): raise it, "
+                  "e.g. SYSMON_BLT_DB_MEMORY_LIMIT=2GB, and run the same command again (inputs "
+                  "already imported are skipped)", file=sys.stderr)
+            return 1
+        log.error("command_failed", command=args.command, error=f"{type(exc).__name__}: {exc}",
+                  exc_info=args.verbose > 0)
+        print(f"sysmon-blt: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Commands that bring events in: import, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import structlog
+
+from plugin.errors import UsageError
+
+log = structlog.get_logger("sysmon_blt")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.normalize.schema import load_schemas
+    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages
+    from plugin.pipeline.importer import Importer
+    from plugin.store import open_store
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"import: path does not exist: {', '.join(missing)}")
+    if args.since and args.until and args.since >= args.until:
+        raise UsageError("import: --since must be earlier than --until")
+    cfg = load_config(args.config, {"db": args.db, "model": args.model,
+                                    "batch_size": args.batch_size})
+    schemas = load_schemas(cfg.schemas_dir)
+    embedder = None if args.no_embed else load_embedder(cfg.model)
+    shadow = load_shadow(cfg) if embedder is not None else None
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    try:
+        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
+                  if embedder is not None else [])
+        importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
+                            until=args.until, config_hash=cfg.digest(),
+                            model_version=embedder.version if embedder else None, stages=stages,
+                            progress=not args.quiet, evtx_threads=cfg.evtx_threads)
+        summary = importer.run(args.paths)
+        lacking = store.events_lacking_vectors(embedder.name, embedder.version) if embedder else 0
+        top = store.list_alerts(status="open", top=5) if not args.json else []
+        open_alerts = store.alert_count("open")
+    finally:
+        store.close()
+    if lacking:
+        summary.note += (f"; {lacking:,} stored events have no {embedder.name} vectors (imported "
+                         f"with --no-embed or another model): `sysmon-blt rescore --db {cfg.db}` "
+                         "embeds and scores them")
+    _warn_about_inputs(args.paths, summary)
+    if args.json:
+        print(json.dumps(asdict(summary), default=str))
+    else:
+        print(format_summary(summary, top, open_alerts))
+    return 0
+
+
+def _warn_about_inputs(paths: list[str], s) -> None:
+    """Say on stderr when a run read nothing useful, and what it found instead."""
+    where = ", ".join(paths)
+    if s.files == 0 and s.dead_letters == 0:
+        print(f"sysmon-blt: warning: no log files in {where} (looked for .evtx, .json, .jsonl, "
+              ".ndjson, .zip, .tar.gz)", file=sys.stderr)
+    elif s.sysmon_events == 0:
+        print(f"sysmon-blt: warning: no Sysmon events in {where}: {s.records:,} records read, "
+              f"{s.skipped_non_sysmon:,} from other event logs, {s.dead_letters:,} unreadable",
+              file=sys.stderr)
+    for d in s.first_dead_letters:
+        at = f" line {d['line']}" if "line" in d else f" record {d['record']}" if "record" in d else ""
+        print(f"sysmon-blt: warning: {d['source']}{at}: {d['reason']} (kept in dead_letters)",
+              file=sys.stderr)
+    if s.dead_letters > len(s.first_dead_letters):
+        print(f"sysmon-blt: warning: {s.dead_letters - len(s.first_dead_letters):,} more dead "
+              "letters: SELECT * FROM dead_letters", file=sys.stderr)
+
+
+def format_summary(s, top: list[dict], open_alerts: int) -> str:
+    """The import summary as a person reads it: counts, time, rates, where the data went, and
+    the alerts to look at first."""
+    rows = [
+        ("records read", f"{s.records:,} from {s.files:,} input(s)"
+         + (f", {s.inputs_skipped_same_sha256:,} already imported" if s.inputs_skipped_same_sha256 else "")),
+        ("Sysmon events", f"{s.sysmon_events:,}: {s.new_events:,} new, {s.duplicates:,} already stored"),
+        ("not Sysmon", f"{s.skipped_non_sysmon:,} (counted, not stored)"),
+        ("dead letters", f"{s.dead_letters:,}" + (" (SELECT * FROM dead_letters)" if s.dead_letters else "")),
+    ]
+    if s.filtered_by_time:
+        rows.append(("outside --since/--until", f"{s.filtered_by_time:,}"))
+    rows.append(("time", f"{s.seconds:,.1f} s, {s.events_per_second:,.0f} events/s"))
+    for st in s.stages:
+        if st.get("name", "").startswith("embed:"):
+            rows.append((f"model {st['model']}", f"{st['texts_embedded']:,} new texts embedded "
+                         f"({st['texts_per_second']:,.0f}/s), {st['cache_hits']:,} from the cache"))
+    rows.append(("outliers", f"{s.outliers:,} events; {open_alerts:,} open alerts"))
+    if s.inputs_without_sysmon:
+        shown = ", ".join(s.inputs_without_sysmon[:5])
+        more = len(s.inputs_without_sysmon) - 5
+        rows.append(("no Sysmon events in", shown + (f" and {more} more" if more > 0 else "")))
+    rows.append(("database", s.db))
+    rows.append(("note", s.note))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if top:
+        lines += ["", "top open alerts (sysmon-blt alerts show ID):",
+                  f"  {'score':>6}  {'alert id':<12} {'host':<20} text"]
+        for a in top:
+            lines.append(f"  {a['score']:6.2f}  {a['alert_id'][:12]:<12} "
+                         f"{(a['computer'] or '-')[:20]:<20} {(a['normalized'] or '')[:90]}")
+    return "\n".join(lines)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from plugin import simulate
+
+    if args.events < 0:
+        raise UsageError("simulate: --events must be >= 0")
+    if not 0.0 <= args.anomaly_rate <= 1.0:
+        raise UsageError("simulate: --anomaly-rate must be between 0 and 1")
+    tally = simulate.Tally()
+    kw = {"seed": args.seed, "anomaly_rate": args.anomaly_rate, "shape": args.shape, "tally": tally}
+    if args.kafka:
+        if not args.topic:
+            raise UsageError("simulate: --kafka needs --topic")
+        simulate.produce_kafka(args.kafka, args.topic, args.events, rate=args.rate, **kw)
+    else:
+        if args.topic or args.rate:
+            raise UsageError("simulate: --topic and --rate go with --kafka")
+        simulate.write_jsonl(args.out, args.events, **kw)
+    if args.anomaly_rate > 0 and args.events and tally.anomalies == 0:
+        print(f"sysmon-blt: warning: --anomaly-rate {args.anomaly_rate} injected no anomaly in "
+              f"{args.events:,} events: simulated hosts boot first (a few hundred ordinary events "
+              "each); ask for more events (e.g. --events 5000)", file=sys.stderr)
+    log.info("simulated", events=tally.records, anomalies=tally.anomalies,
+             out=args.out or f"kafka:{args.topic}")
+    return 0

@@ -1,0 +1,180 @@
+"""Commands an analyst triages with: alerts, enrich, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import structlog
+
+from plugin.cli.common import existing_db_and_model
+from plugin.errors import UsageError
+
+log = structlog.get_logger("sysmon_blt")
+
+
+def _read_docs(raw: bytes) -> list[tuple[int, object]]:
+    """(line, document) pairs: one JSON object or array for the whole input, else JSON lines;
+    a line that is not JSON becomes an error marker (line, JSONDecodeError) for its own reply."""
+    import orjson
+
+    try:
+        doc = orjson.loads(raw)
+        return [(i + 1, d) for i, d in enumerate(doc)] if isinstance(doc, list) else [(1, doc)]
+    except orjson.JSONDecodeError:
+        pass
+    out: list[tuple[int, object]] = []
+    for i, line in enumerate(raw.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            out.append((i + 1, orjson.loads(line)))
+        except orjson.JSONDecodeError as exc:
+            out.append((i + 1, exc))
+    return out
+
+
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from plugin.detect.enrich import Enricher
+    from plugin.detect.explain import make_explainer
+    from plugin.detect.fitting import load_scorer
+    from plugin.normalize.schema import load_schemas
+    from plugin.normalize.text import CanonicalText
+    from plugin.resources import default_model_dir
+    from plugin.store import open_store
+
+    if args.file != "-" and not Path(args.file).is_file():
+        raise UsageError(f"enrich: {args.file} does not exist")
+    cfg, embedder = existing_db_and_model("enrich", args)
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    docs = _read_docs(raw)
+    if not docs:
+        raise UsageError(f"enrich: {args.file if args.file != '-' else 'stdin'} holds no JSON")
+    bad = 0
+    store = open_store(cfg.db, read_only=True)
+    try:
+        loaded = load_scorer(store, embedder.name, embedder.version,
+                             Path(cfg.model) if cfg.model else default_model_dir(), record=False,
+                             embedder=embedder)
+        explain = make_explainer(loaded, embedder, store.texts_by_hash) if loaded else None
+        enricher = Enricher(store, CanonicalText(load_schemas(cfg.schemas_dir)), embedder, loaded, explain)
+        for line, doc in docs:
+            if isinstance(doc, Exception):
+                out = {"sysmon_blt": {"error": f"not JSON: {doc}", "line": line}}
+            elif not isinstance(doc, dict):
+                out = {"sysmon_blt": {"error": "an alert must be a JSON object", "line": line}}
+            else:
+                out = enricher.enrich(doc)
+                if "error" in out["sysmon_blt"]:
+                    out["sysmon_blt"]["line"] = line
+            if "error" in out["sysmon_blt"]:
+                bad += 1
+            print(json.dumps(out, default=str), flush=True)
+    finally:
+        store.close()
+    if bad:
+        print(f"sysmon-blt: enrich: {bad} of {len(docs)} record(s) could not be enriched "
+              "(see their sysmon_blt.error on stdout)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import getpass
+
+    from plugin.config import load_config
+    from plugin.detect.explain import reasons
+    from plugin.store import AlertNotFound, open_store
+
+    cfg = load_config(args.config, {"db": args.db})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"alerts: database {cfg.db} does not exist (--db)")
+    if args.action == "list" and args.top < 0:
+        raise UsageError("alerts list: --top must be >= 0")
+    store = open_store(cfg.db, read_only=args.action != "mark", memory_limit=cfg.db_memory_limit)
+    try:
+        if args.action == "list":
+            rows = store.list_alerts(status=args.status, host=args.host, since=args.since,
+                                     top=args.top or None)
+            total = store.alert_count(args.status)
+            if args.json:
+                print(json.dumps(rows, default=str))
+            else:
+                print(format_alert_list(rows, total))
+        elif args.action == "show":
+            a = store.alert(args.alert_id)
+            if args.json:
+                print(json.dumps(a, default=str))
+            else:
+                print(format_alert(a, reasons(a["explanation"] or {})))
+        else:
+            who = args.analyst or getpass.getuser()
+            change = store.mark_alert(args.alert_id, args.status, args.note, who)
+            print(json.dumps(change) if args.json else
+                  f"alert {change['alert_id']}: {change['previous_status']} -> {change['status']} "
+                  f"(by {who}{', ' + repr(args.note) if args.note else ''})")
+    except AlertNotFound as exc:
+        raise UsageError(f"alerts {args.action}: {exc}") from exc
+    finally:
+        store.close()
+    return 0
+
+
+def format_alert_list(rows: list[dict], total: int) -> str:
+    if not rows:
+        return "no alerts" + (f" match (of {total})" if total else "")
+    lines = [f"{'score':>6}  {'alert id':<24}  {'status':<14} {'count':>5}  {'last seen':<20} "
+             f"{'host':<18} text"]
+    for a in rows:
+        seen = a["last_seen"].strftime("%Y-%m-%d %H:%M:%S") if a["last_seen"] else "-"
+        lines.append(f"{a['score']:6.2f}  {a['alert_id']:<24}  {a['status']:<14} {a['count']:>5}  "
+                     f"{seen:<20} {(a['computer'] or '-')[:18]:<18} {(a['normalized'] or '')[:80]}")
+    if total > len(rows):
+        lines.append(f"({len(rows)} of {total}; --top N shows more, --top 0 all)")
+    return "\n".join(lines)
+
+
+def format_alert(a: dict, why: list[str]) -> str:
+    seen = (f"{a['first_seen']:%Y-%m-%d %H:%M:%S} .. {a['last_seen']:%Y-%m-%d %H:%M:%S} UTC"
+            if a["first_seen"] else "-")
+    lines = [f"alert {a['alert_id']}  score {a['score']:.2f} (1.0 = threshold)  {a['status']}",
+             f"  seen {a['count']}x, {seen}, first on {a['computer'] or '-'}",
+             f"  event {a['event_key']} (event id {a['event_id']}, {a['source']})",
+             f"  text  {a['normalized']}", "", "why it stands out:"]
+    lines += [f"  {i + 1}. {r}" for i, r in enumerate(why)] or ["  (no explanation stored)"]
+    if a["history"]:
+        lines += ["", "history:"]
+        lines += [f"  {h['at']:%Y-%m-%d %H:%M:%S} {h['analyst']}: {h['status']}"
+                  + (f" ({h['note']})" if h["note"] else "") for h in a["history"]]
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from plugin.config import load_config
+    from plugin.report.compare import build_report
+    from plugin.store import open_store
+
+    if args.sample < 2:
+        raise UsageError("report: --sample must be at least 2")
+    cfg = load_config(args.config, {"db": args.db})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"report: database {cfg.db} does not exist (--db)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"report: --out {out} is a file, not a folder")
+    store = open_store(cfg.db, read_only=True)
+    try:
+        summary = build_report(store, out, sample=args.sample, seed=args.seed)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"report   {out / 'report.html'}\nsummary  {out / 'summary.json'}")
+        for section, text in summary["interpretation"].items():
+            print(f"- {section}: {text}")
+        for section, why in summary["missing"].items():
+            print(f"- {section}: not available: {why}")
+    return 0

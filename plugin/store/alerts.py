@@ -1,0 +1,102 @@
+"""Triage: alerts listed, shown and marked, each status change kept with who, when and why.
+
+A mixin of the store (runs on ``self.con``). An alert is named by its id or by a unique prefix of
+it (as a commit is), so an analyst can type the first characters the list shows.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+STATUSES = ("open", "suppressed", "false_positive")
+
+_LIST_COLUMNS = ("alert_id", "model", "score", "status", "count", "first_seen", "last_seen",
+                 "event_key", "computer", "event_id", "normalized")
+
+
+class AlertNotFound(LookupError):
+    """No alert has that id (or the prefix names several)."""
+
+
+class AlertQueries:
+    def list_alerts(self, *, status: str | None = None, host: str | None = None,
+                    since: datetime | None = None, top: int | None = 20) -> list[dict[str, Any]]:
+        """Alerts, highest score first, with their first event's host and text. ``host``
+        matches the computer name case-insensitively, ``since`` the last time it was seen."""
+        where, params = [], []
+        if status:
+            where.append("a.status = ?")
+            params.append(status)
+        if host:
+            where.append("lower(e.computer) = lower(?)")
+            params.append(host)
+        if since:
+            where.append("a.last_seen >= ?")
+            params.append(since)
+        sql = ("SELECT a.alert_id, a.model, a.score, a.status, a.count, a.first_seen, a.last_seen, "
+               "a.event_key, e.computer, e.event_id, e.normalized FROM alerts a "
+               "LEFT JOIN events e USING (event_key)"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY a.score DESC, a.alert_id")
+        if top:
+            sql += " LIMIT ?"
+            params.append(int(top))
+        return [dict(zip(_LIST_COLUMNS, r)) for r in self._run(sql, params)]
+
+    def alert_count(self, status: str | None = None) -> int:
+        if status:
+            return int(self._run("SELECT count(*) FROM alerts WHERE status = ?", [status])[0][0])
+        return int(self._run("SELECT count(*) FROM alerts")[0][0])
+
+    def resolve_alert_id(self, prefix: str) -> str:
+        """The full id of the alert ``prefix`` names; AlertNotFound when none or several do."""
+        rows = self._run("SELECT alert_id FROM alerts WHERE starts_with(alert_id, ?) LIMIT 2",
+                         [prefix.strip().lower()])
+        if not rows:
+            raise AlertNotFound(f"no alert with id {prefix!r}")
+        if len(rows) > 1:
+            raise AlertNotFound(f"alert id {prefix!r} is ambiguous: type more of it")
+        return rows[0][0]
+
+    def alert(self, alert_id: str) -> dict[str, Any]:
+        """One alert whole: its row, first event (with fields and the raw record), the stored
+        score detail and explanation (decoded), and the history of its status."""
+        full = self.resolve_alert_id(alert_id)
+        row = self._run(
+            "SELECT a.alert_id, a.model, a.score, a.status, a.count, a.first_seen, a.last_seen, "
+            "a.event_key, e.computer, e.event_id, e.normalized, e.ts, e.source, e.position, "
+            "e.fields, e.raw, s.detail, s.explanation FROM alerts a "
+            "LEFT JOIN events e USING (event_key) "
+            "LEFT JOIN assignments s ON s.event_key = a.event_key AND s.model = a.model "
+            "WHERE a.alert_id = ?", [full])[0]
+        out = dict(zip(_LIST_COLUMNS, row[:11]))
+        out.update(ts=row[11], source=row[12], position=row[13],
+                   fields=json.loads(row[14]) if row[14] else {}, raw=row[15],
+                   detail=json.loads(row[16]) if row[16] else {},
+                   explanation=json.loads(row[17]) if row[17] else None)
+        out["history"] = [dict(zip(("status", "note", "analyst", "at"), r)) for r in self._run(
+            "SELECT status, note, analyst, changed_at FROM alert_changes WHERE alert_id = ? "
+            "ORDER BY changed_at",
+            [full])] if self.has_table("alert_changes") else []  # read-only opens do not migrate
+        return out
+
+    def mark_alert(self, alert_id: str, status: str, note: str | None, analyst: str) -> dict[str, Any]:
+        """Set an alert's status and keep the change (who, when, why); returns the change."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        full = self.resolve_alert_id(alert_id)
+        at = datetime.now(timezone.utc)
+        self.con.begin()
+        try:
+            before = self._run("SELECT status FROM alerts WHERE alert_id = ?", [full])[0][0]
+            self._run("UPDATE alerts SET status = ? WHERE alert_id = ?", [status, full])
+            self._run("INSERT INTO alert_changes VALUES (?, ?, ?, ?, ?)",
+                      [full, status, note, analyst, at])
+            self.con.commit()
+        except Exception:
+            self.con.rollback()
+            raise
+        return {"alert_id": full, "status": status, "previous_status": before, "note": note,
+                "analyst": analyst, "at": at.isoformat()}
