@@ -30,6 +30,17 @@ DB_HELP = "DuckDB file (default: ./sysmon-blt.duckdb, or the `db` config key)"
 _GLOBALS = ("config", "model", "verbose", "quiet")
 
 
+class Formatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs to the terminal; keeps paragraphs laid out by hand (examples,
+    lists: any paragraph with a line break of its own) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.split("\n\n"):
+            out.append(para if "\n" in para.strip("\n") else super()._fill_text(para, width, indent))
+        return "\n\n".join(out)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 too; keep its message format
         self.print_usage(sys.stderr)
@@ -82,23 +93,24 @@ def merge_globals(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def _json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
+def _json_flag(p: argparse.ArgumentParser, what: str = "the result as one JSON object",
+               otherwise: str = "a readable table") -> None:
     p.add_argument("--json", action="store_true",
-                   help=f"print {what} as one JSON object on stdout (default: a readable table)")
+                   help=f"print {what} on stdout (default: {otherwise})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     sub_globals = _globals("sub_", defaults=False)
     p = Parser(prog="sysmon-blt", description="Sysmon events -> DuckDB, with Byte Latent "
                "Transformer embeddings, clusters and outlier flags.", epilog=EPILOG,
-               formatter_class=argparse.RawDescriptionHelpFormatter,
+               formatter_class=Formatter,
                parents=[_globals("", defaults=True)])
     p.add_argument("--version", action="version", version=f"sysmon-blt {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[sub_globals],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+                              formatter_class=Formatter, **kw)
 
     imp = command(
         "import", help="forensic batch import of .evtx, JSON lines and archives into DuckDB",
@@ -117,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep events at or after T (UTC unless an offset is given; default: all)")
     imp.add_argument("--until", type=time_arg("--until"), metavar="T",
                      help="keep events before T (default: all)")
-    _json_flag(imp, "the summary")
+    _json_flag(imp, "the summary as one JSON object")
     imp.add_argument("--batch-size", type=int, metavar="N",
                      help="events per write transaction (default 5000, or the batch_size key)")
     imp.add_argument("--no-embed", action="store_true",
@@ -176,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--db", metavar="FILE",
                     help="keep the evaluation database here, and reuse its imports (default: a "
                     "temporary one)")
-    _json_flag(ev, "the metrics")
+    _json_flag(ev, "the metrics as one JSON object")
     ev.add_argument("--no-anchors", action="store_true", help="skip the TF-IDF and Drain3 anchors")
 
     fit = command(
@@ -198,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--accept-outliers", action="store_true",
                      help="learn texts the current fit flags as normal too (default: hold them "
                      "back unless marked false_positive)")
-    _json_flag(fit, "the fit")
+    _json_flag(fit, "the fit as one JSON object")
 
     rs = command(
         "rescore", help="re-embed and re-score stored events after a model or fit change",
@@ -206,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(events imported with --no-embed or another --model), then score every stored event "
         "with the latest fit (assignments are replaced, alerts updated).")
     rs.add_argument("--db", metavar="FILE", help=DB_HELP)
-    _json_flag(rs, "the run's counts")
+    _json_flag(rs, "the run's counts as one JSON object")
 
     en = command(
         "enrich", help="alert enrichment: JSON in, JSON out",
@@ -231,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     al_sub.required = True
     def action(name: str, **kw) -> argparse.ArgumentParser:
         a = al_sub.add_parser(name, parents=[sub_globals],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+                              formatter_class=Formatter, **kw)
         a.add_argument("--db", metavar="FILE", default=argparse.SUPPRESS, help=DB_HELP)
         return a
 
@@ -241,17 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--since", type=time_arg("--since"), metavar="T",
                     help="only alerts seen at or after T (UTC unless an offset is given)")
     ls.add_argument("--top", type=int, default=20, metavar="N", help="at most N alerts (default 20; 0: all)")
-    _json_flag(ls, "the alerts (a JSON array)")
+    _json_flag(ls, "the alerts as a JSON array")
     sh = action("show", help="one alert: the event and why it stands out, in words")
     sh.add_argument("alert_id", metavar="ID", help="alert id or a unique prefix of it")
-    _json_flag(sh, "the alert whole")
+    _json_flag(sh, "the alert whole, as one JSON object")
     mk = action("mark", help="set an alert's status (kept with who and when)")
     mk.add_argument("alert_id", metavar="ID", help="alert id or a unique prefix of it")
     mk.add_argument("--status", required=True, choices=STATUSES,
                     help="false_positive (a refit learns its text as normal), suppressed, or open")
     mk.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
     mk.add_argument("--analyst", metavar="NAME", help="who (default: the login name)")
-    _json_flag(mk, "the change")
+    _json_flag(mk, "the change as one JSON object", "one line")
 
     sim = command(
         "simulate", help="synthetic Sysmon events for demos and load tests",
@@ -287,5 +299,5 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--sample", type=int, default=20000, metavar="N",
                      help="events sampled for the vector statistics (default 20000)")
     rep.add_argument("--seed", type=int, default=0, help="sampling and KMeans seed (default 0)")
-    _json_flag(rep, "summary.json")
+    _json_flag(rep, "summary.json", "where the files went and what they say")
     return p
