@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,6 +35,13 @@ class Config:
     # share of distinct texts the shadow model (Linformer) also embeds and scores, picked by text
     # hash; 1.0 = every event (the default), 0 = shadow off
     shadow_sample_rate: float = 1.0
+    # the streaming consumer: events per micro-batch, and how long a batch may wait to fill
+    # (latency from produce to alert is about this plus the models' time for one batch)
+    stream_batch_size: int = 256
+    stream_batch_ms: int = 100
+    # librdkafka settings passed through as they are (SASL/SSL included): the one key whose
+    # contents are not checked; also SYSMON_BLT_KAFKA_<SETTING> (dots as underscores)
+    kafka: dict = field(default_factory=dict)
 
     def validate(self, origin: str) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -43,6 +50,12 @@ class Config:
             raise UsageError(f"{origin}: evtx_threads must be an integer >= 0")
         if not 0.0 <= self.shadow_sample_rate <= 1.0:
             raise UsageError(f"{origin}: shadow_sample_rate must be between 0 and 1")
+        if not isinstance(self.stream_batch_size, int) or self.stream_batch_size < 1:
+            raise UsageError(f"{origin}: stream_batch_size must be a positive integer")
+        if not isinstance(self.stream_batch_ms, int) or self.stream_batch_ms < 1:
+            raise UsageError(f"{origin}: stream_batch_ms must be a positive integer")
+        if not isinstance(self.kafka, dict):
+            raise UsageError(f"{origin}: kafka must be a mapping of librdkafka settings")
         if self.log_format not in ("auto", "console", "json"):
             raise UsageError(f"{origin}: log_format must be auto, console or json")
 
@@ -63,6 +76,10 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     kind = str(_TYPES[key])
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise UsageError(f"{origin}: {key} must be a mapping")
+        return {str(k): v for k, v in value.items()}
     for name, cast, noun in (("float", float, "a number"), ("int", int, "an integer")):
         if name not in kind:
             continue
@@ -99,7 +116,13 @@ def load_config(path: str | None, overrides: Mapping[str, Any],
             raise UsageError(f"--config {path}: top level must be a mapping")
         _apply(cfg, doc, f"config file {path}")
     env = os.environ if environ is None else environ
-    env_values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    kafka_prefix = ENV_PREFIX + "KAFKA_"
+    kafka_env = {k[len(kafka_prefix):].lower().replace("_", "."): v for k, v in env.items()
+                 if k.startswith(kafka_prefix)}
+    if kafka_env:
+        cfg.kafka = {**cfg.kafka, **kafka_env}
+    env_values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
+                  if k.startswith(ENV_PREFIX) and not k.startswith(kafka_prefix)}
     for key in env_values:
         if key not in _TYPES:
             raise UsageError(f"environment: unknown variable {ENV_PREFIX}{key.upper()}")

@@ -263,3 +263,15 @@ def test_help_texts_read_right():
     assert "default-model" not in r.stdout and "--out my-model/" in r.stdout
     r = run("--help")
     assert r.returncode == 0 and "alerts" in r.stdout
+
+
+def test_kafka_settings_come_from_the_environment_with_dots():
+    from plugin.config import load_config
+    from plugin.sources.kafka import redacted
+
+    cfg = load_config(None, {}, environ={"SYSMON_BLT_KAFKA_SASL_PASSWORD": "hunter2",
+                                         "SYSMON_BLT_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                                         "SYSMON_BLT_STREAM_BATCH_MS": "50"})
+    assert cfg.kafka == {"sasl.password": "hunter2", "security.protocol": "SASL_SSL"}
+    assert cfg.stream_batch_ms == 50
+    assert redacted(cfg.kafka) == {"sasl.password": "***", "security.protocol": "SASL_SSL"}

@@ -183,3 +183,14 @@ def test_process_creation_matches_the_guid_spelling_of_lineage(store, schemas):
     ev = Normalizer(schemas)(RawRecord("x", 0, orjson.dumps(evtx_json(data))))
     store.write_batch(event_rows([ev], utcnow()), [])
     assert store.process_creation(guid(stored))["event_key"] == ev.event_key
+
+
+def test_a_replayed_event_never_raises_an_alert_count(store, events):
+    """After a crash the stream replays events already stored: their alerts must not fold in
+    twice (only newly stored events count)."""
+    a = {"alert_id": "a1", "event_key": events[0].event_key, "model": "blt", "score": 1.5, "ts": T0}
+    store.write_batch(event_rows(events[:1], utcnow()), [], alerts=[a])
+    store.write_batch(event_rows(events[:1], utcnow()), [], alerts=[a])  # the replay
+    b = {**a, "event_key": events[1].event_key}  # a twin, newly stored: folds in
+    store.write_batch(event_rows(events[:2], utcnow()), [], alerts=[a, b])
+    assert store.list_alerts()[0]["count"] == 2

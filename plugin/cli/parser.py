@@ -231,6 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("file", nargs="?", default="-", metavar="FILE", help="input (default: stdin)")
     en.add_argument("--db", metavar="FILE", help=DB_HELP)
 
+    co = command(
+        "consume", help="the streaming consumer: Kafka in, scores and alerts out",
+        description="Join a consumer group on one or more topics (a topic starting with ^ is a "
+        "regex) and run every message through the same flow as `import`: normalize, micro-batch "
+        "(stream_batch_size events or stream_batch_ms, whichever comes first), embed, score, "
+        "store. Offsets are committed per partition only once every message up to them is "
+        "stored (at least once; replays store nothing twice). New alerts go to --alerts-topic as "
+        "the original event plus its sysmon_blt block, alert_id and kind, keyed by computer. "
+        "Runs until SIGTERM or SIGINT, then drains, commits and prints its counts. librdkafka "
+        "settings (SASL/SSL...) come from the `kafka` config key or SYSMON_BLT_KAFKA_<SETTING> "
+        "(dots as underscores); secrets are never logged.",
+        epilog="example:\n  sysmon-blt consume --bootstrap broker:9092 --topic sysmon "
+        "--alerts-topic sysmon-alerts --db soc.duckdb")
+    co.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap server")
+    co.add_argument("--topic", required=True, action="append", metavar="T",
+                    help="topic to consume (repeatable; ^REGEX for a pattern)")
+    co.add_argument("--group", default="sysmon-blt", metavar="G",
+                    help="consumer group (default sysmon-blt)")
+    co.add_argument("--alerts-topic", metavar="T", help="publish new alerts here (default: none)")
+    co.add_argument("--db", metavar="FILE", help=DB_HELP)
+
     al = command(
         "alerts", help="triage without SQL: list, show and mark alerts",
         description="Alerts are the primary model's outliers, one per canonical text (twins fold "

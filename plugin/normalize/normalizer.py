@@ -33,6 +33,11 @@ class NormalizedEvent:
     raw: str
 
 
+#: the side key in `fields` that carries a record's transport metadata (Kafka key, partition,
+#: offset, headers): stored with the event, never part of its canonical text
+SOURCE_META_KEY = "sysmon_blt_kafka"
+
+
 class NotSysmon:
     """Marker: the record is a valid Windows event from another provider (counted, not stored)."""
 
@@ -57,8 +62,9 @@ class Normalizer:
         raw_bytes = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
         raw_str = data if isinstance(data, str) else data.decode("utf-8", "replace")
         text = self.text.build(ev)
+        fields = ev.fields if rec.meta is None else {**ev.fields, SOURCE_META_KEY: rec.meta}
         try:
-            fields_json = orjson.dumps(ev.fields, default=_default,
+            fields_json = orjson.dumps(fields, default=_default,
                                        option=orjson.OPT_NON_STR_KEYS).decode()
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise BadRecord(f"fields cannot be stored as JSON: {exc}") from exc

@@ -170,6 +170,11 @@ class Flow:
             self._positions[source] = position
 
     # -- out ---------------------------------------------------------------------------------
+    def pending(self) -> bool:
+        """Anything fed since the last flush: events, dead letters, or positions alone (records
+        that were skipped still have to be handed out once written)."""
+        return bool(len(self._batcher) or self._dead or self._positions)
+
     def due(self) -> bool:
         """A batch has waited `max_wait_s` since its first event (or dead letters wait)."""
         return self._batcher.due()

@@ -17,6 +17,7 @@ class RawRecord:
     source: str  # path as given, PATH!member, or kafka:topic/partition
     position: int  # record index in the file, or Kafka offset
     data: bytes | str  # one serialized record: a JSON line, EVTX JSON, or event XML
+    meta: dict | None = None  # where it came from beyond source/position (Kafka key, headers)
 
 
 @dataclass(slots=True)

@@ -45,6 +45,19 @@ class AlertQueries:
             params.append(int(top))
         return [dict(zip(_LIST_COLUMNS, r)) for r in self._run(sql, params)]
 
+    def existing_alert_ids(self, alert_ids: list[str]) -> set[str]:
+        """Which of these alerts the store holds already; on a cursor of its own (a stage asks
+        while the sink thread writes)."""
+        if not alert_ids:
+            return set()
+        cur = self.con.cursor()
+        try:
+            rows = cur.execute("SELECT alert_id FROM alerts WHERE alert_id IN (SELECT unnest(?))",
+                               [list(alert_ids)]).fetchall()
+        finally:
+            cur.close()
+        return {r[0] for r in rows}
+
     def alert_count(self, status: str | None = None) -> int:
         if status:
             return int(self._run("SELECT count(*) FROM alerts WHERE status = ?", [status])[0][0])

@@ -148,6 +148,9 @@ class Store(ABC):
                     since: datetime | None = None, top: int | None = 20) -> list[dict[str, Any]]: ...
 
     @abstractmethod
+    def existing_alert_ids(self, alert_ids: list[str]) -> set[str]: ...
+
+    @abstractmethod
     def alert_count(self, status: str | None = None) -> int: ...
 
     @abstractmethod

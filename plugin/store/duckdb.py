@@ -136,8 +136,9 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Store):
     def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
                     vectors: Sequence[VectorRows] = (), assignments: Sequence[dict] = (),
                     alerts: Sequence[dict] = ()) -> int:
-        """Insert one batch in one transaction: event rows (column lists), dead letters and new
-        text vectors. Returns how many events were new."""
+        """Insert one batch in one transaction: event rows (column lists), dead letters, new
+        text vectors, assignments, alerts (only newly stored events fold into an alert's count
+        when events come with the batch). Returns how many events were new."""
         n = len(events["event_key"]) if events else 0
         self.con.begin()
         try:
@@ -147,6 +148,10 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Store):
             if n:
                 tbl = pa.Table.from_pydict(events, schema=_EVENT_SCHEMA)
                 self.con.register("_batch_events", tbl)
+                if alerts:  # a replayed event (stored before a crash) never folds in again
+                    stored = {r[0] for r in self._run(
+                        "SELECT event_key FROM events JOIN _batch_events USING (event_key)")}
+                    alerts = [a for a in alerts if a["event_key"] not in stored]
                 inserted = self._run(
                     f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
                     f"SELECT {', '.join(EVENT_COLUMNS)} FROM _batch_events"

@@ -1,0 +1,156 @@
+"""The streaming consumer: Kafka in, the flow in the middle, offsets committed once durable.
+
+    poll -> flow.feed -> micro-batch (size or deadline) -> stages -> sink -> commit offsets
+
+At least once, duplicating nothing: a partition's offset is committed only after the flow reports
+every record up to it durably written (`Flow.completed`), and the alerts producer is flushed
+before that commit; a crash replays from the last commit and `event_key` makes the replay store
+nothing twice. On a rebalance the revoked partitions' batches are flushed, written and committed
+before they are given up; on stop (SIGTERM, SIGINT) everything fed is drained and committed.
+Backpressure: the sink takes at most two batches in flight and blocks the loop beyond that, while
+librdkafka's own fetch queue stays bounded, so memory does not grow with the input rate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import structlog
+
+from plugin.normalize.normalizer import Normalizer
+from plugin.pipeline.batch import BatchStage
+from plugin.pipeline.flow import Counts, Durable, Flow
+from plugin.sources.kafka import record_of, redacted
+from plugin.store import Store
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.05
+
+
+@dataclass
+class StreamSummary(Counts):
+    batches: int = 0
+    commits: int = 0
+    seconds: float = 0.0
+    committed: dict[str, int] = field(default_factory=dict)  # source -> next offset
+
+
+def _quiet_logger():
+    """librdkafka logs every reconnect attempt; route them to a logger that keeps quiet (our
+    own structured warnings say what matters)."""
+    import logging
+
+    quiet = logging.getLogger("sysmon_blt.kafka")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    return quiet
+
+
+class StreamConsumer:
+    def __init__(self, store: Store, normalizer: Normalizer, stages: Sequence[BatchStage], *,
+                 bootstrap: str, topics: Sequence[str], group: str,
+                 settings: dict[str, Any] | None = None, batch_size: int = 256,
+                 batch_ms: int = 100, producer=None) -> None:
+        self.store = store
+        self.normalizer = normalizer
+        self.stages = list(stages)
+        self.topics = list(topics)
+        self.batch_size = batch_size
+        self.batch_ms = batch_ms
+        self.producer = producer  # the alerts producer, flushed before every commit
+        self.conf = {"bootstrap.servers": bootstrap, "group.id": group,
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                     "logger": _quiet_logger(), **(settings or {})}
+        self.summary = StreamSummary()
+        self._partitions: dict[str, tuple[str, int]] = {}
+        self._consumer = None
+        self._flow: Flow | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> StreamSummary:
+        from confluent_kafka import Consumer
+
+        t0 = time.monotonic()
+        log.info("consumer_starting", topics=self.topics, settings=redacted(
+            {k: v for k, v in self.conf.items() if k != "logger"}))
+        self._flow = Flow(self.store, self.normalizer, self.stages, batch_size=self.batch_size,
+                          max_wait_s=self.batch_ms / 1000)
+        self._consumer = Consumer(self.conf)
+        self._consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        try:
+            while not stop.is_set():
+                msgs = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
+                for m in msgs:
+                    if m.error() is not None:
+                        self._on_error(m.error())
+                        continue
+                    rec = record_of(m)
+                    self._partitions[rec.source] = (m.topic(), m.partition())
+                    self._flow.feed(rec)
+                if self._flow.due() or (not msgs and self._flow.pending()):
+                    self._flush()
+                self._commit(self._flow.completed())
+            log.info("consumer_stopping", reason="signal")
+            self._drain()
+        finally:
+            self._consumer.close()
+            self._flow.close()
+            self.summary.seconds = round(time.monotonic() - t0, 3)
+        return self.summary
+
+    def _flush(self) -> None:
+        if self._flow.flush() is not None:
+            self.summary.batches += 1
+
+    def _drain(self) -> None:
+        """Write everything fed, then commit it."""
+        self._flush()
+        self.summary.add(self._flow.drain())
+        self._commit(self._flow.completed())
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        log.info("partitions_revoked", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
+        if self._flow is not None:
+            self._drain()
+
+    def _on_error(self, err) -> None:
+        from confluent_kafka import KafkaException
+
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("kafka_error", error=str(err))
+
+    # -- commits -------------------------------------------------------------------------------
+    def _commit(self, durable: list[Durable]) -> None:
+        """Commit, per partition, the offset after the highest one durably written."""
+        if not durable:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        upto: dict[str, int] = {}
+        for d in durable:
+            for source, pos in d.positions.items():
+                upto[source] = max(upto.get(source, -1), pos)
+        offsets = [TopicPartition(*self._partitions[s], pos + 1) for s, pos in upto.items()
+                   if s in self._partitions]
+        if not offsets:
+            return
+        if self.producer is not None:
+            left = self.producer.flush(10)
+            if left:  # alerts not yet out: keep the offsets, so a restart publishes them again
+                log.warning("alerts_not_delivered", pending=left)
+                return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. the partition moved to another consumer
+            log.warning("commit_failed", error=str(exc))
+            return
+        self.summary.commits += 1
+        for s, pos in upto.items():
+            self.summary.committed[s] = pos + 1
+
