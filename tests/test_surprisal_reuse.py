@@ -46,3 +46,20 @@ def test_window_means_is_the_one_window_scorer_and_explanations_share():
             assert spans[0]["start"] <= best and best + w <= spans[0]["end"]
         else:
             assert spans == []
+
+
+def test_explanations_reuse_the_embed_pass(micro_model_dir):
+    """An outlier's surprising spans come from the pass that embedded it (a streaming consumer
+    spent a quarter of its time recomputing them), and equal a fresh pass's."""
+    from plugin.detect.explain import _surprisal, surprising_spans
+
+    emb = BLTEmbedder.from_dir(micro_model_dir)
+    text = "eid=1 image=c:\\users\\<user>\\appdata\\local\\temp\\qzxv.exe commandline=qzxv -enc aGVsbG8="
+    emb.embed([text])
+    calls = []
+    fresh = emb.surprisal
+    emb.surprisal = lambda t: calls.append(t) or fresh(t)
+    reused = _surprisal(emb, text)
+    assert calls == []
+    assert surprising_spans(text, reused) == surprising_spans(text, fresh(text))
+    assert _surprisal(emb, "a text it never embedded").shape[0] > 0 and calls

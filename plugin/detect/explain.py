@@ -44,6 +44,13 @@ def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dic
     return out
 
 
+def _surprisal(embedder, text: str) -> np.ndarray:
+    """The text's per-byte surprisal: from the pass that just embedded it when there was one
+    (the same values; an outlier is usually a new text), else a pass of its own."""
+    known = getattr(embedder, "last_surprisal", {}).get(text)
+    return known if known is not None else embedder.surprisal(text)
+
+
 def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[str, str]]):
     """An explain(text, TextScore) -> dict closure for the score stage."""
 
@@ -63,7 +70,7 @@ def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[s
             texts = baseline_text(hashes)
             out["nearest_baseline"] = [texts.get(h, "") for h in hashes]
         try:
-            out["surprising_spans"] = surprising_spans(text, embedder.surprisal(text))
+            out["surprising_spans"] = surprising_spans(text, _surprisal(embedder, text))
         except Exception as exc:  # an explanation must never cost the event
             out["surprising_spans_error"] = str(exc)
         return out

