@@ -84,6 +84,34 @@ def start_consumer(bootstrap: str, db: Path, *extra: str) -> subprocess.Popen:
                             cwd=ROOT)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, body: bytes | None = None) -> str:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.read().decode()
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """The JSON of `url` once it answers 200 (the service is up and ready)."""
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            return json.loads(http(url))
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.3)
+    raise AssertionError(f"{url} not ready within {timeout} s")
+
+
 def committed(bootstrap: str, partitions: int = 2) -> int:
     """Messages the group has committed on `sysmon`, all partitions together."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP})
@@ -136,8 +164,16 @@ def test_consume_stores_every_event_dead_letters_bad_ones_and_alerts_once(broker
     bad = [(b"x", b"not json"), (b"x", b"[1, 2, 3]"), (b"x", b'{"EventID": 4624, "Channel": "Security"}')]
     produce(broker, "sysmon", good[:600] + bad + good[600:])
     db = tmp_path / "soc.duckdb"
-    proc = start_consumer(broker, db, "--alerts-topic", "alerts")
+    port = free_port()
+    proc = start_consumer(broker, db, "--alerts-topic", "alerts", "--serve", f"127.0.0.1:{port}")
+    health = wait_http(f"http://127.0.0.1:{port}/healthz", proc)  # ready: joined, models loaded
+    assert health == {"ready": True, "group_joined": True, "models_loaded": True}
     wait_committed(broker, len(good) + len(bad), proc)
+    metrics = http(f"http://127.0.0.1:{port}/metrics")
+    assert f"sysmon_blt_records_in_total {len(good) + len(bad)}.0" in metrics
+    assert "sysmon_blt_dead_letters_total 2.0" in metrics
+    enriched = json.loads(http(f"http://127.0.0.1:{port}/enrich", good[0][1]))  # while consuming
+    assert enriched["sysmon_blt"]["neighbors"] and "score" in enriched["sysmon_blt"]
     rc, out, err = stop(proc)
     assert rc == 0, err
     summary = json.loads(out.splitlines()[-1])

@@ -15,7 +15,7 @@ import structlog
 from plugin.cli.ingest import cmd_import, cmd_simulate
 from plugin.cli.modeling import SHADOW_CARD_MARK, cmd_eval, cmd_fit, cmd_rescore, cmd_train
 from plugin.cli.parser import build_parser, merge_globals
-from plugin.cli.stream import cmd_consume
+from plugin.cli.stream import cmd_consume, cmd_serve
 from plugin.cli.triage import cmd_alerts, cmd_enrich, cmd_report
 from plugin.errors import UsageError
 
@@ -26,7 +26,7 @@ log = structlog.get_logger("sysmon_blt")
 COMMANDS: dict[str, Callable] = {
     "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train, "fit": cmd_fit,
     "rescore": cmd_rescore, "eval": cmd_eval, "enrich": cmd_enrich, "alerts": cmd_alerts,
-    "report": cmd_report, "consume": cmd_consume,
+    "report": cmd_report, "consume": cmd_consume, "serve": cmd_serve,
 }
 
 

@@ -251,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="consumer group (default sysmon-blt)")
     co.add_argument("--alerts-topic", metavar="T", help="publish new alerts here (default: none)")
     co.add_argument("--db", metavar="FILE", help=DB_HELP)
+    co.add_argument("--serve", metavar="[HOST:]PORT",
+                    help="also answer HTTP here: POST /enrich, POST /feedback, GET /healthz, GET "
+                    "/metrics, /docs (default: no HTTP; loopback unless a host is given)")
+
+    sv = command(
+        "serve", help="HTTP enrichment and feedback over a database nobody is writing",
+        description="Serve POST /enrich, POST /feedback, GET /healthz, GET /metrics and the "
+        "OpenAPI page /docs over --db. A DuckDB file has one writing process: while `consume` "
+        "writes one, use `consume --serve` instead.")
+    sv.add_argument("--db", metavar="FILE", help=DB_HELP)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
     al = command(
         "alerts", help="triage without SQL: list, show and mark alerts",

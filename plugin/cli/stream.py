@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 from dataclasses import asdict
+from pathlib import Path
 
 import structlog
 
@@ -21,16 +22,20 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from plugin.normalize.schema import load_schemas
     from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages
     from plugin.store import open_store
+    from plugin.service.server import BackgroundServer, parse_listen
     from plugin.stream.consumer import StreamConsumer
+    from plugin.stream.metrics import StreamMetrics
     from plugin.stream.publish import AlertPublisher
 
     cfg = load_config(args.config, {"db": args.db, "model": args.model})
     if ":" not in args.bootstrap:
         raise UsageError(f"consume: --bootstrap {args.bootstrap!r}: expected HOST:PORT")
+    listen = parse_listen(args.serve) if args.serve else None
     embedder = load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
-    producer = None
+    metrics = StreamMetrics()
+    producer = server = http_store = None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -45,18 +50,66 @@ def cmd_consume(args: argparse.Namespace) -> int:
                                  "logger": _quiet_logger(), **cfg.kafka})
             stages.append(AlertPublisher(producer, args.alerts_topic, store, embedder.name,
                                          embedder.version))
+        if listen is not None:
+            if embedder is None:
+                raise UsageError("consume --serve: enrichment needs a model; pass --model")
+            http_store = store.for_thread()
+            server = BackgroundServer(service_app(http_store, cfg, embedder, metrics), *listen)
+            server.start()
         consumer = StreamConsumer(store, Normalizer(load_schemas(cfg.schemas_dir)), stages,
                                   bootstrap=args.bootstrap, topics=args.topic, group=args.group,
                                   settings=cfg.kafka, batch_size=cfg.stream_batch_size,
-                                  batch_ms=cfg.stream_batch_ms, producer=producer)
+                                  batch_ms=cfg.stream_batch_ms, producer=producer, metrics=metrics)
         summary = consumer.run(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.stop()
+        if http_store is not None:
+            http_store.close()
         if producer is not None:
             producer.flush(10)
         store.close()
     out = asdict(summary)
     log.info("consumer_stopped", **{k: v for k, v in out.items() if k != "committed"})
     print(json.dumps(out))
+    return 0
+
+
+def service_app(store, cfg, embedder, metrics):
+    """The HTTP app over ``store`` with the model directory's enricher."""
+    from plugin.detect.enrich import Enricher
+    from plugin.normalize.schema import load_schemas
+    from plugin.pipeline.assemble import model_dir_of
+    from plugin.service.app import build_app
+
+    schemas = load_schemas(cfg.schemas_dir)
+    return build_app(store, lambda st: Enricher.for_store(st, embedder, model_dir_of(cfg), schemas),
+                     metrics)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from plugin.config import load_config
+    from plugin.pipeline.assemble import load_embedder
+    from plugin.service.server import parse_listen
+    from plugin.store import open_store
+    from plugin.stream.metrics import StreamMetrics
+
+    cfg = load_config(args.config, {"db": args.db, "model": args.model})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"serve: database {cfg.db} does not exist (--db)")
+    host, port = parse_listen(f"{args.host}:{args.port}")
+    embedder = load_embedder(cfg.model)
+    if embedder is None:
+        raise UsageError("serve: enrichment needs a model; pass --model")
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    try:
+        app = service_app(store, cfg, embedder, StreamMetrics(needs_group=False))
+        log.info("http_serving", host=host, port=port, db=cfg.db)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        store.close()
     return 0

@@ -38,11 +38,8 @@ def _read_docs(raw: bytes) -> list[tuple[int, object]]:
 
 def cmd_enrich(args: argparse.Namespace) -> int:
     from plugin.detect.enrich import Enricher
-    from plugin.detect.explain import make_explainer
-    from plugin.detect.fitting import load_scorer
     from plugin.normalize.schema import load_schemas
-    from plugin.normalize.text import CanonicalText
-    from plugin.resources import default_model_dir
+    from plugin.pipeline.assemble import model_dir_of
     from plugin.store import open_store
 
     if args.file != "-" and not Path(args.file).is_file():
@@ -55,11 +52,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     bad = 0
     store = open_store(cfg.db, read_only=True)
     try:
-        loaded = load_scorer(store, embedder.name, embedder.version,
-                             Path(cfg.model) if cfg.model else default_model_dir(), record=False,
-                             embedder=embedder)
-        explain = make_explainer(loaded, embedder, store.texts_by_hash) if loaded else None
-        enricher = Enricher(store, CanonicalText(load_schemas(cfg.schemas_dir)), embedder, loaded, explain)
+        enricher = Enricher.for_store(store, embedder, model_dir_of(cfg), load_schemas(cfg.schemas_dir))
         for line, doc in docs:
             if isinstance(doc, Exception):
                 out = {"sysmon_blt": {"error": f"not JSON: {doc}", "line": line}}

@@ -10,6 +10,7 @@ ancestors' creations instead of an in-memory walk.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from plugin.detect.lineage import guid
 from plugin.detect.lineage import lineage as walk_lineage
 from plugin.detect.scoring import event_score, explanation, score_texts
 from plugin.normalize.shapes import BadRecord, map_document, parse_and_map
+from plugin.normalize.schema import SchemaSet
 from plugin.normalize.text import CanonicalText
 from plugin.store import AlertNotFound, Store
 
@@ -40,6 +42,18 @@ def lineage(store: Store, fields: dict) -> list[dict]:
 
 
 class Enricher:
+    @classmethod
+    def for_store(cls, store: Store, embedder, model_dir: Path, schemas: SchemaSet) -> "Enricher":
+        """The enricher of a store: its latest fit (or the model directory's shipped clusters,
+        not recorded: the store may be read-only) and explanations over its texts."""
+        from plugin.detect.explain import make_explainer
+        from plugin.detect.fitting import load_scorer
+
+        loaded = load_scorer(store, embedder.name, embedder.version, model_dir, record=False,
+                             embedder=embedder)
+        explain = make_explainer(loaded, embedder, store.texts_by_hash) if loaded else None
+        return cls(store, CanonicalText(schemas), embedder, loaded, explain)
+
     def __init__(self, store: Store, text: CanonicalText, embedder, loaded, explain) -> None:
         self.store = store
         self.text = text

@@ -114,7 +114,7 @@ class Flow:
         self._positions: dict[str, int] = {}
         self._writes: deque[tuple[Future, int]] = deque()  # not yet accounted by `drain`
         self._done: deque[Future] = deque()  # not yet handed out by `completed`
-        self._seq = 0
+        self.seq = 0  # batches handed to the sink so far
         self._writer = BackgroundWriter(max_pending)
 
     # -- in ----------------------------------------------------------------------------------
@@ -193,8 +193,8 @@ class Flow:
         b = Batch(events, dead)
         for stage in self.stages:
             stage(b)
-        self._seq += 1
-        seq = self._seq
+        self.seq += 1
+        seq = self.seq
         rows = event_rows(b.events, utcnow()) if b.events and self.store_events else {}
 
         def write() -> Durable:

@@ -62,6 +62,10 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def for_thread(self) -> "Store":
+        """The same store for another thread (its own connection); close it when done."""
+
     # -- the sink ----------------------------------------------------------------------------
     @abstractmethod
     def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],

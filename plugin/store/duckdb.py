@@ -7,6 +7,7 @@ twice and a crash loses at most the batch in flight (its input is then re-import
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -304,6 +305,13 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Store):
                 started, command, st["model"], st["model_version"], st.get("events", 0),
                 st["texts_embedded"], st["embed_seconds"], st.get("texts_per_second"),
                 run_seconds, eps])
+
+    def for_thread(self) -> "DuckDBStore":
+        """The same database on a connection of its own, for another thread (the HTTP service
+        beside the consumer): one DuckDB connection must not run two threads' transactions."""
+        other = copy.copy(self)
+        other.con = self.con.cursor()
+        return other
 
     def close(self) -> None:
         self.con.close()

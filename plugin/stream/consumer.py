@@ -25,10 +25,12 @@ from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Counts, Durable, Flow
 from plugin.sources.kafka import record_of, redacted
 from plugin.store import Store
+from plugin.stream.metrics import StreamMetrics
 
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.05
+LAG_EVERY_S = 5.0
 
 
 @dataclass
@@ -55,7 +57,7 @@ class StreamConsumer:
     def __init__(self, store: Store, normalizer: Normalizer, stages: Sequence[BatchStage], *,
                  bootstrap: str, topics: Sequence[str], group: str,
                  settings: dict[str, Any] | None = None, batch_size: int = 256,
-                 batch_ms: int = 100, producer=None) -> None:
+                 batch_ms: int = 100, producer=None, metrics: StreamMetrics | None = None) -> None:
         self.store = store
         self.normalizer = normalizer
         self.stages = list(stages)
@@ -67,6 +69,11 @@ class StreamConsumer:
                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
                      "logger": _quiet_logger(), **(settings or {})}
         self.summary = StreamSummary()
+        self.metrics = metrics or StreamMetrics()
+        self._batch_started: dict[int, float] = {}  # batch seq -> when its first record came
+        self._first_fed: float | None = None
+        self._seen_outliers = 0
+        self._lag_at = 0.0
         self._partitions: dict[str, tuple[str, int]] = {}
         self._consumer = None
         self._flow: Flow | None = None
@@ -81,10 +88,14 @@ class StreamConsumer:
         self._flow = Flow(self.store, self.normalizer, self.stages, batch_size=self.batch_size,
                           max_wait_s=self.batch_ms / 1000)
         self._consumer = Consumer(self.conf)
-        self._consumer.subscribe(self.topics, on_revoke=self._on_revoke)
+        self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not stop.is_set():
                 msgs = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
+                if msgs:
+                    self.metrics.records_in.inc(len(msgs))
+                    if self._first_fed is None:
+                        self._first_fed = time.monotonic()
                 for m in msgs:
                     if m.error() is not None:
                         self._on_error(m.error())
@@ -94,7 +105,11 @@ class StreamConsumer:
                     self._flow.feed(rec)
                 if self._flow.due() or (not msgs and self._flow.pending()):
                     self._flush()
+                else:
+                    self._note_batches()
                 self._commit(self._flow.completed())
+                if time.monotonic() - self._lag_at >= LAG_EVERY_S:
+                    self._measure_lag()
             log.info("consumer_stopping", reason="signal")
             self._drain()
         finally:
@@ -104,14 +119,39 @@ class StreamConsumer:
         return self.summary
 
     def _flush(self) -> None:
-        if self._flow.flush() is not None:
+        self._flow.flush()
+        self._note_batches()
+
+    def _note_batches(self) -> None:
+        """Start times of the batches handed to the sink since the last look (a full batch
+        goes out by itself while records are fed)."""
+        while self.summary.batches < self._flow.seq:
             self.summary.batches += 1
+            self._batch_started[self.summary.batches] = self._first_fed or time.monotonic()
+            self._first_fed = None
+        self.metrics.batches_in_flight.set(len(self._batch_started))
 
     def _drain(self) -> None:
         """Write everything fed, then commit it."""
         self._flush()
         self.summary.add(self._flow.drain())
         self._commit(self._flow.completed())
+
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
+        self.metrics.joined()
+
+    def _measure_lag(self) -> None:
+        """Consumer lag per assigned partition (high watermark - position), from librdkafka's
+        cached watermarks: no broker round trip in the loop."""
+        self._lag_at = time.monotonic()
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(high - tp.offset)
+        except Exception as exc:  # metrics must never stop the stream
+            log.debug("lag_unavailable", error=str(exc))
 
     def _on_revoke(self, consumer, partitions) -> None:
         log.info("partitions_revoked", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
@@ -131,6 +171,19 @@ class StreamConsumer:
         if not durable:
             return
         from confluent_kafka import KafkaException, TopicPartition
+
+        now = time.monotonic()
+        for d in durable:
+            self.metrics.events_stored.inc(d.new_events)
+            self.metrics.dead_letters.inc(d.dead_letters)
+            started = self._batch_started.pop(d.seq, None)
+            if started is not None:
+                self.metrics.batch_seconds.observe(now - started)
+        self.metrics.batches_in_flight.set(len(self._batch_started))
+        outliers = sum(getattr(st, "outliers", 0) for st in self.stages
+                       if getattr(st, "alerts", False))
+        self.metrics.outliers.inc(outliers - self._seen_outliers)
+        self._seen_outliers = outliers
 
         upto: dict[str, int] = {}
         for d in durable:
