@@ -42,6 +42,13 @@ class Config:
     # librdkafka settings passed through as they are (SASL/SSL included): the one key whose
     # contents are not checked; also SYSMON_BLT_KAFKA_<SETTING> (dots as underscores)
     kafka: dict = field(default_factory=dict)
+    # alert hygiene: an open alert's twins alert again only after this quiet time; at most this
+    # many alert messages per host and minute (beyond: one rate_summary message); and rules
+    # whose matches never alert: a list of {text: REGEX, computer: REGEX, event_id: N, cluster: N}
+    # (every key given must match)
+    alert_quiet_minutes: int = 60
+    alert_rate_per_host: int = 20
+    suppress: list = field(default_factory=list)
 
     def validate(self, origin: str) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -54,6 +61,12 @@ class Config:
             raise UsageError(f"{origin}: stream_batch_size must be a positive integer")
         if not isinstance(self.stream_batch_ms, int) or self.stream_batch_ms < 1:
             raise UsageError(f"{origin}: stream_batch_ms must be a positive integer")
+        if not isinstance(self.alert_quiet_minutes, int) or self.alert_quiet_minutes < 0:
+            raise UsageError(f"{origin}: alert_quiet_minutes must be an integer >= 0")
+        if not isinstance(self.alert_rate_per_host, int) or self.alert_rate_per_host < 1:
+            raise UsageError(f"{origin}: alert_rate_per_host must be a positive integer")
+        if not all(isinstance(r, dict) for r in self.suppress):
+            raise UsageError(f"{origin}: suppress must be a list of rules (mappings); see README")
         if not isinstance(self.kafka, dict):
             raise UsageError(f"{origin}: kafka must be a mapping of librdkafka settings")
         if self.log_format not in ("auto", "console", "json"):
@@ -76,6 +89,10 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     kind = str(_TYPES[key])
+    if kind == "list":
+        if not isinstance(value, list):
+            raise UsageError(f"{origin}: {key} must be a list")
+        return value
     if kind == "dict":
         if not isinstance(value, dict):
             raise UsageError(f"{origin}: {key} must be a mapping")

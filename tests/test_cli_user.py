@@ -275,3 +275,11 @@ def test_kafka_settings_come_from_the_environment_with_dots():
     assert cfg.kafka == {"sasl.password": "hunter2", "security.protocol": "SASL_SSL"}
     assert cfg.stream_batch_ms == 50
     assert redacted(cfg.kafka) == {"sasl.password": "***", "security.protocol": "SASL_SSL"}
+
+
+def test_a_bad_suppression_rule_is_a_usage_error_naming_it(work, events):
+    cfg = work / "rules-bad.yaml"
+    cfg.write_text("suppress:\n  - text: '([unclosed'\n")
+    r = run("import", str(events), "--db", str(work / "rules.duckdb"), "--config", str(cfg))
+    assert r.returncode == 2
+    assert "suppress[0]: text is not a valid regex" in r.stderr

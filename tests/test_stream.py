@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -122,12 +123,13 @@ def committed(bootstrap: str, partitions: int = 2) -> int:
     return sum(max(tp.offset, 0) for tp in tps)
 
 
-def wait_committed(bootstrap: str, target: int, proc: subprocess.Popen, timeout: float = 240) -> int:
+def wait_committed(bootstrap: str, target: int, proc: subprocess.Popen, timeout: float = 240,
+                   partitions: int = 2) -> int:
     deadline = time.monotonic() + timeout
     got = 0
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()
-        got = committed(bootstrap)
+        got = committed(bootstrap, partitions)
         if got >= target:
             return got
         time.sleep(0.5)
@@ -165,7 +167,10 @@ def test_consume_stores_every_event_dead_letters_bad_ones_and_alerts_once(broker
     produce(broker, "sysmon", good[:600] + bad + good[600:])
     db = tmp_path / "soc.duckdb"
     port = free_port()
-    proc = start_consumer(broker, db, "--alerts-topic", "alerts", "--serve", f"127.0.0.1:{port}")
+    unlimited = tmp_path / "unlimited.yaml"
+    unlimited.write_text("alert_rate_per_host: 1000000\n")  # every alert once, no rate summaries
+    proc = start_consumer(broker, db, "--alerts-topic", "alerts", "--serve", f"127.0.0.1:{port}",
+                          "--config", str(unlimited))
     health = wait_http(f"http://127.0.0.1:{port}/healthz", proc)  # ready: joined, models loaded
     assert health == {"ready": True, "group_joined": True, "models_loaded": True}
     wait_committed(broker, len(good) + len(bad), proc)
@@ -222,3 +227,71 @@ def _small_batches(tmp_path: Path) -> Path:
     cfg = tmp_path / "stream.yaml"
     cfg.write_text("stream_batch_size: 64\n")
     return cfg
+
+
+def _twin(raw: str, hours: float, record_id: int) -> bytes:
+    """The same event text again, `hours` later, as another record."""
+    from datetime import datetime, timedelta
+
+    doc = json.loads(raw)
+    ed = doc["winlog"]["event_data"]
+    t = datetime.strptime(ed["UtcTime"], "%Y-%m-%d %H:%M:%S.%f") + timedelta(hours=hours)
+    ed["UtcTime"] = t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    doc["winlog"]["record_id"] = record_id
+    return orjson.dumps(doc)
+
+
+@pytest.fixture(scope="module")
+def two_outliers(tmp_path_factory) -> list[tuple[str, str]]:
+    """(raw record, canonical text) of the two highest-scored alerts of a simulated import."""
+    from plugin.cli import main
+
+    d = tmp_path_factory.mktemp("outliers")
+    src, scored = d / "events.jsonl", d / "scored.duckdb"
+    simulate.write_jsonl(str(src), 1500, seed=5, anomaly_rate=0.05)
+    assert main(["import", str(src), "--db", str(scored), "-q"]) == 0
+    con = duckdb.connect(str(scored), read_only=True)
+    rows = con.execute("SELECT e.raw, e.normalized FROM alerts a JOIN events e USING (event_key) "
+                       "ORDER BY a.score DESC LIMIT 2").fetchall()
+    con.close()
+    return rows
+
+
+def test_alert_hygiene_quiet_window_and_suppression_rules(broker, tmp_path, two_outliers):
+    """An outlier's twin within the quiet hour folds silently, one three hours later alerts
+    again; an outlier a configured rule matches is stored as suppressed and never sent."""
+    (a_raw, a_text), (b_raw, b_text) = two_outliers
+    make_topics(broker, "sysmon", "alerts", partitions=1)
+    rule = tmp_path / "rules.yaml"
+    pattern = re.escape(b_text[:40]).replace("'", "''")  # YAML single quotes: '' is one quote
+    rule.write_text(f"suppress:\n  - text: '^{pattern}'\n")
+    produce(broker, "sysmon", [(b"h", _twin(a_raw, 0, 900001)), (b"h", _twin(a_raw, 0.5, 900002)),
+                               (b"h", _twin(a_raw, 3, 900003)), (b"h", _twin(b_raw, 0, 900004))])
+    db = tmp_path / "hygiene.duckdb"
+    proc = start_consumer(broker, db, "--alerts-topic", "alerts", "--config", str(rule))
+    wait_committed(broker, 4, proc, partitions=1)
+    rc, _, err = stop(proc)
+    assert rc == 0, err
+    msgs = [m for m in read_alerts(broker, 2) if m["kind"] == "alert"]
+    con = duckdb.connect(str(db), read_only=True)
+    rows = dict(con.execute("SELECT e.normalized, a.status || ':' || a.count FROM alerts a "
+                            "JOIN events e USING (event_key)").fetchall())
+    con.close()
+    assert rows == {a_text: "open:3", b_text: "suppressed:1"}
+    assert len(msgs) == 2 and len({m["alert_id"] for m in msgs}) == 1  # first, then after 3 h
+    assert [m["winlog"]["record_id"] for m in msgs] == [900001, 900003]
+
+
+def test_a_host_over_its_alert_rate_gets_one_rate_summary(broker, tmp_path, two_outliers):
+    (a_raw, _), _ = two_outliers
+    make_topics(broker, "sysmon", "alerts", partitions=1)
+    cfg = tmp_path / "rate.yaml"
+    cfg.write_text("alert_rate_per_host: 1\n")
+    produce(broker, "sysmon", [(b"h", _twin(a_raw, h, 900100 + h)) for h in (0, 3, 6, 9)])
+    proc = start_consumer(broker, tmp_path / "rate.duckdb", "--alerts-topic", "alerts",
+                          "--config", str(cfg))
+    wait_committed(broker, 4, proc, partitions=1)
+    rc, _, err = stop(proc)
+    assert rc == 0, err
+    kinds = [m["kind"] for m in read_alerts(broker, 2)]
+    assert kinds == ["alert", "rate_summary"]  # the rest of the minute is stored, not sent

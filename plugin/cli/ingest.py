@@ -34,7 +34,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     shadow = load_shadow(cfg) if embedder is not None else None
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
-        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
+        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
+                               cfg.suppress)
                   if embedder is not None else [])
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),

@@ -121,7 +121,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:
         res = rescore(store, model_stages(store, embedder, cfg.model, load_shadow(cfg),
-                                          cfg.shadow_sample_rate), batch_size=cfg.batch_size)
+                                          cfg.shadow_sample_rate, cfg.suppress),
+                      batch_size=cfg.batch_size)
     finally:
         store.close()
     print(json.dumps(res) if args.json else format_result(res))

@@ -39,7 +39,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate)
+        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
+                               cfg.suppress)
                   if embedder is not None else [])
         if args.alerts_topic and embedder is not None:
             from confluent_kafka import Producer
@@ -49,7 +50,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5,
                                  "logger": _quiet_logger(), **cfg.kafka})
             stages.append(AlertPublisher(producer, args.alerts_topic, store, embedder.name,
-                                         embedder.version))
+                                         embedder.version, quiet_minutes=cfg.alert_quiet_minutes,
+                                         rate_per_host=cfg.alert_rate_per_host))
         if listen is not None:
             if embedder is None:
                 raise UsageError("consume --serve: enrichment needs a model; pass --model")

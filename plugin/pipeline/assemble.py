@@ -17,6 +17,7 @@ from plugin.config import Config
 from plugin.detect.explain import make_explainer
 from plugin.detect.fitting import load_scorer
 from plugin.detect.reference import ReferenceModelError
+from plugin.detect.suppress import SuppressRules
 from plugin.errors import UsageError
 from plugin.models.checkpoint import ModelDirError
 from plugin.models.embedder import BLTEmbedder
@@ -25,6 +26,7 @@ from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.cache import EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
 from plugin.pipeline.score import ScoreStage
+from plugin.pipeline.suppress import SuppressStage
 from plugin.resources import default_model_dir
 from plugin.store import Store
 
@@ -83,9 +85,10 @@ def _scorer(store: Store, model, model_dir: str | None, embedder=None):
 
 def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
                  shadow: LinformerEmbedder | None = None,
-                 shadow_rate: float = 1.0) -> list[BatchStage]:
-    """Embed, then score with the database's latest fit (or the shipped reference clusters);
-    then the same for the shadow model, if any, whose flags never become alerts."""
+                 shadow_rate: float = 1.0, suppress: list | None = None) -> list[BatchStage]:
+    """Embed, then score with the database's latest fit (or the shipped reference clusters),
+    then apply the suppression rules to its alerts; then the same for the shadow model, if any,
+    whose flags never become alerts."""
     stages: list[BatchStage] = [embed_stage(store, embedder, model_dir)]
     loaded = _scorer(store, embedder, model_dir, embedder=embedder)
     if loaded is None:
@@ -95,6 +98,9 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
         explain = make_explainer(loaded, embedder, store.texts_by_hash)
         stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
                                  context=loaded.context))
+        rules = SuppressRules.parse(suppress or [], "configuration: suppress")
+        if rules:
+            stages.append(SuppressStage(rules, embedder.name))
     if shadow is not None:
         stages += shadow_stages(store, shadow, model_dir, shadow_rate)
     return stages

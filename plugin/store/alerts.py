@@ -45,18 +45,18 @@ class AlertQueries:
             params.append(int(top))
         return [dict(zip(_LIST_COLUMNS, r)) for r in self._run(sql, params)]
 
-    def existing_alert_ids(self, alert_ids: list[str]) -> set[str]:
-        """Which of these alerts the store holds already; on a cursor of its own (a stage asks
-        while the sink thread writes)."""
+    def alert_states(self, alert_ids: list[str]) -> dict[str, tuple[str, datetime]]:
+        """(status, last_seen) of those of these alerts the store holds; on a cursor of its own
+        (a stage asks while the sink thread writes)."""
         if not alert_ids:
-            return set()
+            return {}
         cur = self.con.cursor()
         try:
-            rows = cur.execute("SELECT alert_id FROM alerts WHERE alert_id IN (SELECT unnest(?))",
-                               [list(alert_ids)]).fetchall()
+            rows = cur.execute("SELECT alert_id, status, last_seen FROM alerts WHERE alert_id IN "
+                               "(SELECT unnest(?))", [list(alert_ids)]).fetchall()
         finally:
             cur.close()
-        return {r[0] for r in rows}
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def alert_count(self, status: str | None = None) -> int:
         if status:

@@ -229,11 +229,13 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Store):
             "first_seen": pa.array([a["first"] for a in folded.values()], pa.timestamp("us", tz="UTC")),
             "last_seen": pa.array([a["last"] for a in folded.values()], pa.timestamp("us", tz="UTC")),
             "count": [a["count"] for a in folded.values()],
+            # a new alert's status: open, or suppressed by a rule (an existing one keeps its own)
+            "status": [a.get("status") or "open" for a in folded.values()],
         })
         self.con.register("_batch_alerts", tbl)
         self._run(
             "INSERT INTO alerts SELECT alert_id, event_key, model, score, first_seen, last_seen, "
-            "count, 'open' FROM _batch_alerts ON CONFLICT (alert_id) DO UPDATE SET "
+            "count, status FROM _batch_alerts ON CONFLICT (alert_id) DO UPDATE SET "
             "count = alerts.count + excluded.count, "
             "first_seen = least(alerts.first_seen, excluded.first_seen), "
             "last_seen = greatest(alerts.last_seen, excluded.last_seen), "

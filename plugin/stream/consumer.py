@@ -72,7 +72,7 @@ class StreamConsumer:
         self.metrics = metrics or StreamMetrics()
         self._batch_started: dict[int, float] = {}  # batch seq -> when its first record came
         self._first_fed: float | None = None
-        self._seen_outliers = 0
+        self._seen: dict[str, int] = {}  # stage totals already counted in the metrics
         self._lag_at = 0.0
         self._partitions: dict[str, tuple[str, int]] = {}
         self._consumer = None
@@ -180,10 +180,13 @@ class StreamConsumer:
             if started is not None:
                 self.metrics.batch_seconds.observe(now - started)
         self.metrics.batches_in_flight.set(len(self._batch_started))
-        outliers = sum(getattr(st, "outliers", 0) for st in self.stages
-                       if getattr(st, "alerts", False))
-        self.metrics.outliers.inc(outliers - self._seen_outliers)
-        self._seen_outliers = outliers
+        for counter, attr, only in ((self.metrics.outliers, "outliers", "alerts"),
+                                    (self.metrics.alerts_published, "published", None),
+                                    (self.metrics.alerts_suppressed, "suppressed", None)):
+            total = sum(getattr(st, attr, 0) for st in self.stages
+                        if only is None or getattr(st, only, False))
+            counter.inc(total - self._seen.get(attr, 0))
+            self._seen[attr] = total
 
         upto: dict[str, int] = {}
         for d in durable:

@@ -26,6 +26,9 @@ class StreamMetrics:
                                 registry=r)
         self.alerts_published = Counter("sysmon_blt_alerts_published",
                                         "alert messages sent to the alerts topic", registry=r)
+        self.alerts_suppressed = Counter("sysmon_blt_alerts_suppressed",
+                                         "alerts kept as suppressed by a configured rule",
+                                         registry=r)
         self.batch_seconds = Histogram(
             "sysmon_blt_batch_seconds", "time from a batch's first record to its durable write",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)

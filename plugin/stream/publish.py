@@ -3,12 +3,13 @@
 
 A stage after scoring. It publishes before the batch is written and the consumer flushes the
 producer before it commits offsets, so a crash in between publishes the alert again on replay
-(at least once) and never loses it. An alert is published once: when the store does not hold it
-yet and this process has not sent it (twins of an alert fold into its count, silently).
+(at least once) and never loses it. Twins of an alert fold into its count silently unless the
+alert was quiet for a while (see `AlertPublisher`).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -33,38 +34,79 @@ def alert_message(raw: str, alert_id: str, block: dict[str, Any]) -> dict[str, A
 
 
 class AlertPublisher:
-    def __init__(self, producer, topic: str, store: Store, model: str, model_version: str) -> None:
+    """Publishes alerts with hygiene: an alert's twins alert again only after ``quiet_minutes``
+    without one (event time); an alert an analyst marked (false_positive, suppressed) or a rule
+    suppressed never alerts; at most ``rate_per_host`` messages per host and minute, and one
+    `rate_summary` message when a host trips that limit."""
+
+    def __init__(self, producer, topic: str, store: Store, model: str, model_version: str, *,
+                 quiet_minutes: int = 60, rate_per_host: int = 20) -> None:
         self.producer = producer
         self.topic = topic
         self.store = store
         self.model = model
         self.model_version = model_version
+        self.quiet = timedelta(minutes=quiet_minutes)
+        self.rate_per_host = rate_per_host
         self.name = f"publish:{topic}"
         self.published = 0
-        self._sent: set[str] = set()
+        self.held_back = 0
+        self.rate_summaries = 0
+        self._seen: dict[str, datetime] = {}  # alert -> latest twin seen here (not yet stored)
+        self._per_host: dict[tuple[str, int], int] = {}  # (computer, minute) -> messages
 
     def __call__(self, batch: Batch) -> None:
-        mine = [a for a in batch.alerts if a["model"] == self.model and a["alert_id"] not in self._sent]
+        mine = [a for a in batch.alerts if a["model"] == self.model]
         if not mine:
             return
-        known = self.store.existing_alert_ids(sorted({a["alert_id"] for a in mine}))
+        states = self.store.alert_states(sorted({a["alert_id"] for a in mine}))
         events = {e.event_key: e for e in batch.events}
         scored = {s["event_key"]: s for s in batch.assignments if s["model"] == self.model}
-        if len(self._sent) > MAX_REMEMBERED:
-            self._sent.clear()
+        if len(self._seen) > MAX_REMEMBERED:
+            self._seen.clear()
+        now = datetime.now(timezone.utc)
         for a in mine:
-            if a["alert_id"] in known or a["alert_id"] in self._sent:
+            aid, ts = a["alert_id"], a["ts"] or now
+            status, stored_last = states.get(aid, ("open", None))
+            last = max(filter(None, (stored_last, self._seen.get(aid))), default=None)
+            self._seen[aid] = max(ts, self._seen.get(aid, ts))
+            if a.get("status") == "suppressed" or status != "open":
                 continue
-            self._sent.add(a["alert_id"])
-            e, s = events[a["event_key"]], scored.get(a["event_key"], {})
+            if last is not None and ts - last < self.quiet:
+                continue  # a twin within the quiet window: folded into the alert's count
+            e = events[a["event_key"]]
+            if not self._within_rate(e.computer or "", now):
+                continue
+            s = scored.get(a["event_key"], {})
             block = {"model": self.model, "model_version": self.model_version,
                      "cluster": s.get("cluster"), "score": a["score"], "is_outlier": True,
                      "explanation": orjson.loads(s["explanation"]) if s.get("explanation") else None}
-            self.producer.produce(self.topic, key=(e.computer or "").encode(),
-                                  value=orjson.dumps(alert_message(e.raw, a["alert_id"], block),
-                                                     option=orjson.OPT_SERIALIZE_NUMPY))
+            self._send(e.computer, alert_message(e.raw, aid, block))
             self.published += 1
         self.producer.poll(0)
 
+    def _within_rate(self, computer: str, now: datetime) -> bool:
+        minute = int(now.timestamp() // 60)
+        key = (computer, minute)
+        n = self._per_host[key] = self._per_host.get(key, 0) + 1
+        if len(self._per_host) > 10_000:  # keep only this minute's counters
+            self._per_host = {k: v for k, v in self._per_host.items() if k[1] == minute}
+        if n <= self.rate_per_host:
+            return True
+        self.held_back += 1
+        if n == self.rate_per_host + 1:  # it trips: say so once for this host and minute
+            self._send(computer, {"kind": "rate_summary", "computer": computer,
+                                  "window_start": datetime.fromtimestamp(minute * 60, timezone.utc).isoformat(),
+                                  "limit_per_minute": self.rate_per_host,
+                                  "note": "more alerts on this host this minute are stored, not sent"})
+            self.rate_summaries += 1
+        return False
+
+    def _send(self, computer: str | None, message: dict[str, Any]) -> None:
+        self.producer.produce(self.topic, key=(computer or "").encode(),
+                              value=orjson.dumps(message, default=str,
+                                                 option=orjson.OPT_SERIALIZE_NUMPY))
+
     def stats(self) -> dict:
-        return {"name": self.name, "published": self.published}
+        return {"name": self.name, "published": self.published, "held_back": self.held_back,
+                "rate_summaries": self.rate_summaries}
