@@ -89,6 +89,17 @@ class AlertReader(threading.Thread):
         self.c.close()
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process and its children (the consumer has no workers yet)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -120,7 +131,11 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
         time.sleep(0.5)
     reader.latencies.clear()
     produced, mid_lag, t0 = 200, None, time.monotonic()
+    rss, next_rss = [], t0
     for i, rec in enumerate(records):
+        if time.monotonic() >= next_rss:
+            rss.append(rss_mb(consumer.pid))
+            next_rss += 10
         if i >= rate * seconds:
             break
         rec["sysmon_blt_bench"] = {"sent": time.time()}
@@ -143,7 +158,8 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
     return {"rate": rate, "seconds": seconds, "produced": produced, "alerts": len(lat),
             "p50_s": round(pct(lat, 0.50), 3), "p99_s": round(pct(lat, 0.99), 3),
             "max_s": round(max(lat), 3) if lat else None, "lag_mid": mid_lag, "lag_end": end_lag,
-            "held": end_lag is not None and end_lag < rate, "consumer_exit": consumer.returncode}
+            "held": end_lag is not None and end_lag < rate, "consumer_exit": consumer.returncode,
+            "rss_mb": [round(x) for x in rss if x is not None]}
 
 
 def main() -> None:
@@ -163,6 +179,10 @@ def main() -> None:
             r = run_rate(bootstrap, rate, args.seconds, args.novel_rate, args.seed)
             print(f"{r['rate']:>6} {r['produced']:>9} {r['alerts']:>7} {r['p50_s']:>7} {r['p99_s']:>7} "
                   f"{r['max_s']!s:>7} {r['lag_mid']!s:>8} {r['lag_end']!s:>8} {r['held']}", flush=True)
+            m = r["rss_mb"]
+            if m:
+                print(f"       consumer RSS every 10 s (MB): first {m[0]}, after warm-up {m[min(2, len(m) - 1)]}, "
+                      f"last {m[-1]}, max {max(m)}; samples {m}", flush=True)
     finally:
         if broker is not None:
             broker.kill()

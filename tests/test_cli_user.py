@@ -283,3 +283,13 @@ def test_a_bad_suppression_rule_is_a_usage_error_naming_it(work, events):
     r = run("import", str(events), "--db", str(work / "rules.duckdb"), "--config", str(cfg))
     assert r.returncode == 2
     assert "suppress[0]: text is not a valid regex" in r.stderr
+
+
+def test_prune_removes_old_events_and_says_how_many(work, events):
+    db = work / "prune.duckdb"
+    assert run("import", str(events), "--db", str(db), "--no-embed", "-q").returncode == 0
+    r = run("prune", "--older-than", "36500", "--db", str(db), "--json")  # a century: nothing
+    assert r.returncode == 0 and json.loads(r.stdout)["removed"]["events"] == 0
+    r = run("prune", "--older-than", "0.5", "--db", str(db))  # simulated events are from Jan 2026
+    assert r.returncode == 0 and "1,500 events" in r.stdout
+    assert run("prune", "--older-than", "-1", "--db", str(db)).returncode == 2

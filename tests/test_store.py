@@ -194,3 +194,28 @@ def test_a_replayed_event_never_raises_an_alert_count(store, events):
     b = {**a, "event_key": events[1].event_key}  # a twin, newly stored: folds in
     store.write_batch(event_rows(events[:2], utcnow()), [], alerts=[a, b])
     assert store.list_alerts()[0]["count"] == 2
+
+
+def test_prune_drops_old_events_and_what_only_they_used(store, events):
+    """Retention: old events, their scores and the vectors nobody else needs leave; a vector a
+    fit's baseline uses, fits and alerts stay."""
+    store.write_batch(event_rows(events, utcnow()), [])
+    hashes = [e.text_hash for e in events]
+    store.register_model("blt", "v1", 4, None)
+    store.write_batch({}, [], [VectorRows("blt", "v1", hashes, np.ones((5, 4), np.float32))])
+    row = {"model": "blt", "version": 1, "cluster": 0, "distance": 0.1, "score": 0.5,
+           "is_outlier": False, "detail": "{}", "explanation": None}
+    store.write_batch({}, [], assignments=[{**row, "event_key": e.event_key} for e in events],
+                      alerts=[{"alert_id": "a1", "event_key": events[1].event_key, "model": "blt",
+                               "score": 2.0, "ts": T0}])
+    clusters = StoredClusters(np.ones((1, 4), np.float32), np.array([0.5], np.float32),
+                              np.array([1]), [""])
+    store.save_fit("blt", "v1", "knn", {}, clusters, [(events[1].text_hash, 1)])
+    old = [e for e in events if e.ts < T0 + timedelta(minutes=2)]  # minutes 0 and 1
+    removed = store.prune(T0 + timedelta(minutes=2))
+    assert removed["events"] == len(old) == 2 and removed["assignments"] == 2
+    assert removed["text_vectors"] == 1  # the other old text is in the fit's baseline
+    assert store.event_count() == 3
+    assert {e.event_key for e in old} == {events[1].event_key, events[3].event_key}
+    assert store.vector_hashes("blt", "v1") == set(hashes) - {events[3].text_hash}
+    assert store.alert_count() == 1 and store.latest_fit("blt", "v1") is not None

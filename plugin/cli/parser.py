@@ -264,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
+    pr = command(
+        "prune", help="retention: drop events older than N days (fits, alerts, imports stay)",
+        description="Delete events whose own time (else their import time) is older than N days, "
+        "with their scores and labels, older dead letters, and the vectors no remaining event or "
+        "fit needs. Fits, clusters, alerts (and their history) and the imports' chain of custody "
+        "stay. Not while another process writes the file.")
+    pr.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days")
+    pr.add_argument("--db", metavar="FILE", help=DB_HELP)
+    _json_flag(pr, "what was removed as one JSON object", "one line")
+
     al = command(
         "alerts", help="triage without SQL: list, show and mark alerts",
         description="Alerts are the primary model's outliers, one per canonical text (twins fold "

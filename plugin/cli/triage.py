@@ -171,3 +171,27 @@ def cmd_report(args: argparse.Namespace) -> int:
         for section, why in summary["missing"].items():
             print(f"- {section}: not available: {why}")
     return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from plugin.config import load_config
+    from plugin.store import open_store
+
+    if args.older_than <= 0:
+        raise UsageError("prune: --older-than must be a positive number of days")
+    cfg = load_config(args.config, {"db": args.db})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"prune: database {cfg.db} does not exist (--db)")
+    before = datetime.now(timezone.utc) - timedelta(days=args.older_than)
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    try:
+        removed = store.prune(before)
+    finally:
+        store.close()
+    out = {"before": before.isoformat(), "removed": removed}
+    print(json.dumps(out) if args.json else
+          f"removed, from before {before:%Y-%m-%d %H:%M} UTC: "
+          + ", ".join(f"{n:,} {table}" for table, n in removed.items()))
+    return 0

@@ -166,6 +166,10 @@ class Store(ABC):
     @abstractmethod
     def mark_alert(self, alert_id: str, status: str, note: str | None, analyst: str) -> dict[str, Any]: ...
 
+    # -- retention ---------------------------------------------------------------------------
+    @abstractmethod
+    def prune(self, before: datetime) -> dict[str, int]: ...
+
     # -- the comparison report ---------------------------------------------------------------
     @abstractmethod
     def has_table(self, name: str) -> bool: ...

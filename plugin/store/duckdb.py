@@ -27,6 +27,7 @@ from plugin.store.alerts import AlertQueries
 from plugin.store.events import EventQueries
 from plugin.store.fits import FitQueries
 from plugin.store.reports import ReportQueries
+from plugin.store.retention import RetentionQueries
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +72,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
-class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Store):
+class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, RetentionQueries,
+                  Store):
     """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
