@@ -293,3 +293,23 @@ def test_prune_removes_old_events_and_says_how_many(work, events):
     r = run("prune", "--older-than", "0.5", "--db", str(db))  # simulated events are from Jan 2026
     assert r.returncode == 0 and "1,500 events" in r.stdout
     assert run("prune", "--older-than", "-1", "--db", str(db)).returncode == 2
+
+
+def test_rescore_does_not_inflate_alert_counts(work, events):
+    """rescore re-scores every stored event: alert counts must come out as an import made
+    them, not grow with each rescore (it folded every outlier in again)."""
+    import duckdb
+
+    db = work / "recount.duckdb"
+    assert run("import", str(events), "--db", str(db), "-q").returncode == 0
+
+    def counts():
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return dict(con.execute("SELECT alert_id, count FROM alerts").fetchall())
+        finally:
+            con.close()
+
+    before = counts()
+    assert run("rescore", "--db", str(db), "-q").returncode == 0
+    assert counts() == before

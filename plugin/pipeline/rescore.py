@@ -19,6 +19,8 @@ def rescore(store: Store, stages: Sequence[BatchStage], batch_size: int = 5000) 
     """Stored events in log order (the context scorer walks process trees) through the stages;
     the sink writes what the stages add (vectors, assignments, alerts), not the events."""
     t0 = time.perf_counter()
+    # every stored outlier folds into its alert again: start the counts from zero
+    store.reset_alert_counts([s.model for s in stages if getattr(s, "alerts", False)])
     flow = Flow(store, None, stages, batch_size=batch_size, store_events=False)
     n = 0
     try:

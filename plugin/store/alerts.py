@@ -58,6 +58,13 @@ class AlertQueries:
             cur.close()
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def reset_alert_counts(self, models: list[str]) -> None:
+        """Zero these models' alert counts before a rescore folds every stored outlier in again
+        (statuses, notes and first/last seen stay); an alert left at 0 has no outlier under the
+        current fit."""
+        if models:
+            self._run("UPDATE alerts SET count = 0 WHERE model IN (SELECT unnest(?))", [models])
+
     def alert_count(self, status: str | None = None) -> int:
         if status:
             return int(self._run("SELECT count(*) FROM alerts WHERE status = ?", [status])[0][0])

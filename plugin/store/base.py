@@ -155,6 +155,9 @@ class Store(ABC):
     def alert_states(self, alert_ids: list[str]) -> dict[str, tuple[str, datetime]]: ...
 
     @abstractmethod
+    def reset_alert_counts(self, models: list[str]) -> None: ...
+
+    @abstractmethod
     def alert_count(self, status: str | None = None) -> int: ...
 
     @abstractmethod
