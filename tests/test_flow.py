@@ -168,3 +168,18 @@ def test_a_failed_write_stops_positions_and_is_raised(store, normalizer):
         flow.completed()
     flow.close()
     assert store.event_count() == 0  # the batch is one transaction: nothing of it was kept
+
+
+def test_completed_batches_are_counted_and_not_kept(store, normalizer):
+    """A long-running consumer calls `completed` and rarely `drain`: what completed hands out is
+    counted then, and nothing about it stays behind in the flow."""
+    flow = Flow(store, normalizer, batch_size=2)
+    for i in range(6):
+        flow.feed(record(i))
+    flow.flush()
+    flow._writer.drain()
+    assert len(flow.completed()) == 3
+    assert not flow._writes and not flow._done
+    counts = flow.drain()
+    flow.close()
+    assert counts.new_events == 6 and counts.duplicates == 0

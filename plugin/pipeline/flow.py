@@ -222,7 +222,10 @@ class Flow:
         write: nothing after it may be committed."""
         out = []
         while self._done and self._done[0].done():
-            out.append(self._done.popleft().result())
+            fut = self._done.popleft()
+            out.append(fut.result())
+            if self._writes and self._writes[0][0] is fut:  # counted now, not kept till `drain`
+                self._account(*self._writes.popleft())
         return out
 
     def drain(self) -> Counts:
@@ -230,13 +233,15 @@ class Flow:
         (new events and cross-batch duplicates known only now) and starts new ones."""
         self._writer.drain()
         while self._writes:
-            fut, n = self._writes.popleft()
-            new = fut.result().new_events
-            self.counts.new_events += new
-            if self.store_events:
-                self.counts.duplicates += n - new
+            self._account(*self._writes.popleft())
         counts, self.counts = self.counts, Counts()
         return counts
+
+    def _account(self, fut: Future, n: int) -> None:
+        new = fut.result().new_events
+        self.counts.new_events += new
+        if self.store_events:
+            self.counts.duplicates += n - new
 
     def close(self) -> None:
         """Wait for the sink and stop its thread (what is still batched is not written: flush
