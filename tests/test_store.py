@@ -219,3 +219,15 @@ def test_prune_drops_old_events_and_what_only_they_used(store, events):
     assert {e.event_key for e in old} == {events[1].event_key, events[3].event_key}
     assert store.vector_hashes("blt", "v1") == set(hashes) - {events[3].text_hash}
     assert store.alert_count() == 1 and store.latest_fit("blt", "v1") is not None
+
+
+def test_connection_settings_keep_stdout_clean_and_a_consumer_small(tmp_path):
+    """DuckDB's progress bar wrote to stdout (it corrupted `import --json`); a long-running
+    consumer checkpoints often, or unwritten table data grows in memory."""
+    bulk = open_store(tmp_path / "bulk.duckdb")
+    assert bulk._run("SELECT current_setting('enable_progress_bar')")[0][0] is False
+    bulk.close()
+    live = open_store(tmp_path / "live.duckdb", long_running=True)
+    threshold = live._run("SELECT current_setting('checkpoint_threshold')")[0][0]
+    live.close()
+    assert threshold.replace(" ", "").upper().startswith(("64.0MB", "64MB", "61.0MIB", "61MIB"))

@@ -33,7 +33,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     listen = parse_listen(args.serve) if args.serve else None
     embedder = load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
     metrics = StreamMetrics()
     producer = server = http_store = None
     stop = threading.Event()
@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     embedder = load_embedder(cfg.model)
     if embedder is None:
         raise UsageError("serve: enrichment needs a model; pass --model")
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
     try:
         app = service_app(store, cfg, embedder, StreamMetrics(needs_group=False))
         log.info("http_serving", host=host, port=port, db=cfg.db)

@@ -12,7 +12,9 @@ import numpy as np
 
 from plugin.store import Store
 
-MAX_IN_MEMORY = 1_000_000  # about 0.5 GB at d=128; beyond it, older vectors are re-read
+# about 100 MB at d=128; beyond it, older vectors are re-read from the database (a consumer runs
+# for days: the cache stays well inside its memory budget)
+MAX_IN_MEMORY = 200_000
 
 
 class EmbeddingCache:

@@ -12,11 +12,15 @@ __all__ = ["EVENT_COLUMNS", "STATUSES", "AlertNotFound", "DeadLetter", "Store", 
            "open_store", "utcnow", "is_out_of_memory"]
 
 
-def open_store(db: str | Path, *, read_only: bool = False, memory_limit: str = "512MB") -> Store:
-    """The store ``db`` names (a DuckDB file path), migrated forward unless read-only."""
+def open_store(db: str | Path, *, read_only: bool = False, memory_limit: str = "512MB",
+               long_running: bool = False) -> Store:
+    """The store ``db`` names (a DuckDB file path), migrated forward unless read-only.
+    ``long_running``: a consumer that writes for days keeps little unwritten state in memory
+    (frequent small checkpoints) instead of a bulk import's few large ones."""
     from plugin.store.duckdb import DuckDBStore
 
-    return DuckDBStore(db, read_only=read_only, memory_limit=memory_limit)
+    return DuckDBStore(db, read_only=read_only, memory_limit=memory_limit,
+                       checkpoint_threshold="64MB" if long_running else "1GB")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
