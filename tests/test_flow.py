@@ -183,3 +183,31 @@ def test_completed_batches_are_counted_and_not_kept(store, normalizer):
     counts = flow.drain()
     flow.close()
     assert counts.new_events == 6 and counts.duplicates == 0
+
+
+def test_an_outlier_text_is_explained_once_across_batches(store, normalizer):
+    """The per-text explanation (an entropy-model pass) is kept across batches: a stream repeats
+    its outlier texts, and recomputing them made scoring grow with the stream."""
+    import numpy as np
+
+    from plugin.detect.kmeans import ClusterModel
+    from plugin.detect.outliers import CentroidScorer
+    from plugin.pipeline.score import ScoreStage
+
+    clusters = ClusterModel(centroids=np.eye(1, 4, dtype=np.float32),
+                            thresholds=np.full(1, 1e-6, np.float32), sizes=np.ones(1, np.int64),
+                            quantile=0.99, medoid_index=np.full(1, -1, np.int64))
+    calls = []
+    stage = ScoreStage("m", 1, CentroidScorer(clusters),
+                       explain=lambda text, ts: calls.append(text) or {"why": "far"})
+
+    def vectors(batch):  # every text far from the one centroid: all outliers
+        batch.text_vectors["m"] = {e.text_hash: np.array([0, 1, 0, 0], np.float32) for e in batch.events}
+
+    flow = Flow(store, normalizer, [vectors, stage], batch_size=1)
+    for i in range(3):  # three twins (same text), three batches
+        flow.feed(record(i))
+    flow.flush()
+    flow.drain()
+    flow.close()
+    assert stage.outliers == 3 and len(calls) == 1

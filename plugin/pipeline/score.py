@@ -32,6 +32,7 @@ from plugin.pipeline.batch import Batch
 log = structlog.get_logger(__name__)
 
 MAX_CACHED_TEXTS = 2_000_000
+MAX_CACHED_EXPLANATIONS = 50_000
 
 
 class ScoreStage:
@@ -49,6 +50,9 @@ class ScoreStage:
         self.context = ContextScorer(context) if context is not None else None
         self.name = f"score:{model}"
         self._cache: dict[str, TextScore] = {}
+        # per-text part of outliers' explanations (an entropy-model pass each), across batches:
+        # a stream repeats its outlier texts, and recomputing them grew with the stream
+        self._explained: dict[str, dict] = {}
         self.outliers = 0
         self.scored = 0
 
@@ -69,7 +73,8 @@ class ScoreStage:
         self._score_texts(vectors, {e.text_hash: e.normalized for e in batch.events})
         if self.processes is not None:
             self.processes.add(batch.events)
-        explained: dict[str, dict] = {}
+        if len(self._explained) > MAX_CACHED_EXPLANATIONS:
+            self._explained.clear()
         for e in batch.events:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
@@ -84,7 +89,7 @@ class ScoreStage:
                 if self.explain is not None:
                     text_explanation = orjson.dumps(
                         explanation(self.explain, e.normalized, ts, ev,
-                                    self.processes.lineage_of(e.fields), explained),
+                                    self.processes.lineage_of(e.fields), self._explained),
                         option=orjson.OPT_SERIALIZE_NUMPY).decode()
                 batch.alerts.append({
                     "alert_id": hashlib.sha256(f"{self.model}|{e.text_hash}".encode()).hexdigest()[:24],

@@ -154,16 +154,14 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Retenti
             if n:
                 tbl = pa.Table.from_pydict(events, schema=_EVENT_SCHEMA)
                 self.con.register("_batch_events", tbl)
-                if alerts:  # a replayed event (stored before a crash) never folds in again
-                    stored = {r[0] for r in self._run(
-                        "SELECT event_key FROM events JOIN _batch_events USING (event_key)")}
-                    alerts = [a for a in alerts if a["event_key"] not in stored]
-                inserted = self._run(
+                # RETURNING names the events that were new (the key index decides, no scan of
+                # the table); an alert of a replayed event (stored before a crash) never folds in
+                inserted = {r[0] for r in self._run(
                     f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
-                    f"SELECT {', '.join(EVENT_COLUMNS)} FROM _batch_events"
-                )
+                    f"SELECT {', '.join(EVENT_COLUMNS)} FROM _batch_events RETURNING event_key")}
                 self.con.unregister("_batch_events")
-                new = int(inserted[0][0]) if inserted else 0
+                new = len(inserted)
+                alerts = [a for a in alerts if a["event_key"] in inserted]
             if assignments:
                 self._upsert_assignments(assignments)
             if alerts:
