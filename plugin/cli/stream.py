@@ -45,10 +45,10 @@ def cmd_consume(args: argparse.Namespace) -> int:
         if args.alerts_topic and embedder is not None:
             from confluent_kafka import Producer
 
-            from plugin.stream.consumer import _quiet_logger
+            from plugin.sources.kafka import quiet_logger
 
             producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5,
-                                 "logger": _quiet_logger(), **cfg.kafka})
+                                 "logger": quiet_logger(), **cfg.kafka})
             stages.append(AlertPublisher(producer, args.alerts_topic, store, embedder.name,
                                          embedder.version, quiet_minutes=cfg.alert_quiet_minutes,
                                          rate_per_host=cfg.alert_rate_per_host))

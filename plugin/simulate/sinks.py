@@ -7,7 +7,6 @@ without them.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
+
+from plugin.sources.kafka import quiet_logger
 
 from .event import LABEL_KEY
 from .shapes import simulate_records
@@ -82,10 +83,7 @@ def produce_kafka(bootstrap: str, topic: str, n: int, rate: float | None = None,
     conf.update(producer_config or {})
     # librdkafka retries a dead broker forever and logs every attempt to stderr: route its log
     # to a silent logger, and ask the broker once, with a deadline, before producing anything
-    quiet = logging.getLogger("sysmon_blt.kafka")
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
-    conf.setdefault("logger", quiet)
+    conf.setdefault("logger", quiet_logger())
     try:
         producer = Producer(conf)
     except KafkaException as exc:

@@ -8,6 +8,7 @@ raw event XML; anything else becomes a dead letter there.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from plugin.sources.base import RawRecord, SourceError
@@ -35,6 +36,16 @@ def record_of(msg: Any) -> RawRecord | SourceError:
         meta["headers"] = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
                            for k, v in headers}
     return RawRecord(source, msg.offset(), value, meta)
+
+
+def quiet_logger() -> logging.Logger:
+    """A logger for librdkafka's own log (the `logger` setting): it logs every reconnect attempt
+    to a dead broker, forever; our structured warnings say what matters instead."""
+    quiet = logging.getLogger("sysmon_blt.kafka")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    return quiet
 
 
 def redacted(settings: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import structlog
 from plugin.normalize.normalizer import Normalizer
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Counts, Durable, Flow
-from plugin.sources.kafka import record_of, redacted
+from plugin.sources.kafka import quiet_logger, record_of, redacted
 from plugin.store import Store
 from plugin.stream.metrics import StreamMetrics
 
@@ -41,18 +41,6 @@ class StreamSummary(Counts):
     committed: dict[str, int] = field(default_factory=dict)  # source -> next offset
 
 
-def _quiet_logger():
-    """librdkafka logs every reconnect attempt; route them to a logger that keeps quiet (our
-    own structured warnings say what matters)."""
-    import logging
-
-    quiet = logging.getLogger("sysmon_blt.kafka")
-    quiet.propagate = False
-    if not quiet.handlers:
-        quiet.addHandler(logging.NullHandler())
-    return quiet
-
-
 class StreamConsumer:
     def __init__(self, store: Store, normalizer: Normalizer, stages: Sequence[BatchStage], *,
                  bootstrap: str, topics: Sequence[str], group: str,
@@ -67,7 +55,7 @@ class StreamConsumer:
         self.producer = producer  # the alerts producer, flushed before every commit
         self.conf = {"bootstrap.servers": bootstrap, "group.id": group,
                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                     "logger": _quiet_logger(), **(settings or {})}
+                     "logger": quiet_logger(), **(settings or {})}
         self.summary = StreamSummary()
         self.metrics = metrics or StreamMetrics()
         self._batch_started: dict[int, float] = {}  # batch seq -> when its first record came
