@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import structlog
@@ -13,21 +12,26 @@ from plugin.errors import UsageError
 log = structlog.get_logger("sysmon_blt")
 
 
-def existing_db_and_model(command: str, args: argparse.Namespace):
-    """Config, and the embedder, for commands that work on an existing database."""
+def existing_db(command: str, args: argparse.Namespace):
+    """Config for commands that work on an existing database; a usage error naming --db when
+    the file is not there (opening would create an empty one)."""
     from plugin.config import load_config
 
+    cfg = load_config(args.config, {"db": args.db, "model": getattr(args, "model", None)})
+    if not Path(cfg.db).is_file():
+        raise UsageError(f"{command}: database {cfg.db} does not exist (--db)")
+    return cfg
+
+
+def existing_db_and_model(command: str, args: argparse.Namespace):
+    """Config, and the embedder, for commands that work on an existing database."""
     from plugin.pipeline.assemble import load_embedder
 
-    cfg = load_config(args.config, {"db": args.db, "model": args.model})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"{command}: database {cfg.db} does not exist")
+    cfg = existing_db(command, args)
     embedder = load_embedder(cfg.model)
     if embedder is None:
         raise UsageError(f"{command}: needs a model; pass --model")
     return cfg, embedder
-
-
 
 
 def format_result(result: dict, indent: str = "") -> str:

@@ -7,7 +7,6 @@ import json
 import signal
 import threading
 from dataclasses import asdict
-from pathlib import Path
 
 import structlog
 
@@ -86,27 +85,20 @@ def service_app(store, cfg, embedder, metrics):
     from plugin.pipeline.assemble import model_dir_of
     from plugin.service.app import build_app
 
-    schemas = load_schemas(cfg.schemas_dir)
-    return build_app(store, lambda st: Enricher.for_store(st, embedder, model_dir_of(cfg), schemas),
-                     metrics)
+    return build_app(store, Enricher.for_store(store, embedder, model_dir_of(cfg),
+                                               load_schemas(cfg.schemas_dir)), metrics)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from plugin.config import load_config
-    from plugin.pipeline.assemble import load_embedder
+    from plugin.cli.common import existing_db_and_model
     from plugin.service.server import parse_listen
     from plugin.store import open_store
     from plugin.stream.metrics import StreamMetrics
 
-    cfg = load_config(args.config, {"db": args.db, "model": args.model})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"serve: database {cfg.db} does not exist (--db)")
     host, port = parse_listen(f"{args.host}:{args.port}")
-    embedder = load_embedder(cfg.model)
-    if embedder is None:
-        raise UsageError("serve: enrichment needs a model; pass --model")
+    cfg, embedder = existing_db_and_model("serve", args)
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
     try:
         app = service_app(store, cfg, embedder, StreamMetrics(needs_group=False))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from plugin.cli.common import existing_db_and_model
+from plugin.cli.common import existing_db, existing_db_and_model
 from plugin.errors import UsageError
 
 log = structlog.get_logger("sysmon_blt")
@@ -77,13 +77,10 @@ def cmd_enrich(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     import getpass
 
-    from plugin.config import load_config
     from plugin.detect.explain import reasons
     from plugin.store import AlertNotFound, open_store
 
-    cfg = load_config(args.config, {"db": args.db})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"alerts: database {cfg.db} does not exist (--db)")
+    cfg = existing_db("alerts", args)
     if args.action == "list" and args.top < 0:
         raise UsageError("alerts list: --top must be >= 0")
     store = open_store(cfg.db, read_only=args.action != "mark", memory_limit=cfg.db_memory_limit)
@@ -145,15 +142,12 @@ def format_alert(a: dict, why: list[str]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from plugin.config import load_config
     from plugin.report.compare import build_report
     from plugin.store import open_store
 
     if args.sample < 2:
         raise UsageError("report: --sample must be at least 2")
-    cfg = load_config(args.config, {"db": args.db})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"report: database {cfg.db} does not exist (--db)")
+    cfg = existing_db("report", args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"report: --out {out} is a file, not a folder")
@@ -176,14 +170,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
-    from plugin.config import load_config
     from plugin.store import open_store
 
     if args.older_than <= 0:
         raise UsageError("prune: --older-than must be a positive number of days")
-    cfg = load_config(args.config, {"db": args.db})
-    if not Path(cfg.db).is_file():
-        raise UsageError(f"prune: database {cfg.db} does not exist (--db)")
+    cfg = existing_db("prune", args)
     before = datetime.now(timezone.utc) - timedelta(days=args.older_than)
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
     try:

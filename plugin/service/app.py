@@ -8,7 +8,7 @@ Requests are answered on uvicorn's thread; the models are shared read-only with 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from fastapi import Body, FastAPI, HTTPException
@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel
 
+from plugin.detect.enrich import Enricher
 from plugin.store import STATUSES, AlertNotFound, Store
 from plugin.stream.metrics import StreamMetrics
 
@@ -34,12 +35,11 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
                         status_code=status)
 
 
-def build_app(store: Store, enricher_for: Callable[[Store], Any], metrics: StreamMetrics) -> FastAPI:
-    """The app over ``store`` (a connection for this thread); ``enricher_for(store)`` builds the
-    enricher on it (models loaded by the caller)."""
+def build_app(store: Store, enricher: Enricher, metrics: StreamMetrics) -> FastAPI:
+    """The app over ``store`` (a connection for this thread) and an enricher on that same store
+    (models loaded by the caller)."""
     app = FastAPI(title="sysmon-blt", description="Alert enrichment and triage feedback for "
                   "Sysmon events scored by a Byte Latent Transformer.")
-    enricher = enricher_for(store)
     metrics.models_loaded()
 
     @app.get("/healthz")
