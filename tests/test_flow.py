@@ -179,7 +179,7 @@ def test_completed_batches_are_counted_and_not_kept(store, normalizer):
     flow.flush()
     flow._writer.drain()
     assert len(flow.completed()) == 3
-    assert not flow._writes and not flow._done
+    assert not flow._inflight and not flow._ready
     counts = flow.drain()
     flow.close()
     assert counts.new_events == 6 and counts.duplicates == 0
@@ -211,3 +211,18 @@ def test_an_outlier_text_is_explained_once_across_batches(store, normalizer):
     flow.drain()
     flow.close()
     assert stage.outliers == 3 and len(calls) == 1
+
+
+def test_a_durable_batch_knows_when_its_first_record_came(store, normalizer):
+    """The consumer's batch-latency metric is now minus `started` of each written batch."""
+    flow = Flow(store, normalizer, batch_size=100)
+    t0 = time.monotonic()
+    flow.feed(record(0))
+    time.sleep(0.05)
+    flow.feed(record(1))
+    flow.flush()
+    flow.drain()
+    (done,) = flow.completed()
+    flow.close()
+    assert t0 <= done.started <= t0 + 0.04
+    assert flow.in_flight() == 0

@@ -16,6 +16,7 @@ commits positions (Kafka offsets, import checkpoints) never moves past an unwrit
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ class Durable:
     new_events: int
     dead_letters: int
     positions: dict[str, int] = field(default_factory=dict)
+    started: float = 0.0  # time.monotonic() of the batch's first record (batch latency)
 
 
 def dead_letter(err: SourceError) -> DeadLetter:
@@ -112,8 +114,9 @@ class Flow:
         self._keys: set[str] = set()
         self._dead: list[DeadLetter] = []
         self._positions: dict[str, int] = {}
-        self._writes: deque[tuple[Future, int]] = deque()  # not yet accounted by `drain`
-        self._done: deque[Future] = deque()  # not yet handed out by `completed`
+        self._started: float | None = None  # first record since the last flush
+        self._inflight: deque[tuple[Future, int]] = deque()  # (write, events), not yet counted
+        self._ready: list[Durable] = []  # written and counted, not yet handed out
         self.seq = 0  # batches handed to the sink so far
         self._writer = BackgroundWriter(max_pending)
 
@@ -166,6 +169,8 @@ class Flow:
             self.first_dead.append(dead)
 
     def _saw(self, source: str, position: int | None) -> None:
+        if self._started is None:
+            self._started = time.monotonic()
         if position is not None and position > self._positions.get(source, -1):
             self._positions[source] = position
 
@@ -176,7 +181,7 @@ class Flow:
         return bool(len(self._batcher) or self._dead or self._positions)
 
     def due(self) -> bool:
-        """A batch has waited `max_wait_s` since its first event (or dead letters wait)."""
+        """A batch has waited `max_wait_s` since its first event."""
         return self._batcher.due()
 
     def flush(self) -> Future | None:
@@ -186,8 +191,8 @@ class Flow:
         return self._submit(events)
 
     def _submit(self, events: list[NormalizedEvent]) -> Future | None:
-        dead, positions = self._dead, self._positions
-        self._dead, self._positions, self._keys = [], {}, set()
+        dead, positions, started = self._dead, self._positions, self._started
+        self._dead, self._positions, self._keys, self._started = [], {}, set(), None
         if not events and not dead and not positions:
             return None
         b = Batch(events, dead)
@@ -201,13 +206,13 @@ class Flow:
             new = 0
             if rows or b.dead or b.vectors or b.assignments or b.alerts:
                 new = self.store.write_batch(rows, b.dead, b.vectors, b.assignments, b.alerts)
-            return Durable(seq, len(b.events), new, len(b.dead), positions)
+            return Durable(seq, len(b.events), new, len(b.dead), positions,
+                           started if started is not None else time.monotonic())
 
         fut = self._writer.submit(write)
         if self.on_durable is not None:
             fut.add_done_callback(self._notify)
-        self._writes.append((fut, len(b.events)))
-        self._done.append(fut)
+        self._inflight.append((fut, len(b.events)))
         if self.progress is not None:
             self.progress(len(b.events))
         return fut
@@ -220,28 +225,33 @@ class Flow:
         """Batches written since the last call, in order, stopping at the first still in flight
         (so positions are handed out only behind everything before them). Re-raises a failed
         write: nothing after it may be committed."""
-        out = []
-        while self._done and self._done[0].done():
-            fut = self._done.popleft()
-            out.append(fut.result())
-            if self._writes and self._writes[0][0] is fut:  # counted now, not kept till `drain`
-                self._account(*self._writes.popleft())
+        self._collect()
+        out, self._ready = self._ready, []
         return out
+
+    def in_flight(self) -> int:
+        """Batches handed to the sink and not yet written."""
+        return sum(1 for fut, _ in self._inflight if not fut.done())
 
     def drain(self) -> Counts:
         """Wait for every batch handed to the sink; returns the counts since the last drain
         (new events and cross-batch duplicates known only now) and starts new ones."""
         self._writer.drain()
-        while self._writes:
-            self._account(*self._writes.popleft())
+        self._collect()
         counts, self.counts = self.counts, Counts()
         return counts
 
-    def _account(self, fut: Future, n: int) -> None:
-        new = fut.result().new_events
-        self.counts.new_events += new
-        if self.store_events:
-            self.counts.duplicates += n - new
+    def _collect(self) -> None:
+        """Count the written batches at the head of the queue, in order, and keep them for
+        `completed`; stops at the first still in flight (re-raises a failed write)."""
+        while self._inflight and self._inflight[0][0].done():
+            fut, n = self._inflight[0]
+            d = fut.result()
+            self._inflight.popleft()
+            self.counts.new_events += d.new_events
+            if self.store_events:
+                self.counts.duplicates += n - d.new_events
+            self._ready.append(d)
 
     def close(self) -> None:
         """Wait for the sink and stop its thread (what is still batched is not written: flush

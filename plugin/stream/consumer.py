@@ -58,8 +58,6 @@ class StreamConsumer:
                      "logger": quiet_logger(), **(settings or {})}
         self.summary = StreamSummary()
         self.metrics = metrics or StreamMetrics()
-        self._batch_started: dict[int, float] = {}  # batch seq -> when its first record came
-        self._first_fed: float | None = None
         self._seen: dict[str, int] = {}  # stage totals already counted in the metrics
         self._lag_at = 0.0
         self._partitions: dict[str, tuple[str, int]] = {}
@@ -80,10 +78,7 @@ class StreamConsumer:
         try:
             while not stop.is_set():
                 msgs = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
-                if msgs:
-                    self.metrics.records_in.inc(len(msgs))
-                    if self._first_fed is None:
-                        self._first_fed = time.monotonic()
+                self.metrics.records_in.inc(len(msgs))
                 for m in msgs:
                     if m.error() is not None:
                         self._on_error(m.error())
@@ -92,9 +87,7 @@ class StreamConsumer:
                     self._partitions[rec.source] = (m.topic(), m.partition())
                     self._flow.feed(rec)
                 if self._flow.due() or (not msgs and self._flow.pending()):
-                    self._flush()
-                else:
-                    self._note_batches()
+                    self._flow.flush()
                 self._commit(self._flow.completed())
                 if time.monotonic() - self._lag_at >= LAG_EVERY_S:
                     self._measure_lag()
@@ -103,25 +96,13 @@ class StreamConsumer:
         finally:
             self._consumer.close()
             self._flow.close()
+            self.summary.batches = self._flow.seq
             self.summary.seconds = round(time.monotonic() - t0, 3)
         return self.summary
 
-    def _flush(self) -> None:
-        self._flow.flush()
-        self._note_batches()
-
-    def _note_batches(self) -> None:
-        """Start times of the batches handed to the sink since the last look (a full batch
-        goes out by itself while records are fed)."""
-        while self.summary.batches < self._flow.seq:
-            self.summary.batches += 1
-            self._batch_started[self.summary.batches] = self._first_fed or time.monotonic()
-            self._first_fed = None
-        self.metrics.batches_in_flight.set(len(self._batch_started))
-
     def _drain(self) -> None:
         """Write everything fed, then commit it."""
-        self._flush()
+        self._flow.flush()
         self.summary.add(self._flow.drain())
         self._commit(self._flow.completed())
 
@@ -156,6 +137,7 @@ class StreamConsumer:
     # -- commits -------------------------------------------------------------------------------
     def _commit(self, durable: list[Durable]) -> None:
         """Commit, per partition, the offset after the highest one durably written."""
+        self.metrics.batches_in_flight.set(self._flow.in_flight())
         if not durable:
             return
         from confluent_kafka import KafkaException, TopicPartition
@@ -164,10 +146,7 @@ class StreamConsumer:
         for d in durable:
             self.metrics.events_stored.inc(d.new_events)
             self.metrics.dead_letters.inc(d.dead_letters)
-            started = self._batch_started.pop(d.seq, None)
-            if started is not None:
-                self.metrics.batch_seconds.observe(now - started)
-        self.metrics.batches_in_flight.set(len(self._batch_started))
+            self.metrics.batch_seconds.observe(now - d.started)
         for counter, attr, only in ((self.metrics.outliers, "outliers", "alerts"),
                                     (self.metrics.alerts_published, "published", None),
                                     (self.metrics.alerts_suppressed, "suppressed", None)):
