@@ -80,7 +80,6 @@ class Importer:
         t0 = time.perf_counter()
         started = utcnow()
         summary = ImportSummary(db=self.store.path)
-        self._without_sysmon = summary.inputs_without_sysmon
         units = list(discover(list(paths), self.evtx_threads))
         total = sum(u.size for u in units if not isinstance(u, SourceError))
         progress = Progress(total, enabled=self.show_progress)
@@ -136,7 +135,7 @@ class Importer:
             progress.advance(unit.size, 0, unit.name)
             return
         if isinstance(unit, FileInput):
-            counts = self._consume(flow, unit)
+            counts = self._consume(flow, unit, summary)
         else:
             counts = Counts()
             for member in unit.members():
@@ -144,7 +143,7 @@ class Importer:
                     counts.add(self._dead_letter(flow, member))
                     continue
                 m_started = utcnow()
-                mc = self._consume(flow, member)
+                mc = self._consume(flow, member, summary)
                 self._record(member.name, member.sha256(), member.size, mc, m_started, "complete")
                 counts.add(mc)
         summary.add(counts)
@@ -152,7 +151,7 @@ class Importer:
         progress.advance(unit.size, 0, unit.name)
         log.info("input_imported", path=unit.name, **asdict(counts))
 
-    def _consume(self, flow: Flow, inp: FileInput | MemberInput) -> Counts:
+    def _consume(self, flow: Flow, inp: FileInput | MemberInput, summary: ImportSummary) -> Counts:
         """Read one input to the end; returns once all of its events are durable."""
         self._current = inp.name
         for item in inp.records():
@@ -160,7 +159,7 @@ class Importer:
         flow.flush()
         counts = flow.drain()
         if counts.sysmon_events == 0:
-            self._without_sysmon.append(inp.name)
+            summary.inputs_without_sysmon.append(inp.name)
         return counts
 
     @staticmethod
