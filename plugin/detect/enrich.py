@@ -36,6 +36,17 @@ def _process(store: Store, g: str | None) -> dict | None:
             "command_line": p["command_line"], "parent_guid": guid(p["parent"])}
 
 
+def alert_document(raw: str, alert_id: str) -> dict[str, Any]:
+    """A stored alert as it goes out (alerts topic, `enrich {"alert_id": ...}`): its original
+    event (the JSON object, or {"raw": ...} for event XML) with `alert_id` and `kind`."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    return {**(doc if isinstance(doc, dict) else {"raw": raw}), "alert_id": alert_id,
+            "kind": "alert"}
+
+
 def lineage(store: Store, fields: dict) -> list[dict]:
     """Ancestors by ParentProcessGuid, as far as the stored process-creation events reach."""
     return walk_lineage(fields, lambda g: _process(store, g))
@@ -107,12 +118,7 @@ class Enricher:
         """(the alert's document, its event, its event_key) from the store."""
         a = self.store.alert(alert_id)
         raw = a.get("raw") or ""
-        try:
-            original = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            original = None
-        doc = {**(original if isinstance(original, dict) else {"raw": raw}),
-               "alert_id": a["alert_id"], "kind": "alert"}
+        doc = alert_document(raw, a["alert_id"])
         ev = parse_and_map(raw) if raw else None
         if ev is None:
             raise BadRecord(f"alert {a['alert_id']}: its stored event cannot be read back")

@@ -14,6 +14,9 @@ STATUSES = ("open", "suppressed", "false_positive")
 
 _LIST_COLUMNS = ("alert_id", "model", "score", "status", "count", "first_seen", "last_seen",
                  "event_key", "computer", "event_id", "normalized")
+#: an alert with its first event's host and text, as `list_alerts` and `alert` select it
+_LIST_SELECT = ("SELECT a.alert_id, a.model, a.score, a.status, a.count, a.first_seen, "
+                "a.last_seen, a.event_key, e.computer, e.event_id, e.normalized")
 
 
 class AlertNotFound(LookupError):
@@ -35,9 +38,7 @@ class AlertQueries:
         if since:
             where.append("a.last_seen >= ?")
             params.append(since)
-        sql = ("SELECT a.alert_id, a.model, a.score, a.status, a.count, a.first_seen, a.last_seen, "
-               "a.event_key, e.computer, e.event_id, e.normalized FROM alerts a "
-               "LEFT JOIN events e USING (event_key)"
+        sql = (_LIST_SELECT + " FROM alerts a LEFT JOIN events e USING (event_key)"
                + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY a.score DESC, a.alert_id")
         if top:
@@ -85,9 +86,8 @@ class AlertQueries:
         score detail and explanation (decoded), and the history of its status."""
         full = self.resolve_alert_id(alert_id)
         row = self._run(
-            "SELECT a.alert_id, a.model, a.score, a.status, a.count, a.first_seen, a.last_seen, "
-            "a.event_key, e.computer, e.event_id, e.normalized, e.ts, e.source, e.position, "
-            "e.fields, e.raw, s.detail, s.explanation FROM alerts a "
+            _LIST_SELECT + ", e.ts, e.source, e.position, e.fields, e.raw, s.detail, "
+            "s.explanation FROM alerts a "
             "LEFT JOIN events e USING (event_key) "
             "LEFT JOIN assignments s ON s.event_key = a.event_key AND s.model = a.model "
             "WHERE a.alert_id = ?", [full])[0]

@@ -15,22 +15,13 @@ from typing import Any
 import orjson
 import structlog
 
+from plugin.detect.enrich import alert_document
 from plugin.pipeline.batch import Batch
 from plugin.store import Store
 
 log = structlog.get_logger(__name__)
 
 MAX_REMEMBERED = 100_000
-
-
-def alert_message(raw: str, alert_id: str, block: dict[str, Any]) -> dict[str, Any]:
-    """The original event (its JSON object, or {"raw": ...} for event XML) with the block."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        doc = None
-    base = doc if isinstance(doc, dict) else {"raw": raw}
-    return {**base, "alert_id": alert_id, "kind": "alert", "sysmon_blt": block}
 
 
 class AlertPublisher:
@@ -81,7 +72,7 @@ class AlertPublisher:
             block = {"model": self.model, "model_version": self.model_version,
                      "cluster": s.get("cluster"), "score": a["score"], "is_outlier": True,
                      "explanation": orjson.loads(s["explanation"]) if s.get("explanation") else None}
-            self._send(e.computer, alert_message(e.raw, aid, block))
+            self._send(e.computer, {**alert_document(e.raw, aid), "sysmon_blt": block})
             self.published += 1
         self.producer.poll(0)
 
