@@ -89,15 +89,35 @@ class AlertReader(threading.Thread):
         self.c.close()
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process and its children (the consumer has no workers yet)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    """Resident memory of a process and all its descendants (the consumer and its embedding
+    workers), summed."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            if p == pid:
+                return None
+            continue
+        todo += _children(p)
+    return total / 1024
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -181,7 +201,7 @@ def main() -> None:
                   f"{r['max_s']!s:>7} {r['lag_mid']!s:>8} {r['lag_end']!s:>8} {r['held']}", flush=True)
             m = r["rss_mb"]
             if m:
-                print(f"       consumer RSS every 10 s (MB): first {m[0]}, after warm-up {m[min(2, len(m) - 1)]}, "
+                print(f"       consumer + workers RSS every 10 s (MB): first {m[0]}, after warm-up {m[min(2, len(m) - 1)]}, "
                       f"last {m[-1]}, max {max(m)}; samples {m}", flush=True)
     finally:
         if broker is not None:

@@ -49,12 +49,24 @@ class Config:
     alert_quiet_minutes: int = 60
     alert_rate_per_host: int = 20
     suppress: list = field(default_factory=list)
+    # the consumer's retention: events (and their vectors and scores) older than this many days
+    # are pruned hourly, as `prune --older-than` does; 0 keeps everything
+    retention_days: float = 0
+    # embedding workers (spawned processes holding the models): "auto" = one per CUDA device,
+    # else one single-threaded worker per CPU core; 0 = embed in the command's own process;
+    # N = N workers
+    workers: int | str = "auto"
 
     def validate(self, origin: str) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"{origin}: batch_size must be a positive integer")
         if not isinstance(self.evtx_threads, int) or self.evtx_threads < 0:
             raise UsageError(f"{origin}: evtx_threads must be an integer >= 0")
+        if self.workers != "auto" and (isinstance(self.workers, bool)
+                                       or not isinstance(self.workers, int) or self.workers < 0):
+            raise UsageError(f"{origin}: workers must be 'auto' or an integer >= 0")
+        if self.retention_days < 0:
+            raise UsageError(f"{origin}: retention_days must be >= 0 (0 keeps everything)")
         if not 0.0 <= self.shadow_sample_rate <= 1.0:
             raise UsageError(f"{origin}: shadow_sample_rate must be between 0 and 1")
         if not isinstance(self.stream_batch_size, int) or self.stream_batch_size < 1:
@@ -97,6 +109,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if not isinstance(value, dict):
             raise UsageError(f"{origin}: {key} must be a mapping")
         return {str(k): v for k, v in value.items()}
+    if kind == "int | str" and value == "auto":  # a count that may be left to the machine
+        return value
     for name, cast, noun in (("float", float, "a number"), ("int", int, "an integer")):
         if name not in kind:
             continue

@@ -142,10 +142,11 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def read_alerts(bootstrap: str, expect_at_least: int, timeout: float = 30) -> list[dict]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "auto.offset.reset": "earliest",
-                  "session.timeout.ms": 6000})
-    c.subscribe(["alerts"])
+def read_alerts(bootstrap: str, expect_at_least: int, timeout: float = 30,
+                topic: str = "alerts", raw: bool = False) -> list:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}",
+                  "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    c.subscribe([topic])
     out, deadline, idle = [], time.monotonic() + timeout, 0
     try:
         while time.monotonic() < deadline and (len(out) < expect_at_least or idle < 4):
@@ -154,14 +155,14 @@ def read_alerts(bootstrap: str, expect_at_least: int, timeout: float = 30) -> li
                 idle += 1
                 continue
             idle = 0
-            out.append(json.loads(m.value()))
+            out.append(m if raw else json.loads(m.value()))
     finally:
         c.close()
     return out
 
 
 def test_consume_stores_every_event_dead_letters_bad_ones_and_alerts_once(broker, tmp_path):
-    make_topics(broker, "sysmon", "alerts")
+    make_topics(broker, "sysmon", "alerts", "dlq")
     good = simulated(1200, seed=11)
     bad = [(b"x", b"not json"), (b"x", b"[1, 2, 3]"), (b"x", b'{"EventID": 4624, "Channel": "Security"}')]
     produce(broker, "sysmon", good[:600] + bad + good[600:])
@@ -170,7 +171,7 @@ def test_consume_stores_every_event_dead_letters_bad_ones_and_alerts_once(broker
     unlimited = tmp_path / "unlimited.yaml"
     unlimited.write_text("alert_rate_per_host: 1000000\n")  # every alert once, no rate summaries
     proc = start_consumer(broker, db, "--alerts-topic", "alerts", "--serve", f"127.0.0.1:{port}",
-                          "--config", str(unlimited))
+                          "--config", str(unlimited), "--dead-letter-topic", "dlq")
     health = wait_http(f"http://127.0.0.1:{port}/healthz", proc)  # ready: joined, models loaded
     assert health == {"ready": True, "group_joined": True, "models_loaded": True}
     wait_committed(broker, len(good) + len(bad), proc)
@@ -200,6 +201,9 @@ def test_consume_stores_every_event_dead_letters_bad_ones_and_alerts_once(broker
     assert len(ids) == len(set(ids)) == n_alerts  # a repeated outlier alerts once
     m = msgs[0]
     assert m["kind"] == "alert" and m["sysmon_blt"]["score"] >= 1.0 and m["winlog"]["computer_name"]
+    dead = read_alerts(broker, 2, topic="dlq", raw=True)
+    assert sorted(d.value() for d in dead) == sorted([b"not json", b"[1, 2, 3]"])
+    assert all(dict(d.headers())["sysmon_blt_reason"] for d in dead)
 
 
 def test_sigkill_mid_stream_then_restart_stores_each_event_exactly_once(broker, tmp_path):
@@ -295,3 +299,54 @@ def test_a_host_over_its_alert_rate_gets_one_rate_summary(broker, tmp_path, two_
     assert rc == 0, err
     kinds = [m["kind"] for m in read_alerts(broker, 2)]
     assert kinds == ["alert", "rate_summary"]  # the rest of the minute is stored, not sent
+
+
+def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_path):
+    """Back-pressure: while every batch slot is taken the partitions are paused (not buffered in
+    memory), they resume when a batch is written, and every event is stored and committed."""
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from plugin.normalize.normalizer import Normalizer
+    from plugin.normalize.schema import load_schemas
+    from plugin.pipeline.importer import Importer
+    from plugin.store import open_store
+    from plugin.stream.consumer import StreamConsumer
+
+    make_topics(broker, "sysmon")
+    db = tmp_path / "s.duckdb"
+    store = open_store(str(db))
+    # a month-old capture already in the store: retention (7 days) removes it at start
+    old = tmp_path / "old.jsonl"
+    old.write_bytes(b"\n".join(orjson.dumps(r) for r in simulate.simulate_records(
+        50, seed=9, start=datetime.now(timezone.utc) - timedelta(days=30))) + b"\n")
+    Importer(store, load_schemas(None), progress=False).run([str(old)])
+    assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 50
+
+    def slow(batch):  # a model far slower than the input
+        time.sleep(0.3)
+
+    n = 600
+    produce(broker, "sysmon", simulated(n, seed=21))
+    consumer = StreamConsumer(store, Normalizer(load_schemas(None)), [slow], bootstrap=broker,
+                              topics=["sysmon"], group=GROUP, batch_size=20, batch_ms=50,
+                              settings={"session.timeout.ms": 6000}, retention_days=7)
+    halt = threading.Event()
+    t = threading.Thread(target=lambda: consumer.run(halt))
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while consumer.summary.commits == 0 or sum(consumer.summary.committed.values()) < n:
+            assert time.monotonic() < deadline, consumer.summary
+            assert t.is_alive()
+            time.sleep(0.3)
+    finally:
+        halt.set()
+        t.join(60)
+    s = consumer.summary
+    assert s.pauses >= 1  # it paused instead of growing a queue
+    assert consumer.metrics.pruned.labels("events")._value.get() == 50
+    stored = store.con.execute("SELECT count(*) FROM events").fetchone()[0]
+    store.close()
+    assert stored == n and s.dead_letters == 0
+    assert committed(broker) == n

@@ -18,7 +18,7 @@ log = structlog.get_logger("sysmon_blt")
 def cmd_import(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages
+    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages, open_pool
     from plugin.pipeline.importer import Importer
     from plugin.store import open_store
 
@@ -33,9 +33,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     embedder = None if args.no_embed else load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    pool = None
     try:
+        pool = open_pool(cfg, embedder, shadow)
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                               cfg.suppress)
+                               cfg.suppress, pool=pool)
                   if embedder is not None else [])
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
@@ -46,6 +48,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         top = store.list_alerts(status="open", top=5) if not args.json else []
         open_alerts = store.alert_count("open")
     finally:
+        if pool is not None:
+            pool.close()
         store.close()
     if lacking:
         summary.note += (f"; {lacking:,} stored events have no {embedder.name} vectors (imported "

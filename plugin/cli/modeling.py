@@ -113,17 +113,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from plugin.pipeline.assemble import load_shadow, model_stages
+    from plugin.pipeline.assemble import load_shadow, model_stages, open_pool
     from plugin.pipeline.rescore import rescore
     from plugin.store import open_store
 
     cfg, embedder = existing_db_and_model("rescore", args)
+    shadow = load_shadow(cfg)
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    pool = None
     try:
-        res = rescore(store, model_stages(store, embedder, cfg.model, load_shadow(cfg),
-                                          cfg.shadow_sample_rate, cfg.suppress),
+        pool = open_pool(cfg, embedder, shadow)
+        res = rescore(store, model_stages(store, embedder, cfg.model, shadow,
+                                          cfg.shadow_sample_rate, cfg.suppress, pool=pool),
                       batch_size=cfg.batch_size)
     finally:
+        if pool is not None:
+            pool.close()
         store.close()
     print(json.dumps(res) if args.json else format_result(res))
     return 0
@@ -136,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.detect.evaluate import EvalSpec, evaluate, format_table
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import embed_stages, load_embedder, load_shadow
+    from plugin.pipeline.assemble import embed_stages, load_embedder, load_shadow, open_pool
     from plugin.pipeline.importer import Importer
     from plugin.pipeline.rescore import rescore
     from plugin.store import open_store
@@ -161,8 +166,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         db = str(Path(tmp.name) / "eval.duckdb")
     shadow = load_shadow(cfg)
     store = open_store(db, memory_limit=cfg.db_memory_limit)
+    pool = None
     try:
-        stages = embed_stages(store, (embedder, shadow), cfg.model)
+        pool = open_pool(cfg, embedder, shadow)
+        stages = embed_stages(store, (embedder, shadow), cfg.model, pool)
         Importer(store, load_schemas(cfg.schemas_dir), stages=stages, config_hash=cfg.digest(),
                  model_version=embedder.version, progress=not args.quiet, command="eval").run(paths)
         # events an earlier eval imported are skipped above; a model they were not embedded
@@ -178,6 +185,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                        shadow_version=shadow.version if shadow else "",
                                        anchors=not args.no_anchors), embedder=embedder)
     finally:
+        if pool is not None:
+            pool.close()
         store.close()
         if tmp is not None:
             tmp.cleanup()

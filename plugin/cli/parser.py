@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--group", default="sysmon-blt", metavar="G",
                     help="consumer group (default sysmon-blt)")
     co.add_argument("--alerts-topic", metavar="T", help="publish new alerts here (default: none)")
+    co.add_argument("--dead-letter-topic", metavar="T",
+                    help="also send messages that cannot be read here, with the reason in a "
+                    "header (default: the dead_letters table only)")
     co.add_argument("--db", metavar="FILE", help=DB_HELP)
     co.add_argument("--serve", metavar="[HOST:]PORT",
                     help="also answer HTTP here: POST /enrich, POST /feedback, GET /healthz, GET "

@@ -19,12 +19,12 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.normalizer import Normalizer
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages
+    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages, open_pool
     from plugin.store import open_store
     from plugin.service.server import BackgroundServer, parse_listen
     from plugin.stream.consumer import StreamConsumer
     from plugin.stream.metrics import StreamMetrics
-    from plugin.stream.publish import AlertPublisher
+    from plugin.stream.publish import AlertPublisher, DeadLetterPublisher
 
     cfg = load_config(args.config, {"db": args.db, "model": args.model})
     if ":" not in args.bootstrap:
@@ -34,20 +34,24 @@ def cmd_consume(args: argparse.Namespace) -> int:
     shadow = load_shadow(cfg) if embedder is not None else None
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
     metrics = StreamMetrics()
-    producer = server = http_store = None
+    producer = server = http_store = pool = None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        pool = open_pool(cfg, embedder, shadow)
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                               cfg.suppress)
+                               cfg.suppress, pool=pool)
                   if embedder is not None else [])
-        if args.alerts_topic and embedder is not None:
+        if args.dead_letter_topic or (args.alerts_topic and embedder is not None):
             from confluent_kafka import Producer
 
             from plugin.sources.kafka import quiet_logger
 
             producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5,
                                  "logger": quiet_logger(), **cfg.kafka})
+        if args.dead_letter_topic:
+            stages.append(DeadLetterPublisher(producer, args.dead_letter_topic))
+        if args.alerts_topic and embedder is not None:
             stages.append(AlertPublisher(producer, args.alerts_topic, store, embedder.name,
                                          embedder.version, quiet_minutes=cfg.alert_quiet_minutes,
                                          rate_per_host=cfg.alert_rate_per_host))
@@ -60,7 +64,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
         consumer = StreamConsumer(store, Normalizer(load_schemas(cfg.schemas_dir)), stages,
                                   bootstrap=args.bootstrap, topics=args.topic, group=args.group,
                                   settings=cfg.kafka, batch_size=cfg.stream_batch_size,
-                                  batch_ms=cfg.stream_batch_ms, producer=producer, metrics=metrics)
+                                  batch_ms=cfg.stream_batch_ms, producer=producer, metrics=metrics,
+                                  retention_days=cfg.retention_days)
         summary = consumer.run(stop)
     finally:
         for sig, handler in previous.items():
@@ -71,6 +76,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             http_store.close()
         if producer is not None:
             producer.flush(10)
+        if pool is not None:
+            pool.close()
         store.close()
     out = asdict(summary)
     log.info("consumer_stopped", **{k: v for k, v in out.items() if k != "committed"})

@@ -27,6 +27,7 @@ from plugin.pipeline.cache import EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
 from plugin.pipeline.score import ScoreStage
 from plugin.pipeline.suppress import SuppressStage
+from plugin.pipeline.workers import WorkerError, WorkerPool, plan_workers
 from plugin.resources import default_model_dir
 from plugin.store import Store
 
@@ -68,10 +69,13 @@ def load_shadow(cfg: Config) -> LinformerEmbedder | None:
         raise UsageError(f"--model {path}: {exc}") from exc
 
 
-def embed_stage(store: Store, embedder, model_dir: str | None, sample_rate: float = 1.0) -> EmbedStage:
-    """An embed stage whose cache is seeded from the database (the model version registered)."""
+def embed_stage(store: Store, embedder, model_dir: str | None, sample_rate: float = 1.0,
+                pool: WorkerPool | None = None) -> EmbedStage:
+    """An embed stage whose cache is seeded from the database (the model version registered);
+    its texts are embedded on the pool's workers when there is one, else in this process."""
     store.register_model(embedder.name, embedder.version, embedder.dim, model_dir)
-    return EmbedStage(embedder, EmbeddingCache(store, embedder.name, embedder.version),
+    runs = pool.embedder(embedder) if pool is not None else embedder
+    return EmbedStage(runs, EmbeddingCache(store, embedder.name, embedder.version),
                       sample_rate=sample_rate)
 
 
@@ -85,11 +89,13 @@ def _scorer(store: Store, model, model_dir: str | None, embedder=None):
 
 def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
                  shadow: LinformerEmbedder | None = None,
-                 shadow_rate: float = 1.0, suppress: list | None = None) -> list[BatchStage]:
+                 shadow_rate: float = 1.0, suppress: list | None = None,
+                 pool: WorkerPool | None = None) -> list[BatchStage]:
     """Embed, then score with the database's latest fit (or the shipped reference clusters),
     then apply the suppression rules to its alerts; then the same for the shadow model, if any,
-    whose flags never become alerts."""
-    stages: list[BatchStage] = [embed_stage(store, embedder, model_dir)]
+    whose flags never become alerts. ``pool``: embedding workers (`open_pool`); the models
+    loaded here still explain outliers."""
+    stages: list[BatchStage] = [embed_stage(store, embedder, model_dir, pool=pool)]
     loaded = _scorer(store, embedder, model_dir, embedder=embedder)
     if loaded is None:
         log.warning("no_scorer", reason="the model directory has no reference clusters and the "
@@ -102,14 +108,14 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
         if rules:
             stages.append(SuppressStage(rules, embedder.name))
     if shadow is not None:
-        stages += shadow_stages(store, shadow, model_dir, shadow_rate)
+        stages += shadow_stages(store, shadow, model_dir, shadow_rate, pool)
     return stages
 
 
 def shadow_stages(store: Store, shadow: LinformerEmbedder, model_dir: str | None,
-                  rate: float) -> list[BatchStage]:
+                  rate: float, pool: WorkerPool | None = None) -> list[BatchStage]:
     """The shadow's embed and score stages: same batches, its own vectors, clusters and scores."""
-    stages: list[BatchStage] = [embed_stage(store, shadow, model_dir, rate)]
+    stages: list[BatchStage] = [embed_stage(store, shadow, model_dir, rate, pool)]
     loaded = _scorer(store, shadow, model_dir)
     if loaded is None:
         log.warning("no_shadow_scorer", model=shadow.name, reason="no reference clusters and no "
@@ -119,6 +125,22 @@ def shadow_stages(store: Store, shadow: LinformerEmbedder, model_dir: str | None
     return stages
 
 
-def embed_stages(store: Store, models, model_dir: str | None) -> list[BatchStage]:
+def embed_stages(store: Store, models, model_dir: str | None,
+                 pool: WorkerPool | None = None) -> list[BatchStage]:
     """Embed stages only (no scoring), one per model: what `eval` imports with."""
-    return [embed_stage(store, m, model_dir) for m in models if m is not None]
+    return [embed_stage(store, m, model_dir, pool=pool) for m in models if m is not None]
+
+
+def open_pool(cfg: Config, embedder: BLTEmbedder | None,
+              shadow: LinformerEmbedder | None) -> WorkerPool | None:
+    """The embedding workers the ``workers`` setting plans (None: embed in this process, also
+    when no model is loaded). The caller closes it."""
+    if embedder is None:
+        return None
+    plan = plan_workers(cfg.workers)
+    if not plan.devices:
+        return None
+    try:
+        return WorkerPool(model_dir_of(cfg), plan, shadow=shadow is not None)
+    except WorkerError as exc:
+        raise UsageError(f"workers: {exc}") from exc

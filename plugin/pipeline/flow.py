@@ -7,8 +7,11 @@
 a partition's offset once the batch holding it is durable. Nothing is lost on bad input: a record
 that cannot be normalized becomes a dead letter in the same batch as its neighbours.
 
-Durability is reported per batch, in order: the sink runs on one background thread (so DuckDB's
-insert work overlaps the next batch's parsing) and writes batches in the order they were flushed.
+Durability is reported per batch, in order: the stages and the sink run on one background thread,
+batch after batch in the order they were flushed, so the next batch's parsing and normalization
+overlap this one's embedding (torch and the embedding workers release the GIL) and DuckDB's insert
+work. One thread keeps the stages' order: scoring sees each host's events in log order, and no
+stage state is touched by two threads. At most `max_pending` batches wait for it (back-pressure).
 A `Durable` carries, per source, the highest position fed since the previous flush, so whoever
 commits positions (Kafka offsets, import checkpoints) never moves past an unwritten record.
 """
@@ -118,6 +121,7 @@ class Flow:
         self._inflight: deque[tuple[Future, int]] = deque()  # (write, events), not yet counted
         self._ready: list[Durable] = []  # written and counted, not yet handed out
         self.seq = 0  # batches handed to the sink so far
+        self.max_pending = max_pending
         self._writer = BackgroundWriter(max_pending)
 
     # -- in ----------------------------------------------------------------------------------
@@ -196,13 +200,13 @@ class Flow:
         if not events and not dead and not positions:
             return None
         b = Batch(events, dead)
-        for stage in self.stages:
-            stage(b)
         self.seq += 1
         seq = self.seq
-        rows = event_rows(b.events, utcnow()) if b.events and self.store_events else {}
 
         def write() -> Durable:
+            for stage in self.stages:
+                stage(b)
+            rows = event_rows(b.events, utcnow()) if b.events and self.store_events else {}
             new = 0
             if rows or b.dead or b.vectors or b.assignments or b.alerts:
                 new = self.store.write_batch(rows, b.dead, b.vectors, b.assignments, b.alerts)
@@ -230,8 +234,12 @@ class Flow:
         return out
 
     def in_flight(self) -> int:
-        """Batches handed to the sink and not yet written."""
+        """Batches handed to the stages and sink and not yet written."""
         return sum(1 for fut, _ in self._inflight if not fut.done())
+
+    def full(self) -> bool:
+        """The next flush would wait for the sink: a source that can (Kafka) pauses instead."""
+        return self.in_flight() >= self.max_pending
 
     def drain(self) -> Counts:
         """Wait for every batch handed to the sink; returns the counts since the last drain
@@ -252,6 +260,11 @@ class Flow:
             if self.store_events:
                 self.counts.duplicates += n - d.new_events
             self._ready.append(d)
+
+    def after_batches(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the stage-and-sink thread once the batches flushed so far are written
+        (store maintenance, such as retention, without a second thread on the connection)."""
+        return self._writer.submit(fn)
 
     def close(self) -> None:
         """Wait for the sink and stop its thread (what is still batched is not written: flush

@@ -1,6 +1,6 @@
-"""Sink writes on one background thread, so DuckDB's insert work (it releases the GIL) overlaps
-the next batch's parsing and normalization. At most `max_pending` batches wait: back-pressure
-that bounds memory whatever the input size."""
+"""Batch work (the stages, then the sink's write) on one background thread, so the models and
+DuckDB's insert work (both release the GIL) overlap the next batch's parsing and normalization.
+At most `max_pending` batches wait: back-pressure that bounds memory whatever the input size."""
 
 from __future__ import annotations
 

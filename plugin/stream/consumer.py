@@ -7,8 +7,11 @@ every record up to it durably written (`Flow.completed`), and the alerts produce
 before that commit; a crash replays from the last commit and `event_key` makes the replay store
 nothing twice. On a rebalance the revoked partitions' batches are flushed, written and committed
 before they are given up; on stop (SIGTERM, SIGINT) everything fed is drained and committed.
-Backpressure: the sink takes at most two batches in flight and blocks the loop beyond that, while
-librdkafka's own fetch queue stays bounded, so memory does not grow with the input rate.
+Back-pressure: the flow's stage-and-sink thread takes at most `Flow.max_pending` batches; when
+they are all taken the consumer pauses its partitions (it keeps polling, so the group sees it
+alive and rebalances still run) and resumes them once a batch is written. librdkafka's own fetch
+queue is bounded too (`queued.max.messages.kbytes`), so memory does not grow with the input rate
+or the lag. Retention (`retention_days`) runs on the same thread as the writes, between batches.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Sequence
 
 import structlog
@@ -24,13 +28,17 @@ from plugin.normalize.normalizer import Normalizer
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Counts, Durable, Flow
 from plugin.sources.kafka import quiet_logger, record_of, redacted
-from plugin.store import Store
+from plugin.store import Store, utcnow
 from plugin.stream.metrics import StreamMetrics
 
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.05
 LAG_EVERY_S = 5.0
+PRUNE_EVERY_S = 3600.0
+# librdkafka's prefetch per consumer (its default is 64 MB): enough for seconds of traffic at
+# thousands of events/s, and a bound on what a lagging consumer holds; a setting of the user's wins
+FETCH_QUEUE_KB = 16384
 
 
 @dataclass
@@ -38,6 +46,7 @@ class StreamSummary(Counts):
     batches: int = 0
     commits: int = 0
     seconds: float = 0.0
+    pauses: int = 0
     committed: dict[str, int] = field(default_factory=dict)  # source -> next offset
 
 
@@ -45,7 +54,8 @@ class StreamConsumer:
     def __init__(self, store: Store, normalizer: Normalizer, stages: Sequence[BatchStage], *,
                  bootstrap: str, topics: Sequence[str], group: str,
                  settings: dict[str, Any] | None = None, batch_size: int = 256,
-                 batch_ms: int = 100, producer=None, metrics: StreamMetrics | None = None) -> None:
+                 batch_ms: int = 100, producer=None, metrics: StreamMetrics | None = None,
+                 retention_days: float = 0) -> None:
         self.store = store
         self.normalizer = normalizer
         self.stages = list(stages)
@@ -55,7 +65,11 @@ class StreamConsumer:
         self.producer = producer  # the alerts producer, flushed before every commit
         self.conf = {"bootstrap.servers": bootstrap, "group.id": group,
                      "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                     "queued.max.messages.kbytes": FETCH_QUEUE_KB,
                      "logger": quiet_logger(), **(settings or {})}
+        self.retention_days = retention_days
+        self._prune_at = 0.0  # monotonic time of the next retention pass
+        self._paused = False
         self.summary = StreamSummary()
         self.metrics = metrics or StreamMetrics()
         self._seen: dict[str, int] = {}  # stage totals already counted in the metrics
@@ -86,11 +100,15 @@ class StreamConsumer:
                     rec = record_of(m)
                     self._partitions[rec.source] = (m.topic(), m.partition())
                     self._flow.feed(rec)
-                if self._flow.due() or (not msgs and self._flow.pending()):
+                if not self._flow.full() and (self._flow.due()
+                                              or (not msgs and self._flow.pending())):
                     self._flow.flush()
                 self._commit(self._flow.completed())
+                self._backpressure()
                 if time.monotonic() - self._lag_at >= LAG_EVERY_S:
                     self._measure_lag()
+                if self.retention_days > 0 and time.monotonic() >= self._prune_at:
+                    self._prune()
             log.info("consumer_stopping", reason="signal")
             self._drain()
         finally:
@@ -106,8 +124,42 @@ class StreamConsumer:
         self.summary.add(self._flow.drain())
         self._commit(self._flow.completed())
 
+    def _backpressure(self) -> None:
+        """Pause fetching while every batch slot of the flow is taken; resume once one frees."""
+        full = self._flow.full()
+        if full == self._paused:
+            return
+        assigned = self._consumer.assignment()
+        if full:
+            self._consumer.pause(assigned)
+            self.summary.pauses += 1
+            self.metrics.pauses.inc()
+            log.info("partitions_paused", reason="models and sink behind",
+                     batches_in_flight=self._flow.in_flight())
+        else:
+            self._consumer.resume(assigned)
+            log.info("partitions_resumed")
+        self._paused = full
+        self.metrics.paused.set(int(full))
+
+    def _prune(self) -> None:
+        """Retention: drop events (with their vectors and scores) older than ``retention_days``,
+        on the flow's thread between batches; alerts, fits and imports stay."""
+        self._prune_at = time.monotonic() + PRUNE_EVERY_S
+        before = utcnow() - timedelta(days=self.retention_days)
+
+        def prune() -> None:
+            removed = self.store.prune(before)
+            for table, n in removed.items():
+                self.metrics.pruned.labels(table).inc(n)
+            log.info("retention_pruned", before=before.isoformat(), **removed)
+
+        self._flow.after_batches(prune)
+
     def _on_assign(self, consumer, partitions) -> None:
         log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
+        self._paused = False  # a new assignment starts fetching; the loop pauses it if need be
+        self.metrics.paused.set(0)
         self.metrics.joined()
 
     def _measure_lag(self) -> None:

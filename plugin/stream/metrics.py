@@ -34,6 +34,13 @@ class StreamMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)
         self.batches_in_flight = Gauge("sysmon_blt_batches_in_flight",
                                        "batches handed to the sink and not yet durable", registry=r)
+        self.paused = Gauge("sysmon_blt_partitions_paused",
+                            "1 while fetching is paused because the models and sink are behind",
+                            registry=r)
+        self.pauses = Counter("sysmon_blt_pauses", "times fetching was paused for back-pressure",
+                              registry=r)
+        self.pruned = Counter("sysmon_blt_rows_pruned", "rows removed by retention",
+                              ["table"], registry=r)
         self.lag = Gauge("sysmon_blt_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=r)
         self._joined = threading.Event()

@@ -101,3 +101,28 @@ class AlertPublisher:
     def stats(self) -> dict:
         return {"name": self.name, "published": self.published, "held_back": self.held_back,
                 "rate_summaries": self.rate_summaries}
+
+
+class DeadLetterPublisher:
+    """Sends each dead letter of a batch to a dead-letter topic as well as to the table: the
+    payload (cut at 64 KiB, as stored) as the value, the reason, source and offset as headers,
+    so a team can replay or inspect what could not be read with its own Kafka tools. Published
+    before the batch's offsets are committed, like the alerts (at least once)."""
+
+    def __init__(self, producer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.name = f"dead-letters:{topic}"
+        self.published = 0
+
+    def __call__(self, batch: Batch) -> None:
+        for d in batch.dead:
+            self.producer.produce(
+                self.topic, value=(d.payload or "").encode("utf-8", "replace"),
+                headers=[("sysmon_blt_reason", d.reason.encode("utf-8", "replace")),
+                         ("sysmon_blt_source", d.source.encode("utf-8", "replace")),
+                         ("sysmon_blt_position", str(d.position).encode())])
+            self.published += 1
+
+    def stats(self) -> dict:
+        return {"name": self.name, "published": self.published}

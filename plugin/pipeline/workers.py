@@ -1,0 +1,312 @@
+"""Embedding workers: spawned processes that hold the models and turn texts into vectors.
+
+One worker per CUDA device, so an import or a consumer spreads over every GPU; on a CPU, as many
+single-threaded workers as `plan_workers` picks for the cores (two one-thread workers embed ~1.5x
+faster than one two-thread process on two cores: torch's intra-op threads scale poorly on the
+BLT's small matrices). Each worker holds the primary (BLT) and, when it runs, the shadow
+(Linformer), so both models see the same batches without shipping texts twice to two processes.
+
+The parent keeps scoring: a batch's new texts are dealt over the workers (round-robin in length
+order, so each gets a like share of long texts), their vectors come back, and the one stage thread
+of the flow scores them in log order. Embedding is a pure function of the text, so splitting it
+cannot reorder anything the lineage context depends on.
+
+A worker that dies (killed, out of memory, a crash in native code) is restarted and its share of
+the batch sent again; a share that kills `MAX_TRIES` workers in a row is a bug worth stopping for,
+and raises `WorkerError` instead of looping. Workers are started with the `spawn` method: a fork
+of a process that has torch threads and a DuckDB connection is not safe.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+MAX_TRIES = 3
+START_TIMEOUT_S = 300.0
+POLL_S = 0.5
+
+
+class WorkerError(RuntimeError):
+    """The pool could not embed a batch: a worker failed to start, or kept dying on it."""
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Where the workers run: one entry per worker (``cpu`` or ``cuda:N``), and torch threads
+    for each CPU worker."""
+
+    devices: tuple[str, ...]
+    threads: int
+
+    def describe(self) -> str:
+        if not self.devices:
+            return "in-process"
+        return f"{len(self.devices)} worker(s) on {', '.join(self.devices)}"
+
+
+def plan_workers(setting: int | str, cuda_devices: int | None = None,
+                 cores: int | None = None) -> WorkerPlan:
+    """The workers for a ``workers`` setting: ``auto`` is one per CUDA device, else one
+    single-threaded CPU worker per core, up to 8 (on one core: none, embedding in-process);
+    0 is in-process (no worker processes); N is N workers (spread over the CUDA devices, or on
+    the CPU with cores // N threads each)."""
+    if cuda_devices is None:
+        import torch
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = cores or os.cpu_count() or 1
+    if setting == "auto":
+        n = cuda_devices if cuda_devices else (min(cores, 8) if cores > 1 else 0)
+    else:
+        n = int(setting)
+    if n <= 0:
+        return WorkerPlan((), 0)
+    if cuda_devices:
+        return WorkerPlan(tuple(f"cuda:{i % cuda_devices}" for i in range(n)), 1)
+    return WorkerPlan(("cpu",) * n, max(1, cores // n))
+
+
+def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads: int) -> None:
+    """A worker's life: load the models, say which, then embed what it is sent until told to
+    stop (None) or the parent goes away."""
+    import signal
+
+    import torch
+
+    from plugin.models.embedder import BLTEmbedder
+
+    # Ctrl-C reaches the whole process group: the parent drains and stops its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from plugin.models.linformer_embedder import LinformerEmbedder
+
+    torch.set_num_threads(threads)
+    models = {}
+    try:
+        blt = BLTEmbedder.from_dir(model_dir, device=device, threads=threads)
+        models[blt.name] = blt
+        if shadow:
+            lin = LinformerEmbedder.from_dir(model_dir, device=device, threads=threads)
+            models[lin.name] = lin
+    except Exception as exc:  # the parent loaded the same directory: this is rare, say why
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", {n: m.version for n, m in models.items()}))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        name, texts = msg
+        try:
+            model = models[name]
+            vectors = model.embed(texts)
+            # the BLT's per-byte surprisal from the same pass: the parent's scorer and
+            # explanations read it instead of running the entropy model again
+            known = getattr(model, "last_surprisal", None)
+            surprisal = [known.get(t) for t in texts] if known is not None else None
+            conn.send(("ok", (vectors, surprisal)))
+        except Exception as exc:  # a Python error is the batch's, not the worker's: report it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    """One spawned process and the pipe to it."""
+
+    def __init__(self, ctx, model_dir: str, shadow: bool, device: str, threads: int) -> None:
+        self.args = (model_dir, shadow, device, threads)
+        self.ctx = ctx
+        self.device = device
+        self.proc = None
+        self.conn: Connection | None = None
+
+    def start(self) -> dict[str, str]:
+        self.launch()
+        return self.ready()
+
+    def launch(self) -> None:
+        parent, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_serve, args=(child, *self.args), daemon=True,
+                                     name=f"sysmon-blt-embed-{self.device}")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+
+    def ready(self) -> dict[str, str]:
+        """Wait for the worker's models; returns their versions."""
+        status, payload = self._answer(START_TIMEOUT_S)
+        if status != "ready":
+            raise WorkerError(f"embedding worker on {self.device} could not start: {payload}")
+        return payload
+
+    def send(self, name: str, texts: list[str]) -> None:
+        self.conn.send((name, texts))
+
+    def _answer(self, timeout: float = float("inf")) -> tuple[str, object]:
+        """The worker's next message; ("died", exit code) when the process is gone."""
+        deadline = time.monotonic() + timeout
+        while not self.conn.poll(POLL_S):
+            if not self.proc.is_alive():
+                return "died", self.proc.exitcode
+            if time.monotonic() > deadline:
+                return "died", "no answer in time"
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            return "died", self.proc.exitcode
+
+    def result(self) -> tuple[str, object]:
+        return self._answer()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+
+    def kill(self) -> None:
+        """Stop a broken worker now (no goodbye: it may be stuck)."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.join(5)
+        if self.conn is not None:
+            self.conn.close()
+
+
+class WorkerPool:
+    """Spawned embedding workers for a model directory (see the module docstring)."""
+
+    def __init__(self, model_dir: str | Path, plan: WorkerPlan, *, shadow: bool = False) -> None:
+        if not plan.devices:
+            raise ValueError("a worker pool needs at least one worker")
+        ctx = mp.get_context("spawn")
+        self.plan = plan
+        self.restarts = 0
+        self._workers = [_Worker(ctx, str(model_dir), shadow, d, plan.threads)
+                         for d in plan.devices]
+        self.versions: dict[str, str] = {}
+        try:
+            for w in self._workers:  # all load their models at once
+                w.launch()
+            for w in self._workers:
+                self.versions = w.ready()
+        except BaseException:
+            self.close()
+            raise
+        log.info("embedding_workers_started", workers=len(self._workers),
+                 devices=list(plan.devices), threads=plan.threads, models=sorted(self.versions))
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def embed(self, name: str, texts: Sequence[str]) -> tuple[np.ndarray, list | None]:
+        """Vectors of ``texts`` from model ``name``, in input order, over every worker; and,
+        for a model that keeps it (the BLT), each text's per-byte surprisal (else None)."""
+        texts = list(texts)
+        if not texts:
+            raise ValueError("nothing to embed")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        shares = [order[k::len(self._workers)] for k in range(len(self._workers))]
+        shares = [s for s in shares if s]
+        out: np.ndarray | None = None
+        surprisal: list | None = None
+        tries = {k: 0 for k in range(len(shares))}
+        todo = list(range(len(shares)))
+        while todo:
+            for k in todo:
+                self._send(k, name, [texts[i] for i in shares[k]])
+            failed, errors = [], []
+            for k in todo:  # every answer, even after an error: none may be left in a pipe
+                status, payload = self._workers[k].result()
+                if status == "ok":
+                    vectors, sur = payload
+                    if out is None:
+                        out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+                        surprisal = [None] * len(texts) if sur is not None else None
+                    out[np.asarray(shares[k])] = vectors
+                    if surprisal is not None:
+                        for i, v in zip(shares[k], sur):
+                            surprisal[i] = v
+                elif status == "error":
+                    errors.append(f"embedding worker on {self._workers[k].device}: {payload}")
+                else:
+                    tries[k] += 1
+                    failed.append(k)
+                    log.warning("embedding_worker_died", device=self._workers[k].device,
+                                exit=payload, texts=len(shares[k]), tries=tries[k])
+            if errors:
+                raise WorkerError("; ".join(errors))
+            for k in failed:
+                if tries[k] >= MAX_TRIES:
+                    raise WorkerError(f"embedding workers died {tries[k]} times on one batch of "
+                                      f"{len(shares[k])} texts; stopping rather than looping")
+                self._restart(k)
+            todo = failed
+        return out, surprisal
+
+    def _send(self, k: int, name: str, texts: list[str]) -> None:
+        try:
+            self._workers[k].send(name, texts)
+        except (OSError, ValueError):  # its pipe broke: the answer will say it died
+            pass
+
+    def _restart(self, k: int) -> None:
+        w = self._workers[k]
+        w.kill()
+        w.start()
+        self.restarts += 1
+        log.info("embedding_worker_restarted", device=w.device, restarts=self.restarts)
+
+    def embedder(self, local) -> "PooledEmbedder":
+        """A stand-in for ``local`` (an embedder loaded in this process, for its name, version
+        and dim) whose `embed` runs on the workers."""
+        if self.versions.get(local.name) != local.version:
+            raise WorkerError(f"embedding workers loaded {local.name} version "
+                              f"{self.versions.get(local.name)}, this process {local.version}")
+        return PooledEmbedder(self, local)
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.stop()
+
+
+class PooledEmbedder:
+    """The embedder protocol (name, version, dim, embed) over a `WorkerPool`."""
+
+    def __init__(self, pool: WorkerPool, local) -> None:
+        self.pool = pool
+        self.local = local
+        self.name = local.name
+        self.version = local.version
+        self.dim = local.dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The workers' vectors; the BLT's surprisal of the same pass lands on the local model
+        (`last_surprisal`), as an embed in this process would leave it for scoring and
+        explanations."""
+        texts = list(texts)
+        vectors, surprisal = self.pool.embed(self.name, texts)
+        if surprisal is not None and hasattr(self.local, "last_surprisal"):
+            self.local.last_surprisal = {t: v for t, v in zip(texts, surprisal) if v is not None}
+        return vectors
