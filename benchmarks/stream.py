@@ -99,25 +99,25 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process and all its descendants (the consumer and its embedding
-    workers), summed."""
-    total, todo, seen = 0, [pid], set()
+def rss_mb(pid: int) -> list[float] | None:
+    """Resident memory (MB) of a process and of each of its descendants (the consumer, then its
+    embedding workers); None once the process is gone."""
+    out, todo, seen = [], [pid], set()
     while todo:
-        p = todo.pop()
+        p = todo.pop(0)
         if p in seen:
             continue
         seen.add(p)
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    out.append(int(line.split()[1]) / 1024)
         except OSError:
             if p == pid:
                 return None
             continue
         todo += _children(p)
-    return total / 1024
+    return out
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -179,7 +179,8 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             "p50_s": round(pct(lat, 0.50), 3), "p99_s": round(pct(lat, 0.99), 3),
             "max_s": round(max(lat), 3) if lat else None, "lag_mid": mid_lag, "lag_end": end_lag,
             "held": end_lag is not None and end_lag < rate, "consumer_exit": consumer.returncode,
-            "rss_mb": [round(x) for x in rss if x is not None]}
+            "rss_mb": [round(sum(x)) for x in rss if x is not None],
+            "rss_last_per_process": [round(x) for x in next((x for x in reversed(rss) if x), [])]}
 
 
 def main() -> None:
@@ -202,7 +203,8 @@ def main() -> None:
             m = r["rss_mb"]
             if m:
                 print(f"       consumer + workers RSS every 10 s (MB): first {m[0]}, after warm-up {m[min(2, len(m) - 1)]}, "
-                      f"last {m[-1]}, max {max(m)}; samples {m}", flush=True)
+                      f"last {m[-1]}, max {max(m)}; samples {m}; last per process "
+                      f"{r['rss_last_per_process']}", flush=True)
     finally:
         if broker is not None:
             broker.kill()

@@ -53,9 +53,13 @@ class Config:
     # are pruned hourly, as `prune --older-than` does; 0 keeps everything
     retention_days: float = 0
     # embedding workers (spawned processes holding the models): "auto" = one per CUDA device,
-    # else one single-threaded worker per CPU core; 0 = embed in the command's own process;
-    # N = N workers
+    # else one CPU worker using every core; 0 = embed in the command's own process; N = N workers
     workers: int | str = "auto"
+    # incidents (`sysmon-blt incidents`): the primary model's outliers grouped by host and process
+    # tree; an incident stays open while its outliers come less than this many minutes apart, and
+    # takes in every event of its tree less than this long before its first or after its latest
+    # outlier (a quieter gap starts a new incident of the same root)
+    incident_window_minutes: float = 60.0
 
     def validate(self, origin: str) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -65,6 +69,9 @@ class Config:
         if self.workers != "auto" and (isinstance(self.workers, bool)
                                        or not isinstance(self.workers, int) or self.workers < 0):
             raise UsageError(f"{origin}: workers must be 'auto' or an integer >= 0")
+        if not 0 < self.incident_window_minutes < 1e6:  # also refuses nan and inf
+            raise UsageError(f"{origin}: incident_window_minutes must be a positive number "
+                             "of minutes")
         if self.retention_days < 0:
             raise UsageError(f"{origin}: retention_days must be >= 0 (0 keeps everything)")
         if not 0.0 <= self.shadow_sample_rate <= 1.0:
