@@ -3,7 +3,9 @@
 For each capture: baseline = the other three captures without their attack trees, test = this
 capture, attack events labelled by process tree from the capture's seed (../shared/data/README.md).
 One evaluation database serves all four folds (inputs are imported once). Prints each fold's
-table, then the mean per scorer, and writes everything as JSON.
+table and its incidents (the default scorer's outliers grouped as an import groups them: the rank
+of the first incident holding attack events, the share of attack events in the top three, how
+many incidents and alerts), then the mean per scorer, and writes everything as JSON.
 
 usage: python benchmarks/eval_lsass.py [--data ../shared/data] [--db lsass.duckdb] [--out eval.json]
        [--model DIR] [--no-anchors]
@@ -53,6 +55,16 @@ def main() -> None:
         print(f"{'scorer':16} " + " ".join(f"{k:>12}" for k in ("ROC-AUC", "AP", "TPR@1%FPR", "flagged")))
         for name, m in res["scorers"].items():
             print(f"{name:16} " + " ".join(f"{m[k]:12.3f}" if isinstance(m.get(k), (int, float)) else f"{'-':>12}" for k in COLS))
+        inc = res.get("incidents")
+        if inc:
+            share = inc["attack_share_top3"]
+            print(f"incidents {inc['incidents']} (alerts {inc['alerts']}, outlier events "
+                  f"{inc['outlier_events']}); first incident with attack events at rank "
+                  f"{inc['first_attack_incident_rank'] or '-'}; attack events in the top three "
+                  + (f"{share:.1%}" if share is not None else "-"))
+            for r, top in enumerate(inc["top"][:3]):
+                print(f"  {r + 1}. score {top['score']:.2f} {top['root_image']} on {top['computer']}: "
+                      f"{top['events']} events, {top['alerts']} alerts, {top['attack_events']} attack")
     print("\n== mean over the four captures")
     names = list(next(iter(folds.values()))["scorers"])
     mean = {}
@@ -63,6 +75,16 @@ def main() -> None:
             vals = [v for v in vals if isinstance(v, (int, float))]
             mean[name][k] = sum(vals) / len(vals) if vals else None
         print(f"{name:16} " + " ".join(f"{mean[name][k]:12.3f}" if mean[name][k] is not None else f"{'-':>12}" for k in COLS))
+    incs = [f["incidents"] for f in folds.values() if f.get("incidents")]
+    if incs:
+        print("\n== incidents per capture")
+        print(f"{'capture':8} {'incidents':>9} {'alerts':>7} {'first attack rank':>18} {'attack in top 3':>16}")
+        for c, f in folds.items():
+            i = f.get("incidents") or {}
+            share = i.get("attack_share_top3")
+            print(f"{c:8} {i.get('incidents', '-'):>9} {i.get('alerts', '-'):>7} "
+                  f"{i.get('first_attack_incident_rank') or '-':>18} "
+                  + (f"{share:>16.1%}" if share is not None else f"{'-':>16}"))
     Path(args.out).write_text(json.dumps({"folds": folds, "mean": mean}, indent=2))
 
 

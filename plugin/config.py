@@ -52,6 +52,17 @@ class Config:
     # the consumer's retention: events (and their vectors and scores) older than this many days
     # are pruned hourly, as `prune --older-than` does; 0 keeps everything
     retention_days: float = 0
+    # without a fit: "case" calibrates the shipped model's scores on the run's own events (a
+    # streaming quantile with stacking, see the README), "shipped" keeps the training corpus's
+    # threshold (more flags; for a small capture where a quantile means little)
+    cold_start: str = "case"
+    # the consumer's learning period on a store with no fit: events are scored and stored, but
+    # only scores of at least learning_bar alert until both learning_hours and learning_events
+    # are reached; then it fits on them (holding back what it flagged) and scores with the fit.
+    # learning_events 0 turns the period (and its automatic fit) off
+    learning_hours: float = 24
+    learning_events: int = 100_000
+    learning_bar: float = 2.0
     # embedding workers (spawned processes holding the models): "auto" = one per CUDA device,
     # else one CPU worker using every core; 0 = embed in the command's own process; N = N workers
     workers: int | str = "auto"
@@ -72,6 +83,11 @@ class Config:
         if not 0 < self.incident_window_minutes < 1e6:  # also refuses nan and inf
             raise UsageError(f"{origin}: incident_window_minutes must be a positive number "
                              "of minutes")
+        if self.learning_hours < 0 or self.learning_events < 0 or self.learning_bar < 1.0:
+            raise UsageError(f"{origin}: learning_hours and learning_events must be >= 0 and "
+                             "learning_bar >= 1.0")
+        if self.cold_start not in ("case", "shipped"):
+            raise UsageError(f"{origin}: cold_start must be 'case' or 'shipped'")
         if self.retention_days < 0:
             raise UsageError(f"{origin}: retention_days must be >= 0 (0 keeps everything)")
         if not 0.0 <= self.shadow_sample_rate <= 1.0:

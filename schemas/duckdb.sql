@@ -183,3 +183,37 @@ CREATE TABLE IF NOT EXISTS alert_changes (
     analyst  VARCHAR NOT NULL,
     changed_at TIMESTAMPTZ NOT NULL
 );
+
+
+-- migration: 6
+-- Incidents: the primary model's outliers grouped by host, process tree and time
+-- (plugin/detect/incidents.py). One row per incident id (a hash of model, computer and root
+-- process GUID); `events` and `outliers` count the assignments linked to it (a replay links the
+-- same rows again and counts nothing), `alerts` the distinct alerts in incident_alerts.
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id VARCHAR PRIMARY KEY,
+    model       VARCHAR NOT NULL,
+    computer    VARCHAR,
+    root_guid   VARCHAR NOT NULL,       -- ProcessGuid of the root (no braces, lower case)
+    root_image  VARCHAR,                -- the root's Image as logged
+    first_seen  TIMESTAMPTZ,            -- NULL while a rescore rebuilds it
+    last_seen   TIMESTAMPTZ,
+    events      BIGINT NOT NULL,        -- events of the root's process tree in the window
+    outliers    BIGINT NOT NULL,        -- outlier events among them
+    alerts      BIGINT NOT NULL,        -- distinct alerts their outliers fold into
+    score       DOUBLE NOT NULL,        -- ranking score (breadth, outliers, root novelty, peak)
+    status      VARCHAR NOT NULL,       -- open, suppressed, false_positive
+    texts       VARCHAR[],              -- distinct outlier texts, the first ten
+    event_types INTEGER[],              -- distinct event ids
+    root_novel  INTEGER NOT NULL,       -- never-seen paths the root's own events name
+    created     TIMESTAMPTZ NOT NULL,
+    updated     TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS incident_alerts (   -- which alerts' events belong to which incidents
+    incident_id VARCHAR NOT NULL,
+    alert_id    VARCHAR NOT NULL,
+    PRIMARY KEY (incident_id, alert_id)
+);
+
+ALTER TABLE assignments ADD COLUMN IF NOT EXISTS incident_id VARCHAR;  -- NULL outside any incident

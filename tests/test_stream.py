@@ -77,8 +77,11 @@ def simulated(n: int, seed: int, anomaly_rate: float = 0.05) -> list[tuple[bytes
 
 
 def start_consumer(bootstrap: str, db: Path, *extra: str) -> subprocess.Popen:
+    # no learning period and the corpus's threshold unless a test asks otherwise: these tests
+    # are about what alerts do, on streams too short for a case calibration to mean much
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS": "6000",
-           "SYSMON_BLT_STREAM_BATCH_MS": "100"}
+           "SYSMON_BLT_STREAM_BATCH_MS": "100", "SYSMON_BLT_LEARNING_EVENTS": "0",
+           "SYSMON_BLT_COLD_START": "shipped"}
     return subprocess.Popen([sys.executable, "-m", "plugin.cli", "consume", "--bootstrap", bootstrap,
                              "--topic", "sysmon", "--group", GROUP, "--db", str(db), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -194,11 +197,17 @@ def test_consume_stores_every_event_dead_letters_bad_ones_and_alerts_once(broker
     texts = [r[0] for r in con.execute("SELECT normalized FROM events").fetchall()]
     assert not any("sysmon_blt_kafka" in t for t in texts)
     n_alerts = con.execute("SELECT count(*) FROM alerts WHERE model = 'blt'").fetchall()[0][0]
+    incident_ids = {r[0] for r in con.execute("SELECT incident_id FROM incidents").fetchall()}
     con.close()
     assert n_alerts > 0
-    msgs = read_alerts(broker, n_alerts)
+    everything = read_alerts(broker, n_alerts)
+    msgs = [m for m in everything if m["kind"] == "alert"]
     ids = [m["alert_id"] for m in msgs]
     assert len(ids) == len(set(ids)) == n_alerts  # a repeated outlier alerts once
+    # incidents go out too, as their rows, and each alert names the incidents it belongs to
+    updates = [m for m in everything if m["kind"] == "incident"]
+    assert updates and {m["incident_id"] for m in updates} == incident_ids
+    assert all(set(m["incident_ids"]) <= incident_ids for m in msgs)
     m = msgs[0]
     assert m["kind"] == "alert" and m["sysmon_blt"]["score"] >= 1.0 and m["winlog"]["computer_name"]
     dead = read_alerts(broker, 2, topic="dlq", raw=True)
@@ -253,7 +262,9 @@ def two_outliers(tmp_path_factory) -> list[tuple[str, str]]:
     d = tmp_path_factory.mktemp("outliers")
     src, scored = d / "events.jsonl", d / "scored.duckdb"
     simulate.write_jsonl(str(src), 1500, seed=5, anomaly_rate=0.05)
-    assert main(["import", str(src), "--db", str(scored), "-q"]) == 0
+    shipped = d / "shipped.yaml"  # the corpus's threshold: these tests need known outliers
+    shipped.write_text("cold_start: shipped\n")
+    assert main(["import", str(src), "--db", str(scored), "-q", "--config", str(shipped)]) == 0
     con = duckdb.connect(str(scored), read_only=True)
     rows = con.execute("SELECT e.raw, e.normalized FROM alerts a JOIN events e USING (event_key) "
                        "ORDER BY a.score DESC LIMIT 2").fetchall()
@@ -297,7 +308,7 @@ def test_a_host_over_its_alert_rate_gets_one_rate_summary(broker, tmp_path, two_
     wait_committed(broker, 4, proc, partitions=1)
     rc, _, err = stop(proc)
     assert rc == 0, err
-    kinds = [m["kind"] for m in read_alerts(broker, 2)]
+    kinds = [m["kind"] for m in read_alerts(broker, 2) if m["kind"] != "incident"]
     assert kinds == ["alert", "rate_summary"]  # the rest of the minute is stored, not sent
 
 
@@ -350,3 +361,49 @@ def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_pat
     store.close()
     assert stored == n and s.dead_letters == 0
     assert committed(broker) == n
+
+
+def test_a_store_without_a_fit_learns_then_fits_holding_back_what_it_flagged(broker, tmp_path):
+    """The learning period: on a fresh store only scores at the learning bar alert; once the
+    events (and hours) are reached the consumer fits on what it stored, holding back the texts
+    the cold start flagged, and scores with that fit from then on."""
+    make_topics(broker, "sysmon")
+    produce(broker, "sysmon", simulated(3000, seed=31))
+    db = tmp_path / "learn.duckdb"
+    port = free_port()
+    env_cfg = tmp_path / "learn.yaml"
+    env_cfg.write_text("learning_events: 2500\nlearning_hours: 0\nlearning_bar: 2.0\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+    env.pop("SYSMON_BLT_LEARNING_EVENTS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "plugin.cli", "consume", "--bootstrap", broker,
+                             "--topic", "sysmon", "--group", GROUP, "--db", str(db), "--config",
+                             str(env_cfg), "--serve", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=ROOT)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    assert "sysmon_blt_learning 1.0" in http(f"http://127.0.0.1:{port}/metrics")
+    wait_committed(broker, 3000, proc)
+    deadline = time.monotonic() + 60
+    while "sysmon_blt_learning 0.0" not in http(f"http://127.0.0.1:{port}/metrics"):
+        assert time.monotonic() < deadline, "the learning period did not end"
+        time.sleep(0.5)
+    rc, out, err = stop(proc)
+    assert rc == 0, err
+    assert "learning_period_ended" in err
+    con = duckdb.connect(str(db), read_only=True)
+    fit = con.execute("SELECT version, params FROM fits WHERE model = 'blt' AND version > 0 "
+                      "ORDER BY version DESC LIMIT 1").fetchone()
+    assert fit is not None  # the automatic fit
+    params = json.loads(fit[1])
+    flagged = con.execute("SELECT count(DISTINCT e.text_hash) FROM events e JOIN assignments a "
+                          "USING (event_key) WHERE a.model = 'blt' AND a.is_outlier AND a.version = 0"
+                          ).fetchone()[0]
+    assert params["held_back_outlier_texts"] > 0 and flagged > 0  # what it flagged stayed evidence
+    # during learning, alerts only from scores at the bar; outliers below it are stored as such
+    low = con.execute("SELECT count(*) FROM assignments WHERE model = 'blt' AND version = 0 AND "
+                      "is_outlier AND score < 2.0").fetchone()[0]
+    learning_alerts_below_bar = con.execute(
+        "SELECT count(*) FROM alerts al JOIN assignments a ON a.event_key = al.event_key AND "
+        "a.model = al.model WHERE al.model = 'blt' AND a.version = 0 AND a.score < 2.0").fetchone()[0]
+    con.close()
+    assert low > 0 and learning_alerts_below_bar == 0

@@ -16,7 +16,7 @@ from plugin.cli.ingest import cmd_import, cmd_simulate
 from plugin.cli.modeling import SHADOW_CARD_MARK, cmd_eval, cmd_fit, cmd_rescore, cmd_train
 from plugin.cli.parser import build_parser, merge_globals
 from plugin.cli.stream import cmd_consume, cmd_serve
-from plugin.cli.triage import cmd_alerts, cmd_enrich, cmd_prune, cmd_report
+from plugin.cli.triage import cmd_alerts, cmd_enrich, cmd_incidents, cmd_prune, cmd_report
 from plugin.errors import UsageError
 
 __all__ = ["SHADOW_CARD_MARK", "build_parser", "main"]
@@ -27,7 +27,7 @@ COMMANDS: dict[str, Callable] = {
     "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train, "fit": cmd_fit,
     "rescore": cmd_rescore, "eval": cmd_eval, "enrich": cmd_enrich, "alerts": cmd_alerts,
     "report": cmd_report, "consume": cmd_consume, "serve": cmd_serve,
-    "prune": cmd_prune,
+    "prune": cmd_prune, "incidents": cmd_incidents,
 }
 
 

@@ -37,7 +37,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         pool = open_pool(cfg, embedder, shadow)
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                               cfg.suppress, pool=pool)
+                               cfg.suppress, pool=pool,
+                               incident_window_minutes=cfg.incident_window_minutes,
+                               cold_start=cfg.cold_start)
                   if embedder is not None else [])
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
@@ -47,6 +49,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         lacking = store.events_lacking_vectors(embedder.name, embedder.version) if embedder else 0
         top = store.list_alerts(status="open", top=5) if not args.json else []
         open_alerts = store.alert_count("open")
+        incidents = store.list_incidents(top=5) if not args.json else []
+        n_incidents = store.incident_count()
     finally:
         if pool is not None:
             pool.close()
@@ -59,7 +63,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(asdict(summary), default=str))
     else:
-        print(format_summary(summary, top, open_alerts))
+        print(format_summary(summary, top, open_alerts, incidents, n_incidents))
     return 0
 
 
@@ -82,9 +86,10 @@ def _warn_about_inputs(paths: list[str], s) -> None:
               "letters: SELECT * FROM dead_letters", file=sys.stderr)
 
 
-def format_summary(s, top: list[dict], open_alerts: int) -> str:
-    """The import summary as a person reads it: counts, time, rates, where the data went, and
-    the alerts to look at first."""
+def format_summary(s, top: list[dict], open_alerts: int, incidents: list[dict] | None = None,
+                   n_incidents: int = 0) -> str:
+    """The import summary as a person reads it: counts, time, rates, where the data went, the
+    alerts to look at first, and last the top incidents (the stories those alerts belong to)."""
     rows = [
         ("records read", f"{s.records:,} from {s.files:,} input(s)"
          + (f", {s.inputs_skipped_same_sha256:,} already imported" if s.inputs_skipped_same_sha256 else "")),
@@ -99,7 +104,8 @@ def format_summary(s, top: list[dict], open_alerts: int) -> str:
         if st.get("name", "").startswith("embed:"):
             rows.append((f"model {st['model']}", f"{st['texts_embedded']:,} new texts embedded "
                          f"({st['texts_per_second']:,.0f}/s), {st['cache_hits']:,} from the cache"))
-    rows.append(("outliers", f"{s.outliers:,} events; {open_alerts:,} open alerts"))
+    rows.append(("outliers", f"{s.outliers:,} events; {open_alerts:,} open alerts; "
+                 f"{n_incidents:,} incidents"))
     if s.inputs_without_sysmon:
         shown = ", ".join(s.inputs_without_sysmon[:5])
         more = len(s.inputs_without_sysmon) - 5
@@ -114,6 +120,11 @@ def format_summary(s, top: list[dict], open_alerts: int) -> str:
         for a in top:
             lines.append(f"  {a['score']:6.2f}  {a['alert_id'][:12]:<12} "
                          f"{(a['computer'] or '-')[:20]:<20} {(a['normalized'] or '')[:90]}")
+    if incidents:
+        from plugin.cli.triage import format_incident_list
+
+        lines += ["", "top incidents (sysmon-blt incidents):",
+                  format_incident_list(incidents, n_incidents, indent="  ", more_hint=False)]
     return "\n".join(lines)
 
 

@@ -124,7 +124,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     try:
         pool = open_pool(cfg, embedder, shadow)
         res = rescore(store, model_stages(store, embedder, cfg.model, shadow,
-                                          cfg.shadow_sample_rate, cfg.suppress, pool=pool),
+                                          cfg.shadow_sample_rate, cfg.suppress, pool=pool,
+                                          incident_window_minutes=cfg.incident_window_minutes,
+                                          cold_start=cfg.cold_start),
                       batch_size=cfg.batch_size)
     finally:
         if pool is not None:

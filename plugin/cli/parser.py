@@ -311,6 +311,31 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--analyst", metavar="NAME", help="who (default: the login name)")
     _json_flag(mk, "the change as one JSON object", "one line")
 
+    inc = command(
+        "incidents", help="the primary model's outliers grouped into stories, best first",
+        description="An incident is one host's process tree in trouble: its root is the earliest "
+        "ancestor that is itself an outlier or runs a binary the fitted baseline never saw (not "
+        "explorer.exe or services.exe, which would make one incident per host), and it holds "
+        "every event of the root's tree, outlier or not, while its outliers come less than "
+        "incident_window_minutes (config key, default 60) apart. Incidents form as events are "
+        "imported, consumed or rescored; only the primary model (BLT) forms them.\n\n"
+        "Ranked by a score that weighs breadth, not only the highest event score: the peak "
+        "score, plus 0.5 x log2(1 + distinct outlier texts), 0.25 x log2(1 + outlier events), "
+        "0.25 per distinct event id beyond the first (up to 6) and 0.5 per never-seen path of the "
+        "root (up to 4). Columns: id (a prefix), host, root image, first and last event time "
+        "(UTC), events of the tree, distinct alerts, score, status.",
+        epilog="examples:\n  sysmon-blt incidents --top 10\n"
+        "  sysmon-blt incidents --json | jq '.[0].texts'\n"
+        "  sysmon-blt alerts list --json             # each alert names its incident_ids\n"
+        "  duckdb sysmon-blt.duckdb \"SELECT e.ts, e.event_id, e.normalized FROM assignments s "
+        "JOIN events e USING (event_key) WHERE s.incident_id LIKE 'ab12%' ORDER BY e.ts\"")
+    inc.add_argument("--db", metavar="FILE", help=DB_HELP)
+    inc.add_argument("--top", type=int, default=20, metavar="N",
+                     help="at most N incidents (default 20; 0: all)")
+    inc.add_argument("--host", metavar="H",
+                     help="only incidents on this computer (case-insensitive; default: all)")
+    _json_flag(inc, "the incidents as a JSON array (full ids, texts and counts)")
+
     sim = command(
         "simulate", help="synthetic Sysmon events for demos and load tests",
         description="Generate realistic Sysmon events from a small simulated fleet (process trees, "

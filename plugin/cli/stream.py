@@ -40,7 +40,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
     try:
         pool = open_pool(cfg, embedder, shadow)
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                               cfg.suppress, pool=pool)
+                               cfg.suppress, pool=pool,
+                               incident_window_minutes=cfg.incident_window_minutes,
+                               cold_start=cfg.cold_start)
                   if embedder is not None else [])
         if args.dead_letter_topic or (args.alerts_topic and embedder is not None):
             from confluent_kafka import Producer
@@ -61,11 +63,22 @@ def cmd_consume(args: argparse.Namespace) -> int:
             http_store = store.for_thread()
             server = BackgroundServer(service_app(http_store, cfg, embedder, metrics), *listen)
             server.start()
+        learning = None
+        primary = next((st for st in stages if getattr(st, "case", None) is not None), None)
+        if primary is not None and cfg.learning_events > 0:  # cold start: no fit in this store
+            from plugin.pipeline.assemble import refit
+            from plugin.stream.learning import LearningPeriod
+
+            primary.alert_bar = cfg.learning_bar
+            learning = LearningPeriod(
+                store, hours=cfg.learning_hours, events=cfg.learning_events,
+                finish=lambda: refit(store, stages, embedder, shadow, cfg.model))
+            metrics.learning.set(1)
         consumer = StreamConsumer(store, Normalizer(load_schemas(cfg.schemas_dir)), stages,
                                   bootstrap=args.bootstrap, topics=args.topic, group=args.group,
                                   settings=cfg.kafka, batch_size=cfg.stream_batch_size,
                                   batch_ms=cfg.stream_batch_ms, producer=producer, metrics=metrics,
-                                  retention_days=cfg.retention_days)
+                                  retention_days=cfg.retention_days, learning=learning)
         summary = consumer.run(stop)
     finally:
         for sig, handler in previous.items():

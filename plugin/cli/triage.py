@@ -1,4 +1,4 @@
-"""Commands an analyst triages with: alerts, enrich, report."""
+"""Commands an analyst triages with: alerts, incidents, enrich, report."""
 
 from __future__ import annotations
 
@@ -132,12 +132,55 @@ def format_alert(a: dict, why: list[str]) -> str:
     lines = [f"alert {a['alert_id']}  score {a['score']:.2f} (1.0 = threshold)  {a['status']}",
              f"  seen {a['count']}x, {seen}, first on {a['computer'] or '-'}",
              f"  event {a['event_key']} (event id {a['event_id']}, {a['source']})",
-             f"  text  {a['normalized']}", "", "why it stands out:"]
+             f"  text  {a['normalized']}"]
+    if a.get("incident_ids"):
+        lines.append("  in incident(s) " + ", ".join(i[:12] for i in a["incident_ids"])
+                     + " (sysmon-blt incidents)")
+    lines += ["", "why it stands out:"]
     lines += [f"  {i + 1}. {r}" for i, r in enumerate(why)] or ["  (no explanation stored)"]
     if a["history"]:
         lines += ["", "history:"]
         lines += [f"  {h['at']:%Y-%m-%d %H:%M:%S} {h['analyst']}: {h['status']}"
                   + (f" ({h['note']})" if h["note"] else "") for h in a["history"]]
+    return "\n".join(lines)
+
+
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from plugin.store import open_store
+
+    if args.top < 0:
+        raise UsageError("incidents: --top must be >= 0")
+    cfg = existing_db("incidents", args)
+    store = open_store(cfg.db, read_only=True, memory_limit=cfg.db_memory_limit)
+    try:
+        rows = store.list_incidents(top=args.top or None, host=args.host)
+        total = store.incident_count()
+    finally:
+        store.close()
+    print(json.dumps(rows, default=str) if args.json else format_incident_list(rows, total))
+    return 0
+
+
+def format_incident_list(rows: list[dict], total: int, indent: str = "",
+                         more_hint: bool = True) -> str:
+    """Incidents as a ranked table: id prefix, host, root image, first and last time (UTC),
+    events, alerts, score, status."""
+    if not rows:
+        return indent + "no incidents" + (f" match (of {total})" if total else "")
+
+    def when(ts) -> str:
+        return ts.strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+    lines = [f"{indent}{'score':>6}  {'incident':<12} {'host':<18} {'root image':<32} "
+             f"{'first seen':<19}  {'last seen':<19} {'events':>6} {'alerts':>6}  status"]
+    for r in rows:
+        image = r["root_image"] or r["root_guid"]
+        image = image if len(image) <= 32 else "..." + image[-29:]  # the file name matters most
+        lines.append(f"{indent}{r['score']:6.2f}  {r['incident_id'][:12]:<12} "
+                     f"{(r['computer'] or '-')[:18]:<18} {image:<32} {when(r['first_seen']):<19}  "
+                     f"{when(r['last_seen']):<19} {r['events']:>6} {r['alerts']:>6}  {r['status']}")
+    if more_hint and total > len(rows):
+        lines.append(f"{indent}({len(rows)} of {total}; --top N shows more, --top 0 all)")
     return "\n".join(lines)
 
 

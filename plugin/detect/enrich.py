@@ -36,15 +36,17 @@ def _process(store: Store, g: str | None) -> dict | None:
             "command_line": p["command_line"], "parent_guid": guid(p["parent"])}
 
 
-def alert_document(raw: str, alert_id: str) -> dict[str, Any]:
+def alert_document(raw: str, alert_id: str,
+                   incident_ids: list[str] | None = None) -> dict[str, Any]:
     """A stored alert as it goes out (alerts topic, `enrich {"alert_id": ...}`): its original
-    event (the JSON object, or {"raw": ...} for event XML) with `alert_id` and `kind`."""
+    event (the JSON object, or {"raw": ...} for event XML) with `alert_id`, `kind`, and the
+    `incident_ids` its events belong to (`sysmon-blt incidents`; empty when none)."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         doc = None
     return {**(doc if isinstance(doc, dict) else {"raw": raw}), "alert_id": alert_id,
-            "kind": "alert"}
+            "kind": "alert", "incident_ids": list(incident_ids or [])}
 
 
 def lineage(store: Store, fields: dict) -> list[dict]:
@@ -118,7 +120,7 @@ class Enricher:
         """(the alert's document, its event, its event_key) from the store."""
         a = self.store.alert(alert_id)
         raw = a.get("raw") or ""
-        doc = alert_document(raw, a["alert_id"])
+        doc = alert_document(raw, a["alert_id"], a.get("incident_ids"))
         ev = parse_and_map(raw) if raw else None
         if ev is None:
             raise BadRecord(f"alert {a['alert_id']}: its stored event cannot be read back")

@@ -9,11 +9,13 @@ never raises an alert.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
 from plugin.config import Config
+from plugin.detect.calibration import CaseCalibration
 from plugin.detect.explain import make_explainer
 from plugin.detect.fitting import load_scorer
 from plugin.detect.reference import ReferenceModelError
@@ -25,6 +27,7 @@ from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.cache import EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
+from plugin.pipeline.incidents import IncidentStage
 from plugin.pipeline.score import ScoreStage
 from plugin.pipeline.suppress import SuppressStage
 from plugin.pipeline.workers import WorkerError, WorkerPool, plan_workers
@@ -87,14 +90,28 @@ def _scorer(store: Store, model, model_dir: str | None, embedder=None):
         raise UsageError(f"--model: {exc}") from exc
 
 
+def case_calibration(loaded) -> CaseCalibration | None:
+    """The cold start's self-calibration (no fit yet, a surprisal threshold shipped), else None:
+    a fit is a baseline someone vouched for and needs none."""
+    threshold = getattr(loaded.scorer, "threshold", None)
+    if loaded.origin != "shipped" or threshold is None:
+        return None
+    return CaseCalibration(threshold)
+
+
 def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
                  shadow: LinformerEmbedder | None = None,
                  shadow_rate: float = 1.0, suppress: list | None = None,
-                 pool: WorkerPool | None = None) -> list[BatchStage]:
+                 pool: WorkerPool | None = None,
+                 incident_window_minutes: float = 60.0,
+                 cold_start: str = "case") -> list[BatchStage]:
     """Embed, then score with the database's latest fit (or the shipped reference clusters),
-    then apply the suppression rules to its alerts; then the same for the shadow model, if any,
-    whose flags never become alerts. ``pool``: embedding workers (`open_pool`); the models
-    loaded here still explain outliers."""
+    then apply the suppression rules to its alerts, then group its outliers into incidents
+    (``incident_window_minutes``: see `plugin.detect.incidents`); without a fit, ``cold_start``
+    "case" calibrates the shipped scores on this run's events, "shipped" keeps the corpus's
+    threshold as it is; then the same for the shadow
+    model, if any, whose flags never become alerts or incidents. ``pool``: embedding workers
+    (`open_pool`); the models loaded here still explain outliers."""
     stages: list[BatchStage] = [embed_stage(store, embedder, model_dir, pool=pool)]
     loaded = _scorer(store, embedder, model_dir, embedder=embedder)
     if loaded is None:
@@ -103,10 +120,13 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
     else:
         explain = make_explainer(loaded, embedder, store.texts_by_hash)
         stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
-                                 context=loaded.context))
+                                 context=loaded.context,
+                                 case=case_calibration(loaded) if cold_start == "case" else None))
         rules = SuppressRules.parse(suppress or [], "configuration: suppress")
         if rules:
             stages.append(SuppressStage(rules, embedder.name))
+        stages.append(IncidentStage(embedder.name, loaded.context,
+                                    timedelta(minutes=incident_window_minutes)))
     if shadow is not None:
         stages += shadow_stages(store, shadow, model_dir, shadow_rate, pool)
     return stages
@@ -144,3 +164,30 @@ def open_pool(cfg: Config, embedder: BLTEmbedder | None,
         return WorkerPool(model_dir_of(cfg), plan, shadow=shadow is not None)
     except WorkerError as exc:
         raise UsageError(f"workers: {exc}") from exc
+
+
+def refit(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
+          shadow: LinformerEmbedder | None, model_dir: str | None) -> dict:
+    """Fit the primary (and the shadow, on the same baseline) on the stored events, holding back
+    every text the primary flagged, then switch the running score stages to the new fits. The
+    consumer calls it once, at the end of its learning period, on the thread that runs the
+    stages. Returns what `fit` reports."""
+    from plugin.detect.fitting import fit_database
+
+    res = fit_database(store, embedder.name, embedder.version, embedder=embedder)
+    if shadow is not None:
+        try:
+            res["shadow"] = fit_database(store, shadow.name, shadow.version,
+                                         flags_of=embedder.name)
+        except ValueError as exc:
+            log.warning("shadow_not_fitted", model=shadow.name, reason=str(exc))
+    for st in stages:
+        if not isinstance(st, ScoreStage):
+            continue
+        model = embedder if st.model == embedder.name else shadow
+        loaded = _scorer(store, model, model_dir, embedder=embedder if model is embedder else None)
+        if loaded is None or loaded.origin != "fit":
+            continue
+        explain = make_explainer(loaded, embedder, store.texts_by_hash) if st.alerts else None
+        st.use_fit(loaded.version, loaded.scorer, explain=explain, context=loaded.context)
+    return res

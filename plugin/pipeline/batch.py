@@ -17,7 +17,7 @@ from plugin.store import DeadLetter, VectorRows
 
 @dataclass
 class Batch:
-    """Events, dead letters, and what the stages add: new vectors, scores, alerts."""
+    """Events, dead letters, and what the stages add: new vectors, scores, alerts, incidents."""
 
     events: list[NormalizedEvent]
     dead: list[DeadLetter] = field(default_factory=list)
@@ -25,6 +25,10 @@ class Batch:
     text_vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # model -> hash -> vector
     assignments: list[dict] = field(default_factory=list)  # scores, one row per event and model
     alerts: list[dict] = field(default_factory=list)  # outliers of the primary model
+    # incidents of the primary model that grew in this batch (`plugin.pipeline.incidents`): the
+    # incident row with the stage's running totals, ``linked_before`` (keys of events written
+    # with earlier batches that joined now) and ``alert_ids`` (alerts whose events joined now)
+    incidents: list[dict] = field(default_factory=list)
 
 
 # A stage sees each batch after normalization and before the sink (embedding and scoring plug in

@@ -208,8 +208,9 @@ class Flow:
                 stage(b)
             rows = event_rows(b.events, utcnow()) if b.events and self.store_events else {}
             new = 0
-            if rows or b.dead or b.vectors or b.assignments or b.alerts:
-                new = self.store.write_batch(rows, b.dead, b.vectors, b.assignments, b.alerts)
+            if rows or b.dead or b.vectors or b.assignments or b.alerts or b.incidents:
+                new = self.store.write_batch(rows, b.dead, b.vectors, b.assignments, b.alerts,
+                                             incidents=b.incidents)
             return Durable(seq, len(b.events), new, len(b.dead), positions,
                            started if started is not None else time.monotonic())
 

@@ -10,6 +10,10 @@ of a per-event score: plus image-path prevalence and the process tree's carried 
 recalibrated so 1.0 still marks the outlier threshold. Events must arrive in log order for the
 lineage to reach (sources and `rescore` keep it).
 
+Without a fit, a ``case`` calibration (`plugin.detect.calibration.CaseCalibration`) rescales the
+cold start's content score by what this run's own events show is rare, so a first import of a
+fleet the shipped model never saw does not flag a fifth of it.
+
 A shadow model's stage runs with ``alerts=False``: its scores and flags are stored beside the
 primary's for comparison, but only the primary's flags reach users as alerts. Events whose text
 the shadow did not sample (no vector) get no shadow assignment.
@@ -24,6 +28,7 @@ import numpy as np
 import orjson
 import structlog
 
+from plugin.detect.calibration import CaseCalibration
 from plugin.detect.context import ContextScorer, process_fields
 from plugin.detect.lineage import ProcessIndex
 from plugin.detect.scoring import TextScore, event_score, explanation, score_texts
@@ -38,8 +43,9 @@ MAX_CACHED_EXPLANATIONS = 50_000
 class ScoreStage:
     def __init__(self, model: str, version: int, scorer, *,
                  explain: Callable[[str, TextScore], dict] | None = None,
-                 alerts: bool = True, context=None) -> None:
+                 alerts: bool = True, context=None, case: CaseCalibration | None = None) -> None:
         self.model = model
+        self.case = case
         self.alerts = alerts
         # process creations seen so far, for the lineage in outliers' explanations
         self.processes = ProcessIndex() if explain is not None else None
@@ -55,6 +61,22 @@ class ScoreStage:
         self._explained: dict[str, dict] = {}
         self.outliers = 0
         self.scored = 0
+        #: the score an outlier needs to become an alert: 1.0, or higher during a consumer's
+        #: learning period (outliers are stored either way)
+        self.alert_bar = 1.0
+
+    def use_fit(self, version: int, scorer, *, explain=None, context=None) -> None:
+        """Score from now on with a new fit (the consumer's automatic fit at the end of its
+        learning period): the per-text caches belonged to the old scorer, the case calibration
+        to the cold start."""
+        self.version = version
+        self.scorer = scorer
+        self.explain = explain if explain is not None else self.explain
+        self.context = ContextScorer(context) if context is not None else None
+        self.case = None
+        self.alert_bar = 1.0
+        self._cache.clear()
+        self._explained.clear()
 
     def _score_texts(self, vectors: dict[str, np.ndarray], texts: dict[str, str]) -> None:
         todo = [h for h in vectors if h not in self._cache]
@@ -75,17 +97,18 @@ class ScoreStage:
             self.processes.add(batch.events)
         if len(self._explained) > MAX_CACHED_EXPLANATIONS:
             self._explained.clear()
+        recalibrated = self._case_scores(batch, vectors) if self.case is not None else {}
         for e in batch.events:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
-            ts = self._cache[e.text_hash]
+            ts = recalibrated.get(e.event_key) or self._cache[e.text_hash]
             cs = (self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
                   if self.context is not None else None)
             ev = event_score(ts, self.context.model if self.context is not None else None, cs)
             text_explanation = None
             if ev.is_outlier:
                 self.outliers += 1
-            if ev.is_outlier and self.alerts:
+            if ev.is_outlier and self.alerts and ev.score >= self.alert_bar:
                 if self.explain is not None:
                     text_explanation = orjson.dumps(
                         explanation(self.explain, e.normalized, ts, ev,
@@ -105,10 +128,34 @@ class ScoreStage:
             })
             self.scored += 1
 
+    def _case_scores(self, batch: Batch, vectors: dict) -> dict[str, TextScore]:
+        """Per event (by key): its text's score against the case threshold, after stacking (how
+        often this case has shown the text so far) and after adding the batch's events to the
+        case's quantile (so a first batch calibrates itself)."""
+        events = [e for e in batch.events if e.text_hash in vectors
+                  and self._cache[e.text_hash].detail.get("window_bits_per_byte") is not None]
+        bits = np.array([self._cache[e.text_hash].detail["window_bits_per_byte"] for e in events],
+                        dtype=np.float64)
+        values = self.case.stacked([e.text_hash for e in events], bits)
+        self.case.observe(values)
+        threshold, bar = self.case.threshold(), self.case.outlier_bar()
+        out = {}
+        for e, v in zip(events, values):
+            ts = self._cache[e.text_hash]
+            score = float(v) / threshold
+            out[e.event_key] = TextScore(ts.cluster, ts.distance, score, score >= bar,
+                                         {**ts.detail, "surprisal_threshold": round(threshold, 4),
+                                          "stacked_bits_per_byte": round(float(v), 4),
+                                          "calibration": "case" if self.case.warm else "shipped",
+                                          "outlier_bar": bar})
+        return out
+
     def stats(self) -> dict:
         return {"name": self.name, "version": self.version, "scored": self.scored,
                 "outliers": self.outliers, "alerts": self.alerts, "scorer": type(self.scorer).__name__,
-                "context": self.context is not None}
+                "context": self.context is not None,
+                "calibration": (self.case.describe() if self.case is not None else
+                                {"calibration": "shipped" if self.version == 0 else f"fit {self.version}"})}
 
 
 def _fields(fields_json: str) -> dict:

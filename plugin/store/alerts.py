@@ -26,8 +26,9 @@ class AlertNotFound(LookupError):
 class AlertQueries:
     def list_alerts(self, *, status: str | None = None, host: str | None = None,
                     since: datetime | None = None, top: int | None = 20) -> list[dict[str, Any]]:
-        """Alerts, highest score first, with their first event's host and text. ``host``
-        matches the computer name case-insensitively, ``since`` the last time it was seen."""
+        """Alerts, highest score first, with their first event's host and text and the
+        incidents their events belong to. ``host`` matches the computer name
+        case-insensitively, ``since`` the last time it was seen."""
         where, params = [], []
         if status:
             where.append("a.status = ?")
@@ -44,7 +45,11 @@ class AlertQueries:
         if top:
             sql += " LIMIT ?"
             params.append(int(top))
-        return [dict(zip(_LIST_COLUMNS, r)) for r in self._run(sql, params)]
+        rows = [dict(zip(_LIST_COLUMNS, r)) for r in self._run(sql, params)]
+        incidents = self.incidents_of_alerts([r["alert_id"] for r in rows])
+        for r in rows:
+            r["incident_ids"] = incidents.get(r["alert_id"], [])
+        return rows
 
     def alert_states(self, alert_ids: list[str]) -> dict[str, tuple[str, datetime]]:
         """(status, last_seen) of those of these alerts the store holds; on a cursor of its own
@@ -83,7 +88,8 @@ class AlertQueries:
 
     def alert(self, alert_id: str) -> dict[str, Any]:
         """One alert whole: its row, first event (with fields and the raw record), the stored
-        score detail and explanation (decoded), and the history of its status."""
+        score detail and explanation (decoded), the incidents its events belong to, and the
+        history of its status."""
         full = self.resolve_alert_id(alert_id)
         row = self._run(
             _LIST_SELECT + ", e.ts, e.source, e.position, e.fields, e.raw, s.detail, "
@@ -95,7 +101,8 @@ class AlertQueries:
         out.update(ts=row[11], source=row[12], position=row[13],
                    fields=json.loads(row[14]) if row[14] else {}, raw=row[15],
                    detail=json.loads(row[16]) if row[16] else {},
-                   explanation=json.loads(row[17]) if row[17] else None)
+                   explanation=json.loads(row[17]) if row[17] else None,
+                   incident_ids=self.incidents_of_alerts([full]).get(full, []))
         out["history"] = [dict(zip(("status", "note", "analyst", "at"), r)) for r in self._run(
             "SELECT status, note, analyst, changed_at FROM alert_changes WHERE alert_id = ? "
             "ORDER BY changed_at",

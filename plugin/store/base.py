@@ -70,10 +70,11 @@ class Store(ABC):
     @abstractmethod
     def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
                     vectors: Sequence[VectorRows] = (), assignments: Sequence[dict] = (),
-                    alerts: Sequence[dict] = ()) -> int:
+                    alerts: Sequence[dict] = (), *, incidents: Sequence[dict] = ()) -> int:
         """One batch, atomically: events (column lists, idempotent by event_key), dead letters,
-        new text vectors, assignments (replacing older ones), alerts (folding twins). Returns
-        how many events were new."""
+        new text vectors, assignments (replacing older ones, keeping an incident link), alerts
+        (folding twins), incidents (`plugin.pipeline.incidents` rows: counting only what this
+        write links anew, so a replay counts nothing twice). Returns how many events were new."""
 
     # -- models and vectors ------------------------------------------------------------------
     @abstractmethod
@@ -161,6 +162,21 @@ class Store(ABC):
     def alert_count(self, status: str | None = None) -> int: ...
 
     @abstractmethod
+    def reset_incidents(self, models: list[str]) -> None:
+        """Unlink and empty these models' incidents before a rescore rebuilds them."""
+
+    @abstractmethod
+    def list_incidents(self, *, top: int | None = 20, host: str | None = None,
+                       status: str | None = None) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def incident_count(self) -> int: ...
+
+    @abstractmethod
+    def incidents_of_alerts(self, alert_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The incident ids each alert's events belong to, by alert id."""
+
+    @abstractmethod
     def resolve_alert_id(self, prefix: str) -> str: ...
 
     @abstractmethod
@@ -179,6 +195,9 @@ class Store(ABC):
 
     @abstractmethod
     def event_count(self) -> int: ...
+
+    @abstractmethod
+    def first_stored_at(self) -> datetime | None: ...
 
     @abstractmethod
     def stored_models(self) -> dict[str, ModelInfo]: ...

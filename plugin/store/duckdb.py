@@ -26,6 +26,7 @@ from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcn
 from plugin.store.alerts import AlertQueries
 from plugin.store.events import EventQueries
 from plugin.store.fits import FitQueries
+from plugin.store.incidents import IncidentQueries
 from plugin.store.reports import ReportQueries
 from plugin.store.retention import RetentionQueries
 
@@ -72,8 +73,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
-class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, RetentionQueries,
-                  Store):
+class DuckDBStore(AlertQueries, EventQueries, FitQueries, IncidentQueries, ReportQueries,
+                  RetentionQueries, Store):
     """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
@@ -141,14 +142,16 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Retenti
     # -- writes ----------------------------------------------------------------------------
     def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
                     vectors: Sequence[VectorRows] = (), assignments: Sequence[dict] = (),
-                    alerts: Sequence[dict] = ()) -> int:
+                    alerts: Sequence[dict] = (), *, incidents: Sequence[dict] = ()) -> int:
         """Insert one batch in one transaction: event rows (column lists), dead letters, new
-        text vectors, assignments, alerts (only newly stored events fold into an alert's count
-        when events come with the batch). Returns how many events were new."""
+        text vectors, assignments, alerts and incidents (only newly stored events fold into an
+        alert's or incident's counts when events come with the batch). Returns how many events
+        were new."""
         n = len(events["event_key"]) if events else 0
         self.con.begin()
         try:
             new = 0
+            inserted: set[str] | None = None  # None: no events written, every score counts
             for vr in vectors:
                 self._insert_vectors(vr)
             if n:
@@ -166,6 +169,8 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Retenti
                 self._upsert_assignments(assignments)
             if alerts:
                 self._upsert_alerts(alerts)
+            if incidents:
+                self._write_incidents(incidents, assignments, inserted)
             if dead:
                 at = utcnow()
                 dtbl = pa.Table.from_pydict({
@@ -202,13 +207,19 @@ class DuckDBStore(AlertQueries, EventQueries, FitQueries, ReportQueries, Retenti
         self.con.unregister("_batch_vectors")
 
     def _upsert_assignments(self, rows: Sequence[dict]) -> None:
-        """One row per event and model: the current score replaces an older one."""
+        """One row per event and model: the current score replaces an older one. An event's
+        incident link, once made, stays when a row without one replaces it (a replayed batch
+        scored before its tree's first outlier); `reset_incidents` clears links for a rescore."""
         cols = ["event_key", "model", "version", "cluster", "distance", "score", "is_outlier",
                 "detail", "explanation"]
-        tbl = pa.table({c: [r[c] for r in rows] for c in cols})
+        tbl = pa.table({**{c: [r[c] for r in rows] for c in cols},
+                        "incident_id": pa.array([r.get("incident_id") for r in rows], pa.string())})
         self.con.register("_batch_assign", tbl)
-        self._run(f"INSERT OR REPLACE INTO assignments ({', '.join(cols)}) "
-                  f"SELECT {', '.join(cols)} FROM _batch_assign")
+        self._run(f"INSERT INTO assignments ({', '.join(cols)}, incident_id) "
+                  f"SELECT {', '.join(cols)}, incident_id FROM _batch_assign "
+                  "ON CONFLICT (event_key, model) DO UPDATE SET "
+                  + ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
+                  + ", incident_id = coalesce(excluded.incident_id, assignments.incident_id)")
         self.con.unregister("_batch_assign")
 
     def _upsert_alerts(self, rows: Sequence[dict]) -> None:

@@ -13,6 +13,8 @@ callers ask :meth:`ReportQueries.has_table` before the questions about those tab
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +80,11 @@ class ReportQueries:
     def event_count(self) -> int:
         """All stored events."""
         return int(self._run("SELECT count(*) FROM events")[0][0])
+
+    def first_stored_at(self) -> datetime | None:
+        """When the oldest stored event was written (None for an empty store): a consumer's
+        learning period counts from there, across restarts."""
+        return self._run("SELECT min(imported_at) FROM events")[0][0]
 
     def stored_models(self) -> dict[str, ModelInfo]:
         """Every model with vectors in ``text_vectors``, by model name.

@@ -29,6 +29,7 @@ from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Counts, Durable, Flow
 from plugin.sources.kafka import quiet_logger, record_of, redacted
 from plugin.store import Store, utcnow
+from plugin.stream.learning import LearningPeriod
 from plugin.stream.metrics import StreamMetrics
 
 log = structlog.get_logger(__name__)
@@ -55,7 +56,7 @@ class StreamConsumer:
                  bootstrap: str, topics: Sequence[str], group: str,
                  settings: dict[str, Any] | None = None, batch_size: int = 256,
                  batch_ms: int = 100, producer=None, metrics: StreamMetrics | None = None,
-                 retention_days: float = 0) -> None:
+                 retention_days: float = 0, learning: LearningPeriod | None = None) -> None:
         self.store = store
         self.normalizer = normalizer
         self.stages = list(stages)
@@ -68,6 +69,7 @@ class StreamConsumer:
                      "queued.max.messages.kbytes": FETCH_QUEUE_KB,
                      "logger": quiet_logger(), **(settings or {})}
         self.retention_days = retention_days
+        self.learning = learning
         self._prune_at = 0.0  # monotonic time of the next retention pass
         self._paused = False
         self.summary = StreamSummary()
@@ -109,6 +111,8 @@ class StreamConsumer:
                     self._measure_lag()
                 if self.retention_days > 0 and time.monotonic() >= self._prune_at:
                     self._prune()
+                if self.learning is not None and self.learning.due():
+                    self._end_learning()
             log.info("consumer_stopping", reason="signal")
             self._drain()
         finally:
@@ -156,6 +160,20 @@ class StreamConsumer:
 
         self._flow.after_batches(prune)
 
+    def _end_learning(self) -> None:
+        """Fit on the learning window and switch the scorers, on the stage thread after the
+        batches already flushed (a failed fit is logged; the cold start keeps scoring)."""
+        self.learning.scheduled = True
+
+        def fit() -> None:
+            try:
+                self.learning.run()
+                self.metrics.learning.set(0)
+            except ValueError as exc:
+                log.warning("learning_fit_failed", reason=str(exc))
+
+        self._flow.after_batches(fit)
+
     def _on_assign(self, consumer, partitions) -> None:
         log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
         self._paused = False  # a new assignment starts fetching; the loop pauses it if need be
@@ -197,6 +215,8 @@ class StreamConsumer:
         now = time.monotonic()
         for d in durable:
             self.metrics.events_stored.inc(d.new_events)
+            if self.learning is not None:
+                self.learning.observe(d.new_events)
             self.metrics.dead_letters.inc(d.dead_letters)
             self.metrics.batch_seconds.observe(now - d.started)
         for counter, attr, only in ((self.metrics.outliers, "outliers", "alerts"),

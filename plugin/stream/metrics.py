@@ -41,6 +41,9 @@ class StreamMetrics:
                               registry=r)
         self.pruned = Counter("sysmon_blt_rows_pruned", "rows removed by retention",
                               ["table"], registry=r)
+        self.learning = Gauge("sysmon_blt_learning",
+                              "1 during the learning period (no fit yet: only scores at the "
+                              "learning bar alert)", registry=r)
         self.lag = Gauge("sysmon_blt_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=r)
         self._joined = threading.Event()

@@ -1,5 +1,7 @@
 """Alerts out: each new alert goes to the alerts topic as the original event with its
-`sysmon_blt` block, `alert_id` and `kind`, keyed by computer.
+`sysmon_blt` block, `alert_id`, `kind` and the `incident_ids` its event belongs to, keyed by
+computer; each incident that was created or grew goes there too, once per batch, as its row with
+`kind: "incident"`.
 
 A stage after scoring. It publishes before the batch is written and the consumer flushes the
 producer before it commits offsets, so a crash in between publishes the alert again on replay
@@ -43,12 +45,15 @@ class AlertPublisher:
         self.published = 0
         self.held_back = 0
         self.rate_summaries = 0
+        self.incidents_published = 0
         self._seen: dict[str, datetime] = {}  # alert -> latest twin seen here (not yet stored)
         self._per_host: dict[tuple[str, int], int] = {}  # (computer, minute) -> messages
 
     def __call__(self, batch: Batch) -> None:
+        self._publish_incidents(batch)
         mine = [a for a in batch.alerts if a["model"] == self.model]
         if not mine:
+            self.producer.poll(0)
             return
         states = self.store.alert_states(sorted({a["alert_id"] for a in mine}))
         events = {e.event_key: e for e in batch.events}
@@ -72,9 +77,22 @@ class AlertPublisher:
             block = {"model": self.model, "model_version": self.model_version,
                      "cluster": s.get("cluster"), "score": a["score"], "is_outlier": True,
                      "explanation": orjson.loads(s["explanation"]) if s.get("explanation") else None}
-            self._send(e.computer, {**alert_document(e.raw, aid), "sysmon_blt": block})
+            incidents = [s["incident_id"]] if s.get("incident_id") else []
+            self._send(e.computer, {**alert_document(e.raw, aid, incidents), "sysmon_blt": block})
             self.published += 1
         self.producer.poll(0)
+
+    def _publish_incidents(self, batch: Batch) -> None:
+        """One message per incident of this model that was created or grew in the batch (the
+        incident stage hands one row per incident and batch): the row with its running totals,
+        keyed by computer. Not held to the per-host alert rate: an incident is the summary that
+        replaces a flood of alerts, and a batch sends at most one update of each."""
+        for row in batch.incidents:
+            if row["model"] != self.model:
+                continue
+            msg = {k: v for k, v in row.items() if k not in ("linked_before", "alert_ids")}
+            self._send(row["computer"], {**msg, "kind": "incident"})
+            self.incidents_published += 1
 
     def _within_rate(self, computer: str, now: datetime) -> bool:
         minute = int(now.timestamp() // 60)
@@ -100,7 +118,8 @@ class AlertPublisher:
 
     def stats(self) -> dict:
         return {"name": self.name, "published": self.published, "held_back": self.held_back,
-                "rate_summaries": self.rate_summaries}
+                "rate_summaries": self.rate_summaries,
+                "incidents_published": self.incidents_published}
 
 
 class DeadLetterPublisher:
