@@ -133,7 +133,9 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1), NewTopic(alerts, 1, 1)]).values():
         f.result(10)
     db = Path(tempfile.mkdtemp(prefix="stream-bench-")) / "bench.duckdb"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+    # alert latency is measured on alerts: no learning period (it alerts only at its bar)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS": "6000",
+           "SYSMON_BLT_LEARNING_EVENTS": "0"}
     consumer = subprocess.Popen([sys.executable, "-m", "plugin.cli", "consume", "--bootstrap",
                                  bootstrap, "--topic", topic, "--group", group, "--alerts-topic",
                                  alerts, "--db", str(db), "-q"], env=env, cwd=ROOT,
