@@ -42,6 +42,7 @@ NOVELTY_WEIGHT = 1.0
 LINEAGE_WEIGHT = 0.5
 MAX_PROCESSES = 500_000
 MAX_PATHS_SHOWN = 5
+MAX_CACHED_TEXTS = 200_000  # texts whose never-seen paths are kept
 
 #: canonical-text keys whose values are executable or module paths
 IMAGE_KEYS = ("image", "parentimage", "sourceimage", "targetimage", "imageloaded")
@@ -63,6 +64,10 @@ class ContextModel:
     lineage_weight: float = LINEAGE_WEIGHT
     quantile: float = 0.99
     calibration: str = ""
+    # text -> its never-seen paths: the score stage and the incident stage share this model and
+    # ask for the same texts, so each text's paths are extracted once
+    _novel: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
 
     def to_params(self) -> dict:
         return {"images": sorted(self.images), "threshold": self.threshold,
@@ -77,7 +82,13 @@ class ContextModel:
                    float(p.get("quantile", 0.99)), str(p.get("calibration", "")))
 
     def novel(self, text: str) -> list[str]:
-        return sorted(p for p in image_paths(text) if p not in self.images)
+        """The image and module paths of ``text`` the baseline never saw (cached by text)."""
+        hit = self._novel.get(text)
+        if hit is None:
+            if len(self._novel) > MAX_CACHED_TEXTS:
+                self._novel.clear()
+            hit = self._novel[text] = sorted(p for p in image_paths(text) if p not in self.images)
+        return hit
 
     def own(self, content: float, novel: Sequence[str]) -> float:
         """An event's own suspicion: its content score, plus the prevalence term."""
@@ -150,15 +161,9 @@ class ContextScorer:
     def __init__(self, model: ContextModel, max_processes: int = MAX_PROCESSES) -> None:
         self.model = model
         self.carry = ProcessCarry(max_processes)
-        self._novel: dict[str, list[str]] = {}
 
     def novel(self, text: str) -> list[str]:
-        hit = self._novel.get(text)
-        if hit is None:
-            if len(self._novel) > 200_000:
-                self._novel.clear()
-            hit = self._novel[text] = self.model.novel(text)
-        return hit
+        return self.model.novel(text)
 
     def score(self, event_id: int, fields: dict, text: str, content: float) -> ContextScore:
         novel = self.novel(text)

@@ -237,7 +237,6 @@ class IncidentGrouper:
         self._open: dict[tuple[str, str], Incident] = {}  # (host, root guid) -> latest incident
         self._pending = 0
         self._newest: dict[str, datetime] = {}  # host -> newest event time
-        self._novel: dict[str, list[str]] = {}  # text -> never-seen paths (cache)
 
     # -- the walk ------------------------------------------------------------------------------
     def add(self, events: Iterable[Observed]) -> Grouped:
@@ -401,14 +400,7 @@ class IncidentGrouper:
 
     # -- novelty -------------------------------------------------------------------------------
     def _novel_paths(self, text: str) -> list[str]:
-        if self.context is None:
-            return []
-        hit = self._novel.get(text)
-        if hit is None:
-            if len(self._novel) > 200_000:
-                self._novel.clear()
-            hit = self._novel[text] = self.context.novel(text)
-        return hit
+        return self.context.novel(text) if self.context is not None else []
 
     def _novel_image(self, text: str) -> bool:
         """Whether a creation runs an image the baseline never saw (its own, not its parent's)."""

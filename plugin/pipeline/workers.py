@@ -49,11 +49,6 @@ class WorkerPlan:
     devices: tuple[str, ...]
     threads: int
 
-    def describe(self) -> str:
-        if not self.devices:
-            return "in-process"
-        return f"{len(self.devices)} worker(s) on {', '.join(self.devices)}"
-
 
 def plan_workers(setting: int | str, cuda_devices: int | None = None,
                  cores: int | None = None) -> WorkerPlan:

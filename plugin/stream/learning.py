@@ -34,8 +34,6 @@ class LearningPeriod:
         self.finish = finish
         self.events = store.event_count()
         self.since: datetime = store.first_stored_at() or utcnow()
-        self.started = time.monotonic()
-        self.done = False
         self.scheduled = False
         log.warning("learning_period", events_needed=events, hours=hours, events_so_far=self.events,
                  since=self.since.isoformat(),
@@ -56,7 +54,6 @@ class LearningPeriod:
         """Fit and switch (on the stage thread, between batches)."""
         t0 = time.monotonic()
         res = self.finish()
-        self.done = True
         log.warning("learning_period_ended", events=self.events, fit_version=res.get("version"),
                  baseline_texts=res.get("baseline_texts"),
                  held_back_outlier_texts=res.get("held_back_outlier_texts"),
