@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,57 +20,90 @@ from plugin.errors import UsageError
 ENV_PREFIX = "SYSMON_BLT_"
 
 
+def _key(default: Any = MISSING, doc: str = "", *, factory: Any = MISSING) -> Any:
+    """A configuration key: its default and what it means (the README's configuration reference
+    is generated from these: `python -m plugin.config --reference`)."""
+    return field(default=default, default_factory=factory, metadata={"doc": doc})
+
+
 @dataclass
 class Config:
-    db: str = "sysmon-blt.duckdb"  # the DuckDB file commands read and write
-    schemas_dir: str | None = None  # a user's own copy of schemas/sysmon (default: shipped)
-    model: str | None = None  # model directory (default: the one shipped in the package)
-    batch_size: int = 5000  # events per write transaction
-    # DuckDB's buffer pool. Small by default so an import with the models stays near 1.5 GiB of
-    # RSS (the full OTRF import needs ~300 MB of it; 256MB ran out at its end); a database of
-    # many millions of events needs more for its key indexes: the error says so
-    db_memory_limit: str = "512MB"
-    evtx_threads: int = 0  # pyevtx-rs worker threads; 0 lets it choose
-    log_format: str = "auto"  # auto (console on a terminal, JSON elsewhere), console, json
-    # share of distinct texts the shadow model (Linformer) also embeds and scores, picked by text
-    # hash; 1.0 = every event (the default), 0 = shadow off
-    shadow_sample_rate: float = 1.0
-    # the streaming consumer: events per micro-batch, and how long a batch may wait to fill
-    # (latency from produce to alert is about this plus the models' time for one batch)
-    stream_batch_size: int = 256
-    stream_batch_ms: int = 100
-    # librdkafka settings passed through as they are (SASL/SSL included): the one key whose
-    # contents are not checked; also SYSMON_BLT_KAFKA_<SETTING> (dots as underscores)
-    kafka: dict = field(default_factory=dict)
-    # alert hygiene: an open alert's twins alert again only after this quiet time; at most this
-    # many alert messages per host and minute (beyond: one rate_summary message); and rules
-    # whose matches never alert: a list of {text: REGEX, computer: REGEX, event_id: N, cluster: N}
-    # (every key given must match)
-    alert_quiet_minutes: int = 60
-    alert_rate_per_host: int = 20
-    suppress: list = field(default_factory=list)
-    # the consumer's retention: events (and their vectors and scores) older than this many days
-    # are pruned hourly, as `prune --older-than` does; 0 keeps everything
-    retention_days: float = 0
-    # without a fit: "case" calibrates the shipped model's scores on the run's own events (a
-    # streaming quantile with stacking, see the README), "shipped" keeps the training corpus's
-    # threshold (more flags; for a small capture where a quantile means little)
-    cold_start: str = "case"
-    # the consumer's learning period on a store with no fit: events are scored and stored, but
-    # only scores of at least learning_bar alert until both learning_hours and learning_events
-    # are reached; then it fits on them (holding back what it flagged) and scores with the fit.
-    # learning_events 0 turns the period (and its automatic fit) off
-    learning_hours: float = 24
-    learning_events: int = 100_000
-    learning_bar: float = 2.0
-    # embedding workers (spawned processes holding the models): "auto" = one per CUDA device,
-    # else one CPU worker using every core; 0 = embed in the command's own process; N = N workers
-    workers: int | str = "auto"
-    # incidents (`sysmon-blt incidents`): the primary model's outliers grouped by host and process
-    # tree; an incident stays open while its outliers come less than this many minutes apart, and
-    # takes in every event of its tree less than this long before its first or after its latest
-    # outlier (a quieter gap starts a new incident of the same root)
-    incident_window_minutes: float = 60.0
+    db: str = _key("sysmon-blt.duckdb", "The store commands read and write: a DuckDB file "
+                   "(`--db` overrides it).")
+    schemas_dir: str | None = _key(None, "A folder with your own copy of `schemas/sysmon` (the "
+                                   "normalization rules); a bad file stops start-up with an error "
+                                   "naming the file and key. Unset: the shipped schemas.")
+    model: str | None = _key(None, "Model directory (`--model` overrides it). Unset: the model "
+                             "shipped in the package.")
+    batch_size: int = _key(5000, "Events per write transaction (`import --batch-size` overrides "
+                           "it).")
+    db_memory_limit: str = _key("512MB", "DuckDB's buffer pool. Small by default so an import "
+                                "with the models stays near 1.5 GiB of RSS (the full OTRF import, "
+                                "~600k events, needs ~300 MB of it; 256MB ran out at its end); a "
+                                "database of many millions of events needs more for its key "
+                                "indexes, and the error says so.")
+    evtx_threads: int = _key(0, "pyevtx-rs worker threads for .evtx files; 0 lets it choose.")
+    log_format: str = _key("auto", "`auto` (console on a terminal, JSON elsewhere), `console` or "
+                           "`json`.")
+    shadow_sample_rate: float = _key(1.0, "Share of distinct texts the shadow model (Linformer) "
+                                     "also embeds and scores, picked by text hash so a text is "
+                                     "always in or always out: 1.0 every event, 0.25 a quarter, "
+                                     "0 shadow off.")
+    stream_batch_size: int = _key(256, "`consume`: events per micro-batch.")
+    stream_batch_ms: int = _key(100, "`consume`: how long (milliseconds) a micro-batch may wait "
+                                "to fill; latency from produce to alert is about this plus the "
+                                "models' time for one batch.")
+    kafka: dict = _key(doc="librdkafka settings (SASL/SSL included) passed through as they are: "
+                       "the one key whose contents are not checked. In the environment, one "
+                       "variable per setting with dots as underscores "
+                       "(`SYSMON_BLT_KAFKA_SASL_PASSWORD` sets `sasl.password`). Secret values "
+                       "are never logged.", factory=dict)
+    alert_quiet_minutes: int = _key(60, "An open alert's twins (the same canonical text) alert "
+                                    "again only after this many minutes without one.")
+    alert_rate_per_host: int = _key(20, "At most this many alert messages per host and minute on "
+                                    "the alerts topic; beyond, one `rate_summary` message.")
+    suppress: list = _key(doc="Rules whose matches never alert (kept as `suppressed`, in `import` "
+                          "too): a list of `{text: REGEX, computer: REGEX, event_id: N, cluster: "
+                          "N}`; every key given must match. YAML file only.", factory=list)
+    retention_days: float = _key(0, "The consumer's retention: events (with their vectors and "
+                                 "scores) older than this many days are pruned at start and "
+                                 "hourly, as `prune --older-than` does; 0 keeps everything.")
+    cold_start: str = _key("case", "Scoring without a fit: `case` calibrates the shipped model's "
+                           "scores on the run's own events (a streaming quantile with stacking, "
+                           "see *Clusters, scores and outliers*); `shipped` keeps the training "
+                           "corpus's threshold (more flags; for a small capture where a quantile "
+                           "means little).")
+    learning_hours: float = _key(24, "The consumer's learning period on a store with no fit: "
+                                 "events are scored and stored, but only scores of at least "
+                                 "`learning_bar` alert until both `learning_hours` and "
+                                 "`learning_events` are reached; then it fits on them (holding "
+                                 "back what it flagged) and scores with the fit.")
+    learning_events: int = _key(100_000, "Events the learning period needs (see "
+                                "`learning_hours`); 0 turns the period, and its automatic fit, "
+                                "off.")
+    learning_bar: float = _key(2.0, "The lowest score that alerts during the learning period "
+                               "(at least 1.0).")
+    workers: int | str = _key("auto", "Embedding workers (spawned processes holding the models): "
+                              "`auto` = one per CUDA device, else one CPU worker using every "
+                              "core; 0 = embed in the command's own process; N = N workers.")
+    incident_window_minutes: float = _key(60.0, "Incidents (`sysmon-blt incidents`, the primary "
+                                          "model's outliers grouped by host and process tree): "
+                                          "an incident stays open while its outliers come less "
+                                          "than this many minutes apart, and takes in every "
+                                          "event of its tree less than this long before its "
+                                          "first or after its latest outlier (a quieter gap "
+                                          "starts a new incident of the same root).")
+    # the HTTP service (`serve`, `consume --serve`)
+    service_token: str | None = _key(None, "The HTTP service (`serve`, `consume --serve`): when "
+                                     "set, every route but /healthz asks for it (API clients as "
+                                     "`Authorization: Bearer`, the triage page once on its login "
+                                     "form): the page can mark alerts, and a service moved off "
+                                     "loopback must not let anyone who reaches the port do so.")
+    service_max_body: int = _key(1_048_576, "The HTTP service's largest request body in bytes; a "
+                                 "larger one is refused (413) before it is read whole, so one "
+                                 "client cannot fill the consumer's memory.")
+    service_report_dir: str | None = _key(None, "The folder of a `report --out DIR`, linked from "
+                                          "the triage page.")
 
     def validate(self, origin: str) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -104,6 +137,12 @@ class Config:
             raise UsageError(f"{origin}: suppress must be a list of rules (mappings); see README")
         if not isinstance(self.kafka, dict):
             raise UsageError(f"{origin}: kafka must be a mapping of librdkafka settings")
+        if not isinstance(self.service_max_body, int) or self.service_max_body < 1:
+            raise UsageError(f"{origin}: service_max_body must be a positive number of bytes")
+        if self.service_token is not None and not self.service_token.strip():
+            # an empty token would read as "protected" in the config and protect nothing
+            raise UsageError(f"{origin}: service_token is empty; leave it unset to serve "
+                             "without one")
         if self.log_format not in ("auto", "console", "json"):
             raise UsageError(f"{origin}: log_format must be auto, console or json")
 
@@ -184,3 +223,80 @@ def load_config(path: str | None, overrides: Mapping[str, Any],
     _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
     cfg.validate("configuration")
     return cfg
+
+
+# ---- the configuration reference (README.md, between the markers below) ----
+
+REFERENCE_START = "<!-- config-reference:start -->"
+REFERENCE_END = "<!-- config-reference:end -->"
+
+
+def env_var(name: str) -> str | None:
+    """The environment variable that sets key ``name``, as `load_config` reads it; None for the
+    keys only a YAML file can hold (lists, mappings other than `kafka`)."""
+    kind = str(_TYPES[name])
+    if name == "kafka":
+        return f"{ENV_PREFIX}KAFKA_<SETTING>"
+    if kind in ("list", "dict"):
+        return None
+    return ENV_PREFIX + name.upper()
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a markdown table (key, environment variable, default,
+    meaning), from the fields of `Config`; a key without a description is an error."""
+    rows = [REFERENCE_START,
+            "<!-- generated from plugin/config.py by `python -m plugin.config --reference "
+            "--write README.md`: edit the descriptions there -->",
+            "",
+            "| key | environment variable | default | meaning |",
+            "|---|---|---|---|"]
+    for f in fields(Config):
+        doc = f.metadata.get("doc", "").strip()
+        if not doc:
+            raise ValueError(f"config key {f.name!r} has no description: give it one with "
+                             "_key(default, doc) in plugin/config.py")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        shown = ("unset" if default is None else f"`{default}`" if isinstance(default, str)
+                 else f"`{json.dumps(default)}`")
+        env = env_var(f.name)
+        rows.append(f"| `{f.name}` | {f'`{env}`' if env else 'YAML only'} | {_cell(shown)} | "
+                    f"{_cell(doc)} |")
+    rows.append(REFERENCE_END)
+    return "\n".join(rows) + "\n"
+
+
+def write_reference(path: str | Path) -> bool:
+    """Replace the block between the markers in ``path`` (the README) with the reference;
+    True when the file changed."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    start, end = text.find(REFERENCE_START), text.find(REFERENCE_END)
+    if start < 0 or end < start:
+        raise UsageError(f"{path}: no {REFERENCE_START} ... {REFERENCE_END} block")
+    rest = text[end + len(REFERENCE_END):]
+    new = text[:start] + reference_markdown() + rest.removeprefix("\n")
+    if new != text:
+        p.write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m plugin.config",
+                                 description="Print (or write into a file's marked block) the "
+                                 "configuration reference generated from the config model.")
+    ap.add_argument("--reference", action="store_true", required=True,
+                    help="the markdown table of every key")
+    ap.add_argument("--write", metavar="FILE",
+                    help="replace the block between the config-reference markers in FILE")
+    ns = ap.parse_args()
+    if ns.write:
+        print(f"{ns.write}: {'updated' if write_reference(ns.write) else 'already up to date'}")
+    else:
+        print(reference_markdown(), end="")

@@ -217,3 +217,32 @@ CREATE TABLE IF NOT EXISTS incident_alerts (   -- which alerts' events belong to
 );
 
 ALTER TABLE assignments ADD COLUMN IF NOT EXISTS incident_id VARCHAR;  -- NULL outside any incident
+
+
+-- migration: 7
+-- Integrity findings of forensic imports (plugin/detect/integrity.py): per input (imports.path:
+-- the file as given, PATH!member in archives), computer and channel, what an examiner asks of a
+-- log before trusting it. Other providers' records are still never stored as events: they are
+-- read as they pass. Written once per input when its events are durable, replacing the rows of
+-- the same path and SHA-256 (a resumed import writes them again; a skipped one writes nothing).
+CREATE TABLE IF NOT EXISTS integrity (
+    computer             VARCHAR,
+    channel              VARCHAR,
+    first_ts             TIMESTAMPTZ,        -- earliest event time (Sysmon UtcTime, else System TimeCreated; never a local time)
+    last_ts              TIMESTAMPTZ,
+    records              BIGINT NOT NULL,    -- records of this computer and channel in the input
+    record_id_gaps       JSON NOT NULL,      -- the first 100 holes in EventRecordID as [after, before] (both present)
+    log_clears           JSON NOT NULL,      -- Security 1102 / System 104: [{ts, event_id, what, record_id, user, sid, log}], first 100
+    sysmon_changes       JSON NOT NULL,      -- Sysmon 4 / 16 / 255: [{ts, event_id, what, record_id, key fields}], first 100
+    import_path          VARCHAR NOT NULL,
+    sha256               VARCHAR,            -- imports.sha256 of the input
+    gaps                 BIGINT NOT NULL,    -- all holes (record_id_gaps lists the first 100)
+    missing_records      BIGINT NOT NULL,    -- record ids inside the holes
+    first_record_id      BIGINT,
+    last_record_id       BIGINT,
+    duplicate_record_ids BIGINT NOT NULL,    -- a record id seen again in the same input
+    records_without_id   BIGINT NOT NULL,    -- shapes that carry no record number (OTRF flat JSON)
+    log_clear_count      BIGINT NOT NULL,
+    sysmon_change_count  BIGINT NOT NULL,
+    recorded_at          TIMESTAMPTZ NOT NULL
+);

@@ -28,6 +28,19 @@ def app_and_store(tmp_path_factory):
     store.close()
 
 
+@pytest.fixture(scope="module")
+def small_limit_client(app_and_store):
+    """The same store behind an app whose body limit is 64 bytes."""
+    from plugin.config import Config
+    from plugin.cli.stream import service_app
+    from plugin.pipeline.assemble import load_embedder
+    from plugin.stream.metrics import StreamMetrics
+
+    _, store, _ = app_and_store
+    return TestClient(service_app(store, Config(db=store.path, service_max_body=64),
+                                  load_embedder(None), StreamMetrics(needs_group=False)))
+
+
 def test_healthz_and_metrics(app_and_store):
     client, _, metrics = app_and_store
     r = client.get("/healthz")
@@ -69,3 +82,67 @@ def test_feedback_marks_and_keeps_who(app_and_store):
     assert got["status"] == "suppressed" and got["history"][-1]["analyst"] == "carol"
     assert client.post("/feedback", json={"alert_id": "zzzz", "status": "open"}).status_code == 404
     assert client.post("/feedback", json={"alert_id": a["alert_id"], "status": "gone"}).status_code == 422
+
+
+def test_malformed_json_is_a_400_that_says_so(app_and_store):
+    client, _, _ = app_and_store
+    for path in ("/enrich", "/feedback"):
+        r = client.post(path, content=b'{"alert_id": ',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
+        r = client.post(path, content=b"", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "JSON body is required" in r.json()["detail"]
+    # a well-formed body that is not the expected object is still a validation error
+    assert client.post("/feedback", json={"alert_id": 3}).status_code == 422
+
+
+def test_json_sent_as_a_form_still_reads(app_and_store):
+    """`curl -d '{...}'` without a content type sends a form header; the JSON still counts."""
+    client, store, _ = app_and_store
+    a = store.list_alerts(status="open", top=2)[-1]
+    r = client.post("/feedback", content=('{"alert_id": "%s", "status": "suppressed"}'
+                                          % a["alert_id"]).encode(),
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and store.alert(a["alert_id"])["status"] == "suppressed"
+
+
+def test_oversized_body_is_refused_with_413(small_limit_client):
+    r = small_limit_client.post("/enrich", content=b"[" + b"{}," * 100 + b"{}]",
+                                headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "64 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it streams in
+        for _ in range(10):
+            yield b"x" * 20
+
+    assert small_limit_client.post("/enrich", content=chunks()).status_code == 413
+    assert small_limit_client.post("/enrich", json={"a": 1}).status_code == 422  # under the limit
+
+
+def test_body_limit_stops_reading_at_the_first_chunk_over():
+    """The limit is enforced while the body streams in: the chunks after the one that crosses it
+    are never asked for, and the answer is a 413."""
+    import asyncio
+
+    from plugin.service.limits import BodyLimit
+
+    pulled, sent = [], []
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.request", "body": b"y" * 40, "more_body": True}  # endless
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError("the app saw an oversized body")
+
+    scope = {"type": "http", "method": "POST", "path": "/enrich",
+             "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(BodyLimit(app, max_bytes=100)(scope, receive, send))
+    assert len(pulled) == 3 and sent[0]["status"] == 413
+    sent.clear()
+    scope["headers"] = [(b"content-length", b"1000000")]
+    asyncio.run(BodyLimit(app, max_bytes=100)(scope, receive, send))
+    assert len(pulled) == 3 and sent[0]["status"] == 413  # refused by its header, nothing read

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import structlog
 
+from plugin.cli.export import cmd_export
 from plugin.cli.ingest import cmd_import, cmd_simulate
 from plugin.cli.modeling import SHADOW_CARD_MARK, cmd_eval, cmd_fit, cmd_rescore, cmd_train
 from plugin.cli.parser import build_parser, merge_globals
@@ -28,6 +29,7 @@ COMMANDS: dict[str, Callable] = {
     "rescore": cmd_rescore, "eval": cmd_eval, "enrich": cmd_enrich, "alerts": cmd_alerts,
     "report": cmd_report, "consume": cmd_consume, "serve": cmd_serve,
     "prune": cmd_prune, "incidents": cmd_incidents,
+    "export": cmd_export,
 }
 
 

@@ -114,6 +114,8 @@ def format_summary(s, top: list[dict], open_alerts: int, incidents: list[dict] |
     rows.append(("note", s.note))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if s.integrity:
+        lines += ["", *format_integrity(s.integrity)]
     if top:
         lines += ["", "top open alerts (sysmon-blt alerts show ID):",
                   f"  {'score':>6}  {'alert id':<12} {'host':<20} text"]
@@ -126,6 +128,84 @@ def format_summary(s, top: list[dict], open_alerts: int, incidents: list[dict] |
         lines += ["", "top incidents (sysmon-blt incidents):",
                   format_incident_list(incidents, n_incidents, indent="  ", more_hint=False)]
     return "\n".join(lines)
+
+
+INTEGRITY_ROWS_SHOWN = 12
+INTEGRITY_DETAILS_SHOWN = 3
+
+
+def format_integrity(rows: list[dict]) -> list[str]:
+    """The integrity section of the summary: per input (when there are several), one line per
+    host and channel, the alarming ones first and marked `!` (a cleared log, missing record ids,
+    Sysmon stopped), each log clearing and Sysmon change under its line. Compact on purpose:
+    the full rows are in the `integrity` table."""
+    by_input: dict[str, list[dict]] = {}
+    for r in rows:
+        by_input.setdefault(r["import_path"], []).append(r)
+    alarms = sum(1 for r in rows if r.get("alarming"))
+    head = "integrity (per host and channel; times UTC"
+    head += f"; {alarms} to look at first, marked !):" if alarms else "; nothing alarming):"
+    lines, shown = [head], 0
+    inputs = sorted(by_input.items(), key=lambda kv: not any(r.get("alarming") for r in kv[1]))
+    for path, group in inputs:
+        if shown >= INTEGRITY_ROWS_SHOWN:
+            break
+        indent = "  "
+        if len(by_input) > 1:
+            lines.append("  " + "!".join(p.replace("\\", "/").rsplit("/", 1)[-1]
+                                          for p in path.split("!")))
+            indent = "    "
+        for r in sorted(group, key=lambda r: not r.get("alarming"))[:INTEGRITY_ROWS_SHOWN - shown]:
+            shown += 1
+            lines.append(f"{indent}{'!' if r.get('alarming') else ' '} {r['computer'] or '-'} / "
+                         f"{r['channel'] or '-'}  {_span(r['first_ts'], r['last_ts'])}  "
+                         f"{r['records']:,} record{'' if r['records'] == 1 else 's'}, {_gaps(r)}")
+            details = [_clear_line(c) for c in r["log_clears"]]
+            details += [_change_line(c) for c in r["sysmon_changes"]]
+            lines += [f"{indent}    {d}" for d in details[:INTEGRITY_DETAILS_SHOWN]]
+            more = r["log_clear_count"] + r["sysmon_change_count"] - INTEGRITY_DETAILS_SHOWN
+            if more > 0:
+                lines.append(f"{indent}    and {more:,} more log clearings or Sysmon changes")
+    if len(rows) > shown:
+        lines.append(f"  and {len(rows) - shown:,} more host/channel rows "
+                     "(sysmon-blt export --tables integrity, or the integrity table)")
+    return lines
+
+
+def _span(first: str | None, last: str | None) -> str:
+    """``first .. last`` in seconds; the last without its date when the day is the same."""
+    if first is None or last is None:
+        return "no UTC event time"
+    a, b = first[:19].replace("T", " "), last[:19].replace("T", " ")
+    return f"{a} .. {b[11:] if a[:10] == b[:10] else b}"
+
+
+def _gaps(r: dict) -> str:
+    if r["gaps"]:
+        a, b = r["record_id_gaps"][0]
+        text = (f"{r['gaps']:,} record-id gap{'s' if r['gaps'] > 1 else ''}, "
+                f"{r['missing_records']:,} missing (first: after {a}, before {b})")
+    elif r["records_without_id"] == r["records"]:
+        text = "no record ids to check"
+    else:
+        text = "no record-id gap"
+    if r["duplicate_record_ids"]:
+        text += f", {r['duplicate_record_ids']:,} repeated record ids"
+    return text
+
+
+def _clear_line(c: dict) -> str:
+    who = c.get("user") or c.get("sid") or "unknown account"
+    log_name = f" ({c['log']})" if c.get("log") else ""
+    return f"LOG CLEARED{log_name} {(c.get('ts') or '?')[:19].replace('T', ' ')} by {who} " \
+           f"(EventID {c['event_id']}, record {c.get('record_id')})"
+
+
+def _change_line(c: dict) -> str:
+    keys = [f"{k}={' '.join(str(v).split())}" for k, v in c.items()
+            if k not in ("ts", "event_id", "what", "record_id") and v not in (None, "")]
+    return (f"Sysmon {c['what']} {(c.get('ts') or '?')[:19].replace('T', ' ')} "
+            f"(EventID {c['event_id']}){': ' + ', '.join(keys) if keys else ''}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

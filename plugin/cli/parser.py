@@ -99,6 +99,14 @@ def _json_flag(p: argparse.ArgumentParser, what: str = "the result as one JSON o
                    help=f"print {what} on stdout (default: {otherwise})")
 
 
+def _listing(names: tuple[str, ...]) -> str:
+    """Names for an epilog laid out by hand: wrapped to 80 columns, indented."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(", ".join(names), 78, initial_indent="  ",
+                                    subsequent_indent="  "))
+
+
 def build_parser() -> argparse.ArgumentParser:
     sub_globals = _globals("sub_", defaults=False)
     p = Parser(prog="sysmon-blt", description="Sysmon events -> DuckDB, with Byte Latent "
@@ -259,10 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "/metrics, /docs (default: no HTTP; loopback unless a host is given)")
 
     sv = command(
-        "serve", help="HTTP enrichment and feedback over a database nobody is writing",
-        description="Serve POST /enrich, POST /feedback, GET /healthz, GET /metrics and the "
-        "OpenAPI page /docs over --db. A DuckDB file has one writing process: while `consume` "
-        "writes one, use `consume --serve` instead.")
+        "serve", help="HTTP enrichment, feedback and the triage page over a database nobody "
+        "is writing",
+        description="Serve the triage page at / (incidents and alerts ranked, one page per alert "
+        "with its verdict buttons), POST /enrich, POST /feedback, GET /healthz, GET /metrics and "
+        "the OpenAPI page /docs over --db. With the service_token setting (or "
+        "SYSMON_BLT_SERVICE_TOKEN) every route but /healthz asks for the token: API clients as "
+        "'Authorization: Bearer TOKEN', the page once on its login form. A DuckDB file has one "
+        "writing process: while `consume` writes one, use `consume --serve` instead.")
     sv.add_argument("--db", metavar="FILE", help=DB_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
@@ -335,6 +347,36 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument("--host", metavar="H",
                      help="only incidents on this computer (case-insensitive; default: all)")
     _json_flag(inc, "the incidents as a JSON array (full ids, texts and counts)")
+
+    from plugin.store.export import DEFAULT_TABLES, ON_REQUEST
+
+    xp = command(
+        "export", help="tables out as Parquet or CSV files, for other tools",
+        description="Write a database's tables to DIR, one file per table (TABLE.parquet or "
+        "TABLE.csv), streamed by DuckDB: a table of millions of events is never held in memory. "
+        "The database is opened read-only and left as it is; a file another process is writing "
+        "cannot be exported until it stops (DuckDB allows one writer). Files of the same names "
+        "in DIR are replaced; a failed export leaves no half-written file under a table's "
+        "name. Times are UTC; JSON columns (fields, explanation, record_id_gaps, ...) are text "
+        "holding JSON.",
+        epilog="tables exported by default:\n" + _listing(DEFAULT_TABLES) + "\n"
+        "on request only (--tables); event_vectors is large (one FLOAT[d] per event and "
+        "model):\n" + _listing(ON_REQUEST) + "\n\nexamples:\n"
+        "  sysmon-blt export --db case42.duckdb --out case42-tables/\n"
+        "  sysmon-blt export --db case42.duckdb --out csv/ --format csv --tables events,integrity\n"
+        "  sysmon-blt export --db case42.duckdb --out vec/ --tables event_vectors\n"
+        "  duckdb -c \"SELECT computer, count(*) FROM 'case42-tables/events.parquet' GROUP BY 1\"\n"
+        "  python -c \"import pandas; print(pandas.read_parquet('case42-tables/alerts.parquet'))\"")
+    xp.add_argument("--db", metavar="FILE", help=DB_HELP)
+    xp.add_argument("--out", required=True, metavar="DIR",
+                    help="folder to write to (created when missing)")
+    xp.add_argument("--format", choices=["parquet", "csv"], default="parquet",
+                    help="file format (default parquet: typed, compressed, fast to query; csv for "
+                    "spreadsheets, vectors and lists written as text)")
+    xp.add_argument("--tables", metavar="T1,T2",
+                    help="comma-separated tables to export (default: the tables listed below, "
+                    "without vectors)")
+    _json_flag(xp, "what was written as one JSON object", "one line per table")
 
     sim = command(
         "simulate", help="synthetic Sysmon events for demos and load tests",

@@ -61,6 +61,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
             if embedder is None:
                 raise UsageError("consume --serve: enrichment needs a model; pass --model")
             http_store = store.for_thread()
+            warn_open(listen[0], cfg.service_token)
             server = BackgroundServer(service_app(http_store, cfg, embedder, metrics), *listen)
             server.start()
         learning = None
@@ -103,10 +104,20 @@ def service_app(store, cfg, embedder, metrics):
     from plugin.detect.enrich import Enricher
     from plugin.normalize.schema import load_schemas
     from plugin.pipeline.assemble import model_dir_of
-    from plugin.service.app import build_app
+    from plugin.service.app import ServiceSettings, build_app
 
     return build_app(store, Enricher.for_store(store, embedder, model_dir_of(cfg),
-                                               load_schemas(cfg.schemas_dir)), metrics)
+                                               load_schemas(cfg.schemas_dir)), metrics,
+                     ServiceSettings(token=cfg.service_token, max_body=cfg.service_max_body,
+                                     report_dir=cfg.service_report_dir))
+
+
+def warn_open(host: str, token: str | None) -> None:
+    """Say so when the service listens beyond loopback with no token: anyone who reaches the
+    port can then read the alerts and mark them."""
+    if token is None and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("http_without_token", host=host,
+                    hint="set service_token (or SYSMON_BLT_SERVICE_TOKEN) to require one")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -122,7 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
     try:
         app = service_app(store, cfg, embedder, StreamMetrics(needs_group=False))
-        log.info("http_serving", host=host, port=port, db=cfg.db)
+        warn_open(host, cfg.service_token)
+        log.info("http_serving", host=host, port=port, db=cfg.db,
+                 token=cfg.service_token is not None)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         store.close()

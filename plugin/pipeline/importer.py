@@ -5,24 +5,32 @@ Each file or archive member is one unit of custody. Its records go through the f
 the flow reports all of its events durable, so a rerun skips inputs whose SHA-256 already
 completed and re-imports the rest; idempotent writes keyed by `event_key` make that replay
 duplicate nothing.
+
+Integrity findings ride along: every record passes an `IntegrityTracker` on its way through the
+normalizer (`TrackingNormalizer`), and an input's `integrity` rows are written with its custody,
+once its events are durable and before its `imports` row says complete (so a resumed import
+writes them again, replacing, never adding).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Sequence
 
 import structlog
 
 from plugin import __version__
-from plugin.normalize.normalizer import Normalizer
+from plugin.detect.integrity import IntegrityTracker, is_alarming
+from plugin.normalize.event import iso_ms
+from plugin.normalize.normalizer import NOT_SYSMON, NormalizedEvent, Normalizer, NotSysmon
 from plugin.normalize.schema import SchemaSet
+from plugin.normalize.shapes import BadRecord
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Counts, Flow
 from plugin.pipeline.progress import Progress
-from plugin.sources.base import SourceError
+from plugin.sources.base import RawRecord, SourceError
 from plugin.sources.files import ArchiveInput, FileInput, MemberInput, discover
 from plugin.store import DeadLetter, Store, utcnow
 
@@ -45,6 +53,31 @@ class ImportSummary(Counts):
     #: the first records that became dead letters: source, position, line (1-based, JSON lines)
     #: or record (1-based, EVTX), reason
     first_dead_letters: list[dict] = field(default_factory=list)
+    #: integrity findings per input, computer and channel (`integrity` rows, times as ISO-8601),
+    #: those of inputs skipped as already imported included (as stored then)
+    integrity: list[dict] = field(default_factory=list)
+
+
+class TrackingNormalizer(Normalizer):
+    """The normalizer, showing every record it sees to the integrity tracker on the way: the
+    flow stays as it is, and Sysmon records are read once (the tracker takes the event built
+    here); other records are read by the tracker, envelope only."""
+
+    def __init__(self, schemas: SchemaSet, tracker: IntegrityTracker) -> None:
+        super().__init__(schemas)
+        self.tracker = tracker
+
+    def __call__(self, rec: RawRecord) -> NormalizedEvent | NotSysmon:
+        try:
+            out = super().__call__(rec)
+        except BadRecord:
+            self.tracker.observe_raw(rec)  # a dead letter still held a place in its log
+            raise
+        if out is NOT_SYSMON:
+            self.tracker.observe_raw(rec)
+        else:
+            self.tracker.observe_event(out)
+        return out
 
 
 class Importer:
@@ -64,7 +97,8 @@ class Importer:
         command: str = "import",
     ) -> None:
         self.store = store
-        self.normalizer = Normalizer(schemas)
+        self.integrity = IntegrityTracker()
+        self.normalizer = TrackingNormalizer(schemas, self.integrity)
         self.batch_size = batch_size
         self.since = since
         self.until = until
@@ -132,10 +166,15 @@ class Importer:
                              duplicates=done["sysmon_events"])
             summary.add(skipped)
             self._record(unit.name, sha, unit.size, skipped, started, "skipped_same_sha256")
+            # as found then (the same path collected again with other bytes is another input)
+            summary.integrity.extend(
+                _jsonable(r) for r in self.store.integrity_findings(done["path"])
+                if r["import_path"] != done["path"] or r["sha256"] == sha)
             progress.advance(unit.size, 0, unit.name)
             return
         if isinstance(unit, FileInput):
             counts = self._consume(flow, unit, summary)
+            self._keep_integrity(unit.name, sha, summary)
         else:
             counts = Counts()
             for member in unit.members():
@@ -144,7 +183,9 @@ class Importer:
                     continue
                 m_started = utcnow()
                 mc = self._consume(flow, member, summary)
-                self._record(member.name, member.sha256(), member.size, mc, m_started, "complete")
+                m_sha = member.sha256()
+                self._keep_integrity(member.name, m_sha, summary)
+                self._record(member.name, m_sha, member.size, mc, m_started, "complete")
                 counts.add(mc)
         summary.add(counts)
         self._record(unit.name, sha, unit.size, counts, started, "complete")
@@ -170,6 +211,19 @@ class Importer:
         return flow.drain()
 
     # -- bookkeeping ---------------------------------------------------------------------------
+    def _keep_integrity(self, path: str, sha: str | None, summary: ImportSummary) -> None:
+        """An input's integrity rows, written once its events are durable (`_consume` drained
+        the flow) and before its `imports` row: the store replaces rows of the same path and
+        SHA-256, so a rerun after a crash between the two leaves one set."""
+        found = self.integrity.take(path)
+        self.store.record_integrity(path, sha, [asdict(f) for f in found])
+        summary.integrity.extend(_jsonable({**asdict(f), "sha256": sha}) for f in found)
+        for f in found:
+            if f.alarming:
+                log.warning("integrity_alarm", path=path, computer=f.computer, channel=f.channel,
+                            gaps=f.gaps, missing_records=f.missing_records,
+                            log_clears=f.log_clear_count)
+
     def _record(self, path: str, sha: str | None, size: int, c: Counts, started: datetime,
                 status: str) -> None:
         self.store.record_import({
@@ -180,6 +234,14 @@ class Importer:
             "status": status, "tool_version": __version__, "model_version": self.model_version,
             "config_hash": self.config_hash,
         })
+
+
+def _jsonable(row: dict) -> dict:
+    """A finding for the summary, flagged when alarming, times as ISO-8601 UTC (milliseconds)."""
+    out = {k: (iso_ms(v.astimezone(timezone.utc)) if isinstance(v, datetime) else v)
+           for k, v in row.items()}
+    out["alarming"] = is_alarming(row["gaps"], row["log_clear_count"], row["sysmon_changes"])
+    return out
 
 
 def _where(d: DeadLetter) -> dict:

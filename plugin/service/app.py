@@ -1,24 +1,47 @@
-"""One HTTP app: `POST /enrich`, `POST /feedback`, `GET /healthz`, `GET /metrics` (and FastAPI's
-OpenAPI page at /docs), hosted inside the consumer (`consume --serve`) or on its own (`serve`).
+"""One HTTP app: `POST /enrich`, `POST /feedback`, `GET /healthz`, `GET /metrics`, the triage page
+at `/` (`plugin.service.page`) and FastAPI's OpenAPI page at /docs, hosted inside the consumer
+(`consume --serve`) or on its own (`serve`).
 
 Inside the consumer the app shares the consumer's store through a connection of its own
 (`Store.for_thread`): a DuckDB file has one writing process, so whoever holds it serves it.
-Requests are answered on uvicorn's thread; the models are shared read-only with the consumer.
+Requests are answered on uvicorn's threads; one lock lets one request at a time use that
+connection and the enricher's models (a DuckDB connection is not to be shared by threads at
+once). Every request passes the token gate (`plugin.service.auth`) and the body limit
+(`plugin.service.limits`) first, in that order: a client without the token never gets to send a
+large body.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from plugin.detect.enrich import Enricher
-from plugin.store import STATUSES, AlertNotFound, Store
+from plugin.service.auth import Auth, TokenGate
+from plugin.service.feedback import BadVerdict, mark
+from plugin.service.limits import (DEFAULT_MAX_BODY, BodyLimit, json_body, json_schema_body,
+                                   validation_errors)
+from plugin.service.page import is_form_post, page_router
+from plugin.store import AlertNotFound, Store
 from plugin.stream.metrics import StreamMetrics
+
+
+@dataclass
+class ServiceSettings:
+    """What the config says about the service (`service_*` keys); the defaults serve loopback
+    without a token."""
+
+    token: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    report_dir: str | None = None
 
 
 class Feedback(BaseModel):
@@ -35,11 +58,18 @@ def _json(content: Any, status: int = 200) -> JSONResponse:
                         status_code=status)
 
 
-def build_app(store: Store, enricher: Enricher, metrics: StreamMetrics) -> FastAPI:
+def build_app(store: Store, enricher: Enricher, metrics: StreamMetrics,
+              settings: ServiceSettings | None = None) -> FastAPI:
     """The app over ``store`` (a connection for this thread) and an enricher on that same store
     (models loaded by the caller)."""
+    settings = settings or ServiceSettings()
     app = FastAPI(title="sysmon-blt", description="Alert enrichment and triage feedback for "
                   "Sysmon events scored by a Byte Latent Transformer.")
+    auth = Auth(settings.token)
+    lock = threading.Lock()
+    app.add_exception_handler(RequestValidationError, validation_errors)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body)
+    app.add_middleware(TokenGate, auth=auth, is_form_post=is_form_post)  # outermost: runs first
     metrics.models_loaded()
 
     @app.get("/healthz")
@@ -52,24 +82,32 @@ def build_app(store: Store, enricher: Enricher, metrics: StreamMetrics) -> FastA
         return PlainTextResponse(generate_latest(metrics.registry).decode(),
                                  media_type="text/plain; version=0.0.4")
 
-    @app.post("/enrich")
-    def enrich(doc: Any = Body(...)) -> JSONResponse:
+    @app.post("/enrich", openapi_extra=json_schema_body(
+        {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}))
+    def enrich(doc: Any = Depends(json_body)) -> JSONResponse:
         """One alert (any event shape `import` reads, or {"alert_id": ...}) or a list of them;
-        the same JSON back with a `sysmon_blt` block. 422 when a record cannot be enriched."""
+        the same JSON back with a `sysmon_blt` block. 422 when a record cannot be enriched,
+        400 when the body is not JSON."""
         docs = doc if isinstance(doc, list) else [doc]
-        out = [enricher.enrich(d) if isinstance(d, dict)
-               else {"sysmon_blt": {"error": "an alert must be a JSON object"}} for d in docs]
+        with lock:
+            out = [enricher.enrich(d) if isinstance(d, dict)
+                   else {"sysmon_blt": {"error": "an alert must be a JSON object"}} for d in docs]
         bad = any("error" in o["sysmon_blt"] for o in out)
         return _json(out if isinstance(doc, list) else out[0], 422 if bad else 200)
 
-    @app.post("/feedback")
-    def feedback(fb: Feedback) -> JSONResponse:
+    @app.post("/feedback", openapi_extra=json_schema_body(Feedback.model_json_schema()))
+    def feedback(doc: Any = Depends(json_body)) -> JSONResponse:
         """Mark an alert false_positive, suppressed or open; kept with who, when and why."""
-        if fb.status not in STATUSES:
-            raise HTTPException(422, f"status must be one of {', '.join(STATUSES)}")
         try:
-            return _json(store.mark_alert(fb.alert_id, fb.status, fb.note, fb.analyst))
+            fb = Feedback.model_validate(doc)
+        except ValidationError as exc:
+            raise HTTPException(422, orjson.loads(exc.json(include_url=False))) from None
+        try:
+            return _json(mark(store, lock, fb.alert_id, fb.status, fb.note, fb.analyst, via="api"))
         except AlertNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        except BadVerdict as exc:
+            raise HTTPException(422, str(exc)) from exc
 
+    app.include_router(page_router(store, enricher, auth, lock, report_dir=settings.report_dir))
     return app

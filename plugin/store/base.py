@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from plugin.normalize.normalizer import NormalizedEvent
 from plugin.store.fits import BaselineText, StoredClusters
 from plugin.store.reports import AssignmentPairs, ModelInfo, SampledEvents
+from plugin.store.triage import TriageFilter
 
 #: the columns of an `events` row, in the order a batch hands them to `write_batch`
 EVENT_COLUMNS = (
@@ -95,6 +97,17 @@ class Store(ABC):
 
     @abstractmethod
     def record_import(self, row: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def record_integrity(self, import_path: str, sha256: str | None,
+                         rows: Sequence[dict[str, Any]]) -> None:
+        """An input's integrity findings (`plugin.detect.integrity.Finding` fields), replacing
+        any of the same path and SHA-256: written once per input, before its `imports` row."""
+
+    @abstractmethod
+    def integrity_findings(self, import_path: str | None = None) -> list[dict[str, Any]]:
+        """Integrity rows, JSON columns parsed; one input's (an archive's: its members' too), or
+        all. Empty for a database from before the `integrity` table."""
 
     @abstractmethod
     def record_model_runs(self, command: str, started: datetime, run_seconds: float,
@@ -185,9 +198,33 @@ class Store(ABC):
     @abstractmethod
     def mark_alert(self, alert_id: str, status: str, note: str | None, analyst: str) -> dict[str, Any]: ...
 
+    # -- the triage page ---------------------------------------------------------------------
+    @abstractmethod
+    def triage_alerts(self, f: TriageFilter | None = None, *, outside_incidents: bool = True,
+                      top: int | None = 200) -> list[dict[str, Any]]:
+        """Alerts by score, filtered; by default those outside every incident."""
+
+    @abstractmethod
+    def triage_incidents(self, f: TriageFilter | None = None, *,
+                         top: int | None = 100) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def incident(self, incident_id: str, *, max_events: int = 500) -> dict[str, Any]:
+        """One incident with its alerts and events; IncidentNotFound when none (or several)."""
+
+    @abstractmethod
+    def alert_hosts(self, alert_id: str) -> list[dict[str, Any]]:
+        """Per host, the events carrying the alert's canonical text."""
+
     # -- retention ---------------------------------------------------------------------------
     @abstractmethod
     def prune(self, before: datetime) -> dict[str, int]: ...
+
+    # -- export ------------------------------------------------------------------------------
+    @abstractmethod
+    def export_tables(self, out_dir: Path, fmt: str, tables: Sequence[str]) -> list[dict[str, Any]]:
+        """Stream tables to ``out_dir/TABLE.{parquet,csv}`` (`plugin.store.export`); per table:
+        name, rows, path, bytes, or why it was skipped."""
 
     # -- the comparison report ---------------------------------------------------------------
     @abstractmethod

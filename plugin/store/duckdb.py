@@ -25,10 +25,13 @@ from plugin.resources import schemas_dir
 from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
 from plugin.store.alerts import AlertQueries
 from plugin.store.events import EventQueries
+from plugin.store.export import ExportQueries
 from plugin.store.fits import FitQueries
 from plugin.store.incidents import IncidentQueries
+from plugin.store.integrity import IntegrityQueries
 from plugin.store.reports import ReportQueries
 from plugin.store.retention import RetentionQueries
+from plugin.store.triage import TriageQueries
 
 log = structlog.get_logger(__name__)
 
@@ -73,8 +76,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
-class DuckDBStore(AlertQueries, EventQueries, FitQueries, IncidentQueries, ReportQueries,
-                  RetentionQueries, Store):
+class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, IncidentQueries,
+                  IntegrityQueries, ReportQueries,
+                  RetentionQueries, TriageQueries, Store):
     """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
     def __init__(self, path: str | Path, read_only: bool = False,
