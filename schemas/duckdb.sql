@@ -246,3 +246,19 @@ CREATE TABLE IF NOT EXISTS integrity (
     sysmon_change_count  BIGINT NOT NULL,
     recorded_at          TIMESTAMPTZ NOT NULL
 );
+
+
+-- migration: 8
+-- Every status change of an incident with who, when and why (`incidents mark`, POST /feedback
+-- with an incident_id, the incident page's buttons); incidents.status holds the current one.
+-- Marking an incident marks each of its alerts (incident_alerts) too, each change kept in
+-- alert_changes with a note naming the incident.
+CREATE TABLE IF NOT EXISTS incident_changes (
+    incident_id VARCHAR NOT NULL,
+    status      VARCHAR NOT NULL,          -- open, suppressed, false_positive
+    previous    VARCHAR,                   -- the status it had before
+    note        VARCHAR,
+    analyst     VARCHAR NOT NULL,
+    alerts      BIGINT NOT NULL,           -- alerts of the incident marked with it
+    changed_at  TIMESTAMPTZ NOT NULL
+);

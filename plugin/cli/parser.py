@@ -338,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(UTC), events of the tree, distinct alerts, score, status.",
         epilog="examples:\n  sysmon-blt incidents --top 10\n"
         "  sysmon-blt incidents --json | jq '.[0].texts'\n"
+        "  sysmon-blt incidents mark ab12cd34 --status false_positive --note 'patch rollout'\n"
         "  sysmon-blt alerts list --json             # each alert names its incident_ids\n"
         "  duckdb sysmon-blt.duckdb \"SELECT e.ts, e.event_id, e.normalized FROM assignments s "
         "JOIN events e USING (event_key) WHERE s.incident_id LIKE 'ab12%' ORDER BY e.ts\"")
@@ -347,6 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument("--host", metavar="H",
                      help="only incidents on this computer (case-insensitive; default: all)")
     _json_flag(inc, "the incidents as a JSON array (full ids, texts and counts)")
+    # `incidents` alone lists (the contract's form); `incidents mark ID` is the one action
+    inc_sub = inc.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    inc_sub.required = False
+    imk = inc_sub.add_parser(
+        "mark", parents=[sub_globals], formatter_class=Formatter,
+        help="set an incident's status and each of its alerts' (kept with who and when)",
+        description="Give an incident a verdict: its status, and the same status for every "
+        "alert it holds (a false positive story is a false positive in each of its alerts, and "
+        "their twins stop alerting). Every change is kept with who and when: the incident's, "
+        "and each alert's with a note naming the incident (`alerts show ID` lists them).")
+    imk.add_argument("--db", metavar="FILE", default=argparse.SUPPRESS, help=DB_HELP)
+    imk.add_argument("incident_id", metavar="ID", help="incident id or a unique prefix of it")
+    imk.add_argument("--status", required=True, choices=STATUSES,
+                     help="false_positive (a refit learns its alerts' texts as normal), "
+                     "suppressed, or open")
+    imk.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
+    imk.add_argument("--analyst", metavar="NAME", help="who (default: the login name)")
+    _json_flag(imk, "the change as one JSON object", "one line")
 
     from plugin.store.export import DEFAULT_TABLES, ON_REQUEST
 

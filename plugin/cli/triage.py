@@ -148,6 +148,8 @@ def format_alert(a: dict, why: list[str]) -> str:
 def cmd_incidents(args: argparse.Namespace) -> int:
     from plugin.store import open_store
 
+    if getattr(args, "action", None) == "mark":
+        return _mark_incident(args)
     if args.top < 0:
         raise UsageError("incidents: --top must be >= 0")
     cfg = existing_db("incidents", args)
@@ -158,6 +160,31 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(json.dumps(rows, default=str) if args.json else format_incident_list(rows, total))
+    return 0
+
+
+def _mark_incident(args: argparse.Namespace) -> int:
+    """`incidents mark`: the same store path as POST /feedback with an incident_id."""
+    import getpass
+
+    from plugin.store import IncidentNotFound, open_store
+
+    cfg = existing_db("incidents mark", args)
+    who = args.analyst or getpass.getuser()
+    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    try:
+        change = store.mark_incident(args.incident_id, args.status, args.note, who)
+    except IncidentNotFound as exc:
+        raise UsageError(f"incidents mark: {exc}") from exc
+    finally:
+        store.close()
+    log.info("incident_marked", incident_id=change["incident_id"], status=args.status,
+             previous=change["previous_status"], alerts=len(change["alerts"]), analyst=who,
+             via="cli")
+    print(json.dumps(change) if args.json else
+          f"incident {change['incident_id']}: {change['previous_status']} -> {change['status']}, "
+          f"and {len(change['alerts'])} alert(s) (by {who}"
+          f"{', ' + repr(args.note) if args.note else ''})")
     return 0
 
 

@@ -17,7 +17,7 @@ import structlog
 from plugin.config import Config
 from plugin.detect.calibration import CaseCalibration
 from plugin.detect.explain import make_explainer
-from plugin.detect.fitting import load_scorer
+from plugin.detect.fitting import LoadedScorer, load_scorer
 from plugin.detect.reference import ReferenceModelError
 from plugin.detect.suppress import SuppressRules
 from plugin.errors import UsageError
@@ -169,9 +169,10 @@ def open_pool(cfg: Config, embedder: BLTEmbedder | None,
 def refit(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
           shadow: LinformerEmbedder | None, model_dir: str | None) -> dict:
     """Fit the primary (and the shadow, on the same baseline) on the stored events, holding back
-    every text the primary flagged, then switch the running score stages to the new fits. The
-    consumer calls it once, at the end of its learning period, on the thread that runs the
-    stages. Returns what `fit` reports."""
+    every text the primary flagged, then switch the running score and incident stages to the new
+    fits (the incident stage's never-seen images come from the fit's context). The consumer calls
+    it once, at the end of its learning period, on the thread that runs the stages. Returns what
+    `fit` reports."""
     from plugin.detect.fitting import fit_database
 
     res = fit_database(store, embedder.name, embedder.version, embedder=embedder)
@@ -181,12 +182,27 @@ def refit(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
                                          flags_of=embedder.name)
         except ValueError as exc:
             log.warning("shadow_not_fitted", model=shadow.name, reason=str(exc))
+    fits: dict[str, LoadedScorer | None] = {}  # model name -> its new fit, loaded once
+
+    def new_fit(name: str) -> LoadedScorer | None:
+        if name not in fits:
+            model = embedder if name == embedder.name else shadow
+            if model is None:
+                return None
+            loaded = _scorer(store, model, model_dir,
+                             embedder=embedder if model is embedder else None)
+            fits[name] = loaded if loaded is not None and loaded.origin == "fit" else None
+        return fits[name]
+
     for st in stages:
-        if not isinstance(st, ScoreStage):
+        # the incident stage roots incidents on the same baseline as the score stage before it
+        if not isinstance(st, (ScoreStage, IncidentStage)):
             continue
-        model = embedder if st.model == embedder.name else shadow
-        loaded = _scorer(store, model, model_dir, embedder=embedder if model is embedder else None)
-        if loaded is None or loaded.origin != "fit":
+        loaded = new_fit(st.model)
+        if loaded is None:
+            continue
+        if isinstance(st, IncidentStage):
+            st.use_fit(loaded.context)
             continue
         explain = make_explainer(loaded, embedder, store.texts_by_hash) if st.alerts else None
         st.use_fit(loaded.version, loaded.scorer, explain=explain, context=loaded.context)

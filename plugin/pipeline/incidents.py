@@ -36,6 +36,16 @@ class IncidentStage:
         self.incidents: set[str] = set()  # ids seen in this run (for the stats)
         self.linked = 0
 
+    def use_fit(self, context: ContextModel | None) -> None:
+        """Root incidents on the new fit's baseline from now on (the consumer's automatic fit at
+        the end of its learning period, as `ScoreStage.use_fit`): without it the grouper keeps
+        the cold start's context (none), and a never-seen image no longer flags its process.
+        The process trees and open incidents stay: the events already grouped are the same
+        events, and a tree cut at the switch would split a live story in two."""
+        self.grouper.context = context
+        log.info("incident_context_switched", model=self.model,
+                 images=len(context.images) if context is not None else 0)
+
     def __call__(self, batch: Batch) -> None:
         scored = {a["event_key"]: a for a in batch.assignments if a["model"] == self.model}
         if not scored:

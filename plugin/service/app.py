@@ -22,15 +22,15 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
 from plugin.detect.enrich import Enricher
 from plugin.service.auth import Auth, TokenGate
-from plugin.service.feedback import BadVerdict, mark
+from plugin.service.feedback import BadVerdict, mark, mark_incident
 from plugin.service.limits import (DEFAULT_MAX_BODY, BodyLimit, json_body, json_schema_body,
                                    validation_errors)
 from plugin.service.page import is_form_post, page_router
-from plugin.store import AlertNotFound, Store
+from plugin.store import AlertNotFound, IncidentNotFound, Store
 from plugin.stream.metrics import StreamMetrics
 
 
@@ -45,10 +45,18 @@ class ServiceSettings:
 
 
 class Feedback(BaseModel):
-    alert_id: str
+    alert_id: str | None = None
+    incident_id: str | None = None
     status: str
     note: str | None = None
     analyst: str = "api"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Feedback":
+        # a verdict on both at once would leave unclear which one the note explains
+        if (self.alert_id is None) == (self.incident_id is None):
+            raise ValueError("give exactly one of alert_id or incident_id")
+        return self
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:
@@ -97,14 +105,18 @@ def build_app(store: Store, enricher: Enricher, metrics: StreamMetrics,
 
     @app.post("/feedback", openapi_extra=json_schema_body(Feedback.model_json_schema()))
     def feedback(doc: Any = Depends(json_body)) -> JSONResponse:
-        """Mark an alert false_positive, suppressed or open; kept with who, when and why."""
+        """Mark an alert, or an incident and every alert it holds, false_positive, suppressed or
+        open; kept with who, when and why."""
         try:
             fb = Feedback.model_validate(doc)
         except ValidationError as exc:
             raise HTTPException(422, orjson.loads(exc.json(include_url=False))) from None
         try:
+            if fb.incident_id is not None:
+                return _json(mark_incident(store, lock, fb.incident_id, fb.status, fb.note,
+                                           fb.analyst, via="api"))
             return _json(mark(store, lock, fb.alert_id, fb.status, fb.note, fb.analyst, via="api"))
-        except AlertNotFound as exc:
+        except (AlertNotFound, IncidentNotFound) as exc:
             raise HTTPException(404, str(exc)) from exc
         except BadVerdict as exc:
             raise HTTPException(422, str(exc)) from exc

@@ -1,5 +1,5 @@
-"""The triage page's routes: the ranked list at `/`, one alert, one incident, the verdict form,
-the comparison report, and the login form when a token is set.
+"""The triage page's routes: the ranked list at `/`, one alert, one incident, the verdict forms
+(an alert's, an incident's), the comparison report, and the login form when a token is set.
 
 Server-rendered HTML without scripts (the Content-Security-Policy forbids them): nothing to
 build, and an analyst on a locked-down jump host can use it. The page reads through the same
@@ -24,7 +24,7 @@ from plugin.detect.enrich import Enricher
 from plugin.detect.explain import reasons
 from plugin.service import render, views
 from plugin.service.auth import COOKIE, Auth, safe_next
-from plugin.service.feedback import BadVerdict, mark
+from plugin.service.feedback import BadVerdict, mark, mark_incident
 from plugin.service.limits import form_fields
 from plugin.store import STATUSES, AlertNotFound, Store
 from plugin.store.triage import IncidentNotFound, TriageFilter
@@ -38,7 +38,8 @@ FILTERS = ("host", "since", "until", "status", "event_id")
 
 def is_form_post(path: str) -> bool:
     """The page's own POST routes: a signed-in browser's cookie opens them (with CSRF)."""
-    return path == "/logout" or (path.startswith("/alerts/") and path.endswith("/mark"))
+    return path == "/logout" or (path.startswith(("/alerts/", "/incidents/"))
+                                 and path.endswith("/mark"))
 
 
 def _when(value: str, *, end_of_day: bool) -> datetime:
@@ -164,7 +165,25 @@ def page_router(store: Store, enricher: Enricher, auth: Auth, lock: threading.Lo
         except IncidentNotFound as exc:
             return refuse(request, 404, "No such incident", str(exc))
         return respond(request, f"Incident {i['incident_id'][:12]}",
-                       lambda _: views.incident_view(i))
+                       lambda csrf: views.incident_view(i, csrf=csrf))
+
+    @router.post("/incidents/{incident_id}/mark")
+    def incident_verdict(request: Request, incident_id: str,
+                         form: dict[str, str] = Depends(form_fields)) -> Response:
+        if not csrf_ok(request, form):
+            log.warning("csrf_refused", path=request.url.path)
+            return refuse(request, 403, "Form expired",
+                          "The form's CSRF token is missing or stale: reload the incident's "
+                          "page and give the verdict again.")
+        try:
+            change = mark_incident(store, lock, incident_id, form.get("status", ""),
+                                   form.get("note") or None,
+                                   (form.get("analyst") or "").strip() or "page", via="page")
+        except IncidentNotFound as exc:
+            return refuse(request, 404, "No such incident", str(exc))
+        except BadVerdict as exc:
+            return refuse(request, 400, "Verdict not kept", str(exc))
+        return RedirectResponse("/incidents/" + quote(change["incident_id"], safe=""), 303)
 
     @router.get("/report")
     def report(request: Request) -> Response:

@@ -228,7 +228,9 @@ def actions(action: str, csrf: str) -> str:
 
 
 # -- one incident -----------------------------------------------------------------------------
-def incident_view(i: dict) -> str:
+def incident_view(i: dict, *, csrf: str) -> str:
+    """The incident whole, with the same verdict buttons as an alert's page: a verdict here
+    marks the incident and every alert it lists."""
     facts = [("host", i["computer"]), ("root image", i["root_image"]),
              ("root process", i["root_guid"]), ("first seen", ts(i["first_seen"])),
              ("last seen", ts(i["last_seen"])), ("events", i["events"]),
@@ -247,10 +249,16 @@ def incident_view(i: dict) -> str:
                      "yes" if v["is_outlier"] else "", cut(v["normalized"], 240))
                     for v in i["event_rows"]),
                    empty="no events linked", classes=("t", "num", "num", "", "text"))
+    hist = table(("when", "status", "analyst", "alerts marked", "note"),
+                 ((ts(h.get("at")), Cell(status(h.get("status"))), h.get("analyst"),
+                   h.get("alerts"), h.get("note")) for h in i.get("history") or []),
+                 empty="no changes yet: open since it formed", classes=("t", "", "", "num"))
     return (f"<h1>Incident {e(i['incident_id'])}</h1>" + f'<div class="grid">{grid}</div>'
+            + actions(f"/incidents/{i['incident_id']}/mark", csrf)
+            + '<p class="muted">a verdict here is given to each of its alerts too</p>'
             + f"<h2>Alerts ({len(i['alert_rows'])})</h2>" + alerts
             + f"<h2>Events of its process tree ({len(i['event_rows'])}, in time order)</h2>"
-            + events)
+            + events + "<h2>Status history</h2>" + hist)
 
 
 # -- the rest ---------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from plugin.store.alerts import STATUSES, AlertNotFound
 from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
+from plugin.store.triage import IncidentNotFound
 
-__all__ = ["EVENT_COLUMNS", "STATUSES", "AlertNotFound", "DeadLetter", "Store", "VectorRows",
-           "open_store", "utcnow", "is_out_of_memory"]
+__all__ = ["EVENT_COLUMNS", "STATUSES", "AlertNotFound", "DeadLetter", "IncidentNotFound",
+           "Store", "VectorRows", "open_store", "utcnow", "is_out_of_memory"]
 
 
 def open_store(db: str | Path, *, read_only: bool = False, memory_limit: str = "512MB",

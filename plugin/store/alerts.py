@@ -117,13 +117,28 @@ class AlertQueries:
         at = datetime.now(timezone.utc)
         self.con.begin()
         try:
-            before = self._run("SELECT status FROM alerts WHERE alert_id = ?", [full])[0][0]
-            self._run("UPDATE alerts SET status = ? WHERE alert_id = ?", [status, full])
-            self._run("INSERT INTO alert_changes VALUES (?, ?, ?, ?, ?)",
-                      [full, status, note, analyst, at])
+            before = self._change_alerts([full], status, note, analyst, at)[full]
             self.con.commit()
         except Exception:
             self.con.rollback()
             raise
         return {"alert_id": full, "status": status, "previous_status": before, "note": note,
                 "analyst": analyst, "at": at.isoformat()}
+
+    def _change_alerts(self, alert_ids: list[str], status: str, note: str | None, analyst: str,
+                       at: datetime) -> dict[str, str]:
+        """Inside the caller's transaction: set these alerts' status and keep one change row
+        each. One path for an alert marked alone and for the alerts of a marked incident, so
+        the audit trail and what stops their twins from alerting (`alerts.status`, read by the
+        publisher) cannot drift apart. Returns each stored alert's previous status (ids the
+        store does not hold are left out)."""
+        before = dict(self._run("SELECT alert_id, status FROM alerts WHERE alert_id IN "
+                                "(SELECT unnest(?))", [list(alert_ids)]))
+        if not before:
+            return {}
+        ids = sorted(before)
+        self._run("UPDATE alerts SET status = ? WHERE alert_id IN (SELECT unnest(?))",
+                  [status, ids])
+        self._run("INSERT INTO alert_changes SELECT unnest(?), ?, ?, ?, ?",
+                  [ids, status, note, analyst, at])
+        return before

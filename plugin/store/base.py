@@ -198,6 +198,18 @@ class Store(ABC):
     @abstractmethod
     def mark_alert(self, alert_id: str, status: str, note: str | None, analyst: str) -> dict[str, Any]: ...
 
+    @abstractmethod
+    def resolve_incident_id(self, prefix: str) -> str:
+        """The full id of the incident a unique prefix names; IncidentNotFound otherwise."""
+
+    @abstractmethod
+    def mark_incident(self, incident_id: str, status: str, note: str | None,
+                      analyst: str) -> dict[str, Any]:
+        """The incident's status and each of its alerts', every change kept with who and when."""
+
+    @abstractmethod
+    def incident_history(self, incident_id: str) -> list[dict[str, Any]]: ...
+
     # -- the triage page ---------------------------------------------------------------------
     @abstractmethod
     def triage_alerts(self, f: TriageFilter | None = None, *, outside_incidents: bool = True,

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 #: exported unless --tables says otherwise: what other tools join and chart
 DEFAULT_TABLES = (
     "events", "assignments", "alerts", "alert_changes", "incidents", "incident_alerts",
-    "clusters", "imports", "dead_letters", "integrity",
+    "incident_changes", "clusters", "imports", "dead_letters", "integrity",
 )
 #: exported only when named: vectors are large (a FLOAT[d] per event and model), the rest is
 #: model bookkeeping few tools need

@@ -11,7 +11,8 @@ write changed, so a replay (the same events written again after a crash) counts 
 * alerts are distinct (incident, alert) pairs in `incident_alerts`, inserted or ignored.
 
 The ranking score, time bounds, texts and event types merge (greatest, least, union), so a
-consumer restarted without its in-memory trees never lowers what an earlier run stored.
+consumer restarted without its in-memory trees never lowers what an earlier run stored. The
+sink never writes an existing incident's status: an analyst's verdict (`mark_incident`) stays.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+
+from plugin.store.alerts import STATUSES
+from plugin.store.triage import IncidentNotFound
 
 MAX_TEXTS = 10
 
@@ -151,6 +155,60 @@ class IncidentQueries:
         if not self.has_table("incidents"):
             return 0
         return int(self._run("SELECT count(*) FROM incidents WHERE events > 0")[0][0])
+
+    def resolve_incident_id(self, prefix: str) -> str:
+        """The full id of the incident ``prefix`` names, as an alert id prefix names its alert;
+        IncidentNotFound when none or several do. Incidents a rescore emptied count too: their
+        id and verdict stay for when they form again."""
+        if not self.has_table("incidents"):
+            raise IncidentNotFound(f"no incident with id {prefix!r}")
+        rows = self._run("SELECT incident_id FROM incidents WHERE starts_with(incident_id, ?) "
+                         "LIMIT 2", [prefix.strip().lower()])
+        if not rows:
+            raise IncidentNotFound(f"no incident with id {prefix!r}")
+        if len(rows) > 1:
+            raise IncidentNotFound(f"incident id {prefix!r} is ambiguous: type more of it")
+        return rows[0][0]
+
+    def mark_incident(self, incident_id: str, status: str, note: str | None,
+                      analyst: str) -> dict[str, Any]:
+        """Give an incident a verdict and every alert it holds the same one, in one transaction:
+        the analyst judged the story, and each of its alerts would otherwise keep firing (its
+        twins alert while its own status is open). Each alert's change is kept as marking it
+        alone keeps it (`alert_changes`, the same path), with a note naming the incident; the
+        incident's own change goes to `incident_changes`. Returns the change."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        full = self.resolve_incident_id(incident_id)
+        at = datetime.now(timezone.utc)
+        alert_note = f"via incident {full}" + (f": {note}" if note else "")
+        self.con.begin()
+        try:
+            before = self._run("SELECT status FROM incidents WHERE incident_id = ?", [full])[0][0]
+            self._run("UPDATE incidents SET status = ? WHERE incident_id = ?", [status, full])
+            alert_ids = [r[0] for r in self._run(
+                "SELECT alert_id FROM incident_alerts WHERE incident_id = ? ORDER BY alert_id",
+                [full])]
+            alerts = self._change_alerts(alert_ids, status, alert_note, analyst, at)
+            self._run("INSERT INTO incident_changes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      [full, status, before, note, analyst, len(alerts), at])
+            self.con.commit()
+        except Exception:
+            self.con.rollback()
+            raise
+        return {"incident_id": full, "status": status, "previous_status": before, "note": note,
+                "analyst": analyst, "at": at.isoformat(),
+                "alerts": [{"alert_id": a, "previous_status": alerts[a]} for a in sorted(alerts)]}
+
+    def incident_history(self, incident_id: str) -> list[dict[str, Any]]:
+        """An incident's status changes, oldest first (none in a file opened read-only from
+        before migration 8)."""
+        if not self.has_table("incident_changes"):
+            return []
+        return [dict(zip(("status", "previous_status", "note", "analyst", "alerts", "at"), r))
+                for r in self._run("SELECT status, previous, note, analyst, alerts, changed_at "
+                                   "FROM incident_changes WHERE incident_id = ? "
+                                   "ORDER BY changed_at", [incident_id])]
 
     def incidents_of_alerts(self, alert_ids: Sequence[str]) -> dict[str, list[str]]:
         """The incidents each alert's events belong to, by alert id (ranked, best first)."""

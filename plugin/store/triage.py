@@ -101,8 +101,9 @@ class TriageQueries:
         return [dict(zip(_INCIDENT_COLUMNS, r)) for r in self._run(sql, params)]
 
     def incident(self, incident_id: str, *, max_events: int = 500) -> dict[str, Any]:
-        """One incident whole: its row, its alerts (highest score first) and the events of its
-        tree in time order (at most ``max_events``, each with its score and outlier flag).
+        """One incident whole: its row, its alerts (highest score first), the events of its
+        tree in time order (at most ``max_events``, each with its score and outlier flag) and
+        the history of its status.
         ``incident_id`` may be a unique prefix, as an alert id may."""
         if not self.has_table("incidents"):
             raise IncidentNotFound(f"no incident with id {incident_id!r}")
@@ -123,6 +124,7 @@ class TriageQueries:
             "FROM assignments s JOIN events e USING (event_key) "
             "WHERE s.incident_id = ? AND s.model = ? ORDER BY e.ts, e.event_key LIMIT ?",
             [full, model, int(max_events)])]
+        out["history"] = self.incident_history(full)
         return out
 
     def alert_hosts(self, alert_id: str) -> list[dict[str, Any]]:
