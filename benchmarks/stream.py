@@ -250,9 +250,11 @@ def main() -> None:
                   f"{'?' if share is None else f'{share:.1%}'} of events", flush=True)
             m = r["rss_mb"]
             if m:
-                print(f"       consumer + workers RSS every 10 s (MB): first {m[0]}, after warm-up {m[min(2, len(m) - 1)]}, "
-                      f"last {m[-1]}, max {max(m)}; samples {m}; last per process "
-                      f"{r['rss_last_per_process']}", flush=True)
+                base = m[min(6, len(m) - 1)]  # one minute in: models loaded, caches warm
+                print(f"       consumer + workers RSS every 10 s (MB): first {m[0]}, at 60 s {base}, "
+                      f"last {m[-1]}, max {max(m)}; growth after 60 s: last "
+                      f"{(m[-1] - base) / base:+.1%}, max {(max(m[6:] or m) - base) / base:+.1%}; "
+                      f"samples {m}; last per process {r['rss_last_per_process']}", flush=True)
     finally:
         if broker is not None:
             broker.kill()

@@ -42,6 +42,11 @@ class Config:
                                 "~600k events, needs ~300 MB of it; 256MB ran out at its end); a "
                                 "database of many millions of events needs more for its key "
                                 "indexes, and the error says so.")
+    stream_db_memory_limit: str = _key("256MB", "`consume`: DuckDB's buffer pool. Smaller than "
+                                       "an import's, so a consumer that runs for days keeps a "
+                                       "flat RSS (cached table blocks are evicted, not kept); "
+                                       "its key index must still fit: with months of events and "
+                                       "no `retention_days`, raise it (the error says so).")
     evtx_threads: int = _key(0, "pyevtx-rs worker threads for .evtx files; 0 lets it choose.")
     log_format: str = _key("auto", "`auto` (console on a terminal, JSON elsewhere), `console` or "
                            "`json`.")

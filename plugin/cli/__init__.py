@@ -59,10 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from plugin.store import is_out_of_memory
 
         if is_out_of_memory(exc):  # DuckDB's buffer pool is full
+            key = "stream_db_memory_limit" if args.command == "consume" else "db_memory_limit"
             print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "
-                  "db_memory_limit allows (its key indexes grow with the database): raise it, "
-                  "e.g. SYSMON_BLT_DB_MEMORY_LIMIT=2GB, and run the same command again (inputs "
-                  "already imported are skipped)", file=sys.stderr)
+                  f"{key} allows (its key indexes grow with the database): raise it, "
+                  f"e.g. SYSMON_BLT_{key.upper()}=2GB, and run the same command again (what "
+                  "was stored or committed is not done twice)", file=sys.stderr)
             return 1
         log.error("command_failed", command=args.command, error=f"{type(exc).__name__}: {exc}",
                   exc_info=args.verbose > 0)

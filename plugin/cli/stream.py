@@ -32,7 +32,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     listen = parse_listen(args.serve) if args.serve else None
     embedder = load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
+    store = open_store(cfg.db, memory_limit=cfg.stream_db_memory_limit, long_running=True)
     metrics = StreamMetrics()
     producer = server = http_store = pool = None
     stop = threading.Event()

@@ -6,29 +6,70 @@ events by cosine similarity (event_key, computer, ts, similarity, normalized). T
 normalized and embedded as an imported event is, and scored through the same entry
 (`plugin.detect.scoring`); its lineage carry comes from the stored scores of its process's and
 ancestors' creations instead of an in-memory walk.
+
+Speed, without changing an answer (issue 15: `POST /enrich` under 8 concurrent clients on 2
+cores). A profile of one request showed the time in the model pass and in table scans run per
+request (cosine over every stored vector, JSON extraction over every process creation, texts
+of the baseline). So the enricher keeps in memory what a request would otherwise rescan:
+
+* each canonical text's vector and per-byte surprisal, as a pass of the model over that text
+  alone gives them (the same numbers the next pass would give: inference is deterministic);
+  alerts repeat texts, so most requests skip the model;
+* the model's stored vectors as one matrix, which shortlists the texts holding the nearest
+  ones; the store then computes the similarities and picks the neighbours among the shortlist
+  exactly as it would among all texts (`Store.nearest_events` with ``candidates``);
+* the stored process creations by GUID, and the fit's baseline texts by hash.
+
+The two indexes follow the store: before each request one cheap count (`Store.enrich_state`)
+says whether rows were added (read and appended) or deleted (read again), so `consume --serve`
+answers with what the consumer has just written.
+
+Concurrency: the service calls `Enricher.enrich` from several threads at once. Each thread
+reads the store on a connection of its own (`Store.for_thread`) and embeds with its own shallow
+copy of the embedder (the weights are shared; `last_surprisal`, the per-call state that lets the
+scorer and the explanation reuse the embedding pass's surprisal, is not); the caches are behind
+locks.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
+import structlog
 
 from plugin.detect.lineage import guid
 from plugin.detect.lineage import lineage as walk_lineage
-from plugin.detect.scoring import event_score, explanation, score_texts
+from plugin.detect.scoring import TextScore, event_score, explanation, score_texts
+from plugin.memory import release_freed_heap
 from plugin.normalize.shapes import BadRecord, map_document, parse_and_map
 from plugin.normalize.schema import SchemaSet
 from plugin.normalize.text import CanonicalText
 from plugin.store import AlertNotFound, Store
+from plugin.store.events import Appended, EnrichState
+
+log = structlog.get_logger(__name__)
+
+#: neighbours returned per alert (the contract: up to 5)
+NEIGHBORS = 5
 
 
 def _process(store: Store, g: str | None) -> dict | None:
     """A stored process creation in the shape `plugin.detect.lineage.lineage` walks."""
     if not g:
         return None
-    p = store.process_creation(g)
+    return _walkable(g, store.process_creation(g))
+
+
+def _walkable(g: str, p: dict | None) -> dict | None:
     if p is None:
         return None
     return {"process_guid": g, "event_key": p["event_key"],
@@ -54,7 +95,217 @@ def lineage(store: Store, fields: dict) -> list[dict]:
     return walk_lineage(fields, lambda g: _process(store, g))
 
 
+class ThreadEmbedder:
+    """The embedder as the calling thread sees it: shared weights, its own `last_surprisal`.
+
+    `embed` leaves the surprisal of its pass in ``last_surprisal`` for the scorer and the
+    explanation to reuse. Requests on several threads (and, in `consume --serve`, the consumer,
+    whose worker pool writes that attribute on the shared embedder) would overwrite each
+    other's; a shallow copy per thread keeps it apart. Modules at inference are read-only, so
+    the copies may run them at once."""
+
+    def __init__(self, embedder) -> None:
+        self._base = embedder
+        self._local = threading.local()
+
+    def mine(self):
+        """This thread's copy."""
+        own = getattr(self._local, "embedder", None)
+        if own is None:
+            own = copy.copy(self._base)
+            own.last_surprisal = {}
+            # a heap trim after every one-text batch cost more than the pass itself (measured:
+            # 14 ms a pass with it, 9 without) and stalls the other threads' allocations; the
+            # enricher trims now and then instead (`Enricher.TRIM_EVERY`)
+            own.release_heap_per_batch = False
+            self._local.embedder = own
+        return own
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.mine(), name)
+
+
+@dataclass
+class _Known:
+    """What a canonical text alone decides, kept for the next alert with the same text: its
+    model pass (vector, per-byte surprisal), its content score and the per-text part of its
+    explanation under the loaded fit, and its neighbours as of one state of the store (computed
+    for an event that is not itself stored, so that no exclusion applied). Shared by every later
+    request: nobody writes into these; each field is replaced whole."""
+
+    vector: np.ndarray
+    surprisal: np.ndarray | None
+    score: TextScore | None = None
+    explained: dict | None = None
+    neighbors: tuple[int, list[dict]] | None = None  # (store generation, neighbours)
+
+
+class _TextCache:
+    """canonical text -> `_Known`, least recently used out (4096 texts: ~20 MB)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, _Known] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, text: str) -> _Known | None:
+        with self._lock:
+            hit = self._items.get(text)
+            if hit is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(text)
+            self.hits += 1
+            return hit
+
+    def put(self, text: str, known: _Known) -> None:
+        with self._lock:
+            self._items[text] = known
+            self._items.move_to_end(text)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+
+class _Tracked:
+    """An in-memory copy of rows of one store table, kept current by rowid: appended rows are
+    read and added; when the counts say rows went away (a retention prune), all are read again
+    into new containers, swapped in whole, so a reader never sees a half-read copy. Subclasses
+    say what is read (`_read`) and how it is kept (`_add`)."""
+
+    def __init__(self) -> None:
+        self.rows = -1  # rows of the table (every model) the copy has seen; -1: never read
+        self.last_rowid = -1
+        self.lock = threading.Lock()
+
+    def stale(self, total: int, above: int) -> bool:
+        """Whether a growth count (rows, rows above our last rowid) differs from what we hold."""
+        return total != self.rows or above != 0
+
+    def refresh(self, store: Store) -> None:
+        with self.lock:
+            got = self._read(store, self.last_rowid)
+            if self.rows >= 0 and self.rows + got.read == got.total:
+                self._add(got, fresh=False)  # appends only
+            else:
+                if self.rows >= 0:
+                    log.info("enrich_index_reread", index=type(self).__name__,
+                             rows_before=self.rows, rows_now=got.total)
+                if self.last_rowid != -1:
+                    got = self._read(store, -1)
+                self._add(got, fresh=True)
+            self.rows, self.last_rowid = got.total, got.last_rowid
+
+    def _read(self, store: Store, after: int) -> Appended:
+        raise NotImplementedError
+
+    def _add(self, got: Appended, fresh: bool) -> None:
+        raise NotImplementedError
+
+
+class VectorIndex(_Tracked):
+    """The model's stored vectors (unit rows of one float32 matrix), to shortlist the texts that
+    hold a query's nearest neighbours without a scan of `text_vectors` per request.
+
+    Appends write past the rows readers know of (into spare capacity, or a larger copy); readers
+    take ``(buffer, rows, hashes)`` as one reference, so an append never changes what they see."""
+
+    #: the shortlist keeps every text within this much cosine of the (k+1)-th best: far above
+    #: the float32 rounding between this matmul and the store's own cosine (~1e-6), so the
+    #: texts the store would pick are always among them
+    MARGIN = 1e-4
+
+    def __init__(self, model: str, version: str, max_rows: int = 2_000_000) -> None:
+        super().__init__()
+        self.model, self.version, self.max_rows = model, version, max_rows
+        self._view: tuple[np.ndarray, int, list[str]] = (np.zeros((0, 0), np.float32), 0, [])
+        self.overflow = False
+
+    def _read(self, store: Store, after: int) -> Appended:
+        return store.text_vectors_after(self.model, self.version, after)
+
+    def _add(self, got: Appended, fresh: bool) -> None:
+        if fresh:
+            buf, n, hashes = np.zeros((0, 0), np.float32), 0, []
+        elif self.overflow:
+            return
+        else:
+            buf, n, hashes = self._view
+        m = len(got.hashes)
+        if m and n + m > self.max_rows:  # too many to hold: the store scans, as before
+            log.warning("enrich_vectors_not_held", rows=n + m, max_rows=self.max_rows)
+            self._view, self.overflow = (np.zeros((0, 0), np.float32), 0, []), True
+            return
+        if m:
+            v = np.asarray(got.vectors, dtype=np.float32)
+            if buf.shape[0] < n + m or buf.shape[1] != v.shape[1]:
+                grown = np.zeros((max(2 * (n + m), 1024), v.shape[1]), dtype=np.float32)
+                if n:
+                    grown[:n] = buf[:n]
+                buf = grown
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            buf[n:n + m] = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+            hashes.extend(got.hashes)
+        self._view, self.overflow = (buf, n + m, hashes), False
+
+    def shortlist(self, vector: np.ndarray, k: int) -> list[str] | None:
+        """Text hashes among which the ``k`` most similar stored texts are (all of them when
+        there are few); None when the index does not hold the vectors (the store must scan)."""
+        if self.overflow:
+            return None
+        buf, n, hashes = self._view
+        if n <= k:
+            return hashes[:n]
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        norm = float(np.linalg.norm(q))
+        sims = buf[:n] @ (q / norm if norm > 0 else q)
+        kth = np.partition(sims, n - k)[n - k]
+        pick = np.flatnonzero((sims >= kth - self.MARGIN) | np.isnan(sims))
+        return [hashes[i] for i in pick.tolist()]
+
+
+class CreationIndex(_Tracked):
+    """The stored process creations by GUID (the first stored per GUID), for lineage walks
+    without a JSON scan of every creation per ancestor. Bounded: past ``max_entries`` the oldest
+    go, and a GUID not held is then asked of the store."""
+
+    def __init__(self, max_entries: int = 500_000) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+        self._by_guid: dict[str, dict] = {}
+        self.complete = True
+
+    def _read(self, store: Store, after: int) -> Appended:
+        return store.creations_after(after)
+
+    def _add(self, got: Appended, fresh: bool) -> None:
+        by_guid, complete = ({}, True) if fresh else (self._by_guid, self.complete)
+        for g, creation in got.creations:
+            if g in by_guid:
+                continue
+            if len(by_guid) >= self.max_entries:
+                by_guid.pop(next(iter(by_guid)))
+                complete = False
+            by_guid[g] = creation
+        self._by_guid, self.complete = by_guid, complete
+
+    def get(self, store: Store, g: str | None) -> dict | None:
+        """The creation in the shape the lineage walk takes, or None when none is stored."""
+        if not g:
+            return None
+        hit = self._by_guid.get(g)
+        if hit is None and not self.complete:
+            hit = store.process_creation(g)
+        return _walkable(g, hit)
+
+
 class Enricher:
+    #: model passes between two returns of freed heap to the system (`plugin.memory`): often
+    #: enough that a long-running service does not keep fragments of every pass, rarely enough
+    #: that the trim (milliseconds, and a stall for the other threads' allocations) stays off
+    #: the requests' path
+    TRIM_EVERY = 256
+
     @classmethod
     def for_store(cls, store: Store, embedder, model_dir: Path, schemas: SchemaSet) -> "Enricher":
         """The enricher of a store: its latest fit (or the model directory's shipped clusters,
@@ -62,17 +313,100 @@ class Enricher:
         from plugin.detect.explain import make_explainer
         from plugin.detect.fitting import load_scorer
 
+        models = ThreadEmbedder(embedder)
         loaded = load_scorer(store, embedder.name, embedder.version, model_dir, record=False,
-                             embedder=embedder)
-        explain = make_explainer(loaded, embedder, store.texts_by_hash) if loaded else None
-        return cls(store, CanonicalText(schemas), embedder, loaded, explain)
+                             embedder=models)
+        enricher = cls(store, CanonicalText(schemas), models, loaded, None)
+        if loaded is not None:
+            enricher.explain = make_explainer(loaded, models, enricher.baseline_texts)
+        return enricher
 
-    def __init__(self, store: Store, text: CanonicalText, embedder, loaded, explain) -> None:
+    def __init__(self, store: Store, text: CanonicalText, embedder, loaded,
+                 explain: Callable | None) -> None:
         self.store = store
         self.text = text
-        self.embedder = embedder
+        self.embedder = embedder if isinstance(embedder, ThreadEmbedder) else ThreadEmbedder(embedder)
         self.loaded = loaded
         self.explain = explain
+        self._local = threading.local()
+        self._texts = _TextCache()
+        self._vectors = VectorIndex(self.embedder.name, self.embedder.version)
+        self._creations = CreationIndex()
+        self._baseline: dict[str, str] = {}
+        self._baseline_lock = threading.Lock()
+        self._generation = 0
+        self._generation_lock = threading.Lock()
+        self._passes = itertools.count(1)
+        self._sync(store)  # read the indexes now, not on the first request
+        if loaded is not None and loaded.baseline_hashes:  # one join now, not one per new text
+            self._baseline.update(store.texts_by_hash(list(loaded.baseline_hashes)))
+
+    def _store(self) -> Store:
+        """This thread's connection to the store (a DuckDB connection serves one thread)."""
+        own = getattr(self._local, "store", None)
+        if own is None:
+            own = self._local.store = self.store.for_thread()
+        return own
+
+    def _sync(self, store: Store, event_key: str | None = None) -> tuple[EnrichState, int]:
+        """Bring the in-memory indexes up to what the store holds now; returns the store's state
+        and the generation the answers cached from now on belong to (it moves on whenever the
+        events or the vectors changed, which invalidates cached neighbours)."""
+        st = store.enrich_state(self._creations.last_rowid, self._vectors.last_rowid, event_key)
+        changed = False
+        if self._creations.stale(st.events, st.events_above):
+            self._creations.refresh(store)
+            changed = True
+        if self._vectors.stale(st.vectors, st.vectors_above):
+            self._vectors.refresh(store)
+            changed = True
+        with self._generation_lock:
+            if changed:
+                self._generation += 1
+            return st, self._generation
+
+    def baseline_texts(self, hashes: list[str]) -> dict[str, str]:
+        """Canonical texts of baseline hashes for explanations: a hash names one text, so each is
+        read from the store once (on the calling thread's connection)."""
+        with self._baseline_lock:
+            missing = [h for h in hashes if h not in self._baseline]
+        if missing:
+            got = self._store().texts_by_hash(missing)
+            with self._baseline_lock:
+                self._baseline.update(got)
+        with self._baseline_lock:
+            return {h: self._baseline[h] for h in hashes if h in self._baseline}
+
+    def _known(self, canonical: str) -> _Known:
+        """The text's model pass, with its surprisal left on this thread's embedder for the
+        scorer and the explanation: from the cache, else from a pass over this text alone."""
+        own = self.embedder.mine()
+        known = self._texts.get(canonical)
+        if known is None:
+            vec = own.embed([canonical])[0]
+            sur = getattr(own, "last_surprisal", {}).get(canonical)
+            for a in (vec, sur):  # shared by every later request: nobody may write into them
+                if a is not None:
+                    a.setflags(write=False)
+            known = _Known(vec, sur)
+            self._texts.put(canonical, known)
+            if next(self._passes) % self.TRIM_EVERY == 0:
+                release_freed_heap()
+        own.last_surprisal = {canonical: known.surprisal} if known.surprisal is not None else {}
+        return known
+
+    def _neighbors(self, store: Store, known: _Known, st: EnrichState, generation: int,
+                   own_key: str) -> list[dict]:
+        """The nearest stored events. Kept per text while the store stays as it was, unless the
+        event itself is stored: its exclusion then makes the answer its own."""
+        if not st.has_event and known.neighbors is not None and known.neighbors[0] == generation:
+            return known.neighbors[1]
+        found = store.nearest_events(
+            self.embedder.name, self.embedder.version, known.vector, k=NEIGHBORS,
+            exclude_event=own_key, candidates=self._vectors.shortlist(known.vector, NEIGHBORS + 1))
+        if not st.has_event:
+            known.neighbors = (generation, found)
+        return found
 
     def enrich(self, doc: Any) -> dict:
         """The alert with a `sysmon_blt` block; an error block (``sysmon_blt.error``) when it
@@ -82,43 +416,55 @@ class Enricher:
         ``alert_id`` and ``kind`` added (the shape of an alert on the alerts topic)."""
         if not isinstance(doc, dict):
             raise BadRecord("an alert must be a JSON object")
+        store = self._store()
         own_key = None
         try:
             if "alert_id" in doc and len(doc) <= 2:  # a reference, not an event
-                doc, ev, own_key = self._stored_alert(str(doc["alert_id"]))
+                doc, ev, own_key = self._stored_alert(store, str(doc["alert_id"]))
             else:
                 ev = map_document(doc)
         except (BadRecord, AlertNotFound) as exc:
             return {**doc, "sysmon_blt": {"error": str(exc)}}
         if ev is None:
             return {**doc, "sysmon_blt": {"error": "not a Sysmon event"}}
+        if own_key is None:
+            own_key = ev.key(orjson.dumps(doc))
+        st, generation = self._sync(store, own_key)
         canonical = self.text.build(ev)
-        vec = self.embedder.embed([canonical])[0]
+        known = self._known(canonical)
         block: dict[str, Any] = {"model": self.embedder.name, "model_version": self.embedder.version,
                                  "normalized": canonical}
-        chain = lineage(self.store, ev.fields)
+
+        def process(g: str | None) -> dict | None:
+            return self._creations.get(store, g)
+
+        chain = walk_lineage(ev.fields, process)
         if self.loaded is not None:
-            ts = score_texts(self.loaded.scorer, vec[None, :], [canonical])[0]
+            ts = known.score
+            if ts is None:
+                ts = known.score = score_texts(self.loaded.scorer, known.vector[None, :],
+                                               [canonical])[0]
             context = self.loaded.context
-            cs = (context.combine(ts.score, context.novel(canonical), self._carry(ev, chain))
+            cs = (context.combine(ts.score, context.novel(canonical),
+                                  self._carry(store, process, ev, chain))
                   if context is not None else None)
             scored = event_score(ts, context, cs)
             block.update(cluster=ts.cluster, score=scored.score, is_outlier=scored.is_outlier,
                          fit_version=self.loaded.version)
-            block["explanation"] = explanation(self.explain, canonical, ts, scored, chain)
+            per_text = {canonical: known.explained} if known.explained is not None else {}
+            block["explanation"] = explanation(self.explain, canonical, ts, scored, chain,
+                                               cache=per_text)
+            known.explained = per_text[canonical]
         else:
             block.update(cluster=None, score=None, is_outlier=None)
             block["explanation"] = {"note": "no fit and no shipped clusters: not scored",
                                     "process_lineage": chain}
-        if own_key is None:
-            own_key = ev.key(orjson.dumps(doc))
-        block["neighbors"] = self.store.nearest_events(self.embedder.name, self.embedder.version,
-                                                       vec, exclude_event=own_key)
+        block["neighbors"] = self._neighbors(store, known, st, generation, own_key)
         return {**doc, "sysmon_blt": orjson.loads(orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY))}
 
-    def _stored_alert(self, alert_id: str) -> tuple[dict, Any, str]:
+    def _stored_alert(self, store: Store, alert_id: str) -> tuple[dict, Any, str]:
         """(the alert's document, its event, its event_key) from the store."""
-        a = self.store.alert(alert_id)
+        a = store.alert(alert_id)
         raw = a.get("raw") or ""
         doc = alert_document(raw, a["alert_id"], a.get("incident_ids"))
         ev = parse_and_map(raw) if raw else None
@@ -126,18 +472,19 @@ class Enricher:
             raise BadRecord(f"alert {a['alert_id']}: its stored event cannot be read back")
         return doc, ev, a["event_key"]
 
-    def _carry(self, ev, chain: list[dict]) -> float:
+    def _carry(self, store: Store, process: Callable[[str | None], dict | None], ev,
+               chain: Sequence[dict]) -> float:
         """The lineage term as the import's walk would have carried it: the highest own score
         (content + prevalence) among the stored creations of the alert's process and ancestors."""
         context = self.loaded.context
         keys = [p["event_key"] for p in chain if p.get("event_key")]
         if ev.event_id != 1:  # the acting process's own creation carries too
             low = {str(k).lower(): v for k, v in ev.fields.items()}
-            actor = _process(self.store, guid(low.get("processguid") or low.get("sourceprocessguid")))
+            actor = process(guid(low.get("processguid") or low.get("sourceprocessguid")))
             if actor is not None:
                 keys.append(actor["event_key"])
         carry = 0.0
-        for d in self.store.assignment_details(self.embedder.name, keys):
+        for d in store.assignment_details(self.embedder.name, keys):
             if "content_score" in d:
                 carry = max(carry, context.own(d["content_score"], d.get("novel_images") or []))
         return carry

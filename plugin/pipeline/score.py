@@ -36,7 +36,7 @@ from plugin.pipeline.batch import Batch
 
 log = structlog.get_logger(__name__)
 
-MAX_CACHED_TEXTS = 2_000_000
+MAX_CACHED_TEXTS = 200_000  # ~0.5 KB each: a bound a consumer reaches in hours, not one it grows into
 MAX_CACHED_EXPLANATIONS = 50_000
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from plugin.normalize.normalizer import NormalizedEvent
+from plugin.store.events import Appended, EnrichState
 from plugin.store.fits import BaselineText, StoredClusters
 from plugin.store.reports import AssignmentPairs, ModelInfo, SampledEvents
 from plugin.store.triage import TriageFilter
@@ -129,7 +130,20 @@ class Store(ABC):
 
     @abstractmethod
     def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5,
-                       exclude_event: str | None = None) -> list[dict]: ...
+                       exclude_event: str | None = None,
+                       candidates: Sequence[str] | None = None) -> list[dict]: ...
+
+    @abstractmethod
+    def enrich_state(self, events_after: int, vectors_after: int,
+                     event_key: str | None = None) -> EnrichState:
+        """Row counts (and whether ``event_key`` is stored): how the enricher's in-memory copies
+        learn that the store changed."""
+
+    @abstractmethod
+    def text_vectors_after(self, model: str, version: str, after: int) -> Appended: ...
+
+    @abstractmethod
+    def creations_after(self, after: int) -> Appended: ...
 
     @abstractmethod
     def assignment_details(self, model: str, event_keys: Sequence[str]) -> list[dict]: ...

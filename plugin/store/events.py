@@ -8,6 +8,8 @@ sink thread may be writing on that connection meanwhile, on a cursor of its own.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -23,6 +25,48 @@ _READ_COLUMNS = ("event_key", "source", "position", "event_id", "computer", "use
 def _guid_sql(column: str) -> str:
     """SQL spelling of one GUID form: no braces, lower case (as `plugin.detect.lineage.guid`)."""
     return f"lower(trim(trim(trim(json_extract_string(fields, '$.{column}')), '{{}}')))"
+
+
+#: what `process_creation` and `creations_after` read of a process creation, in this order
+_CREATION_COLUMNS = ("event_key, ts, json_extract_string(fields, '$.Image'), "
+                     "json_extract_string(fields, '$.CommandLine'), "
+                     "json_extract_string(fields, '$.ParentProcessGuid')")
+
+
+def _creation(row: Sequence[Any]) -> dict:
+    key, ts, image, cmd, parent = row
+    return {"event_key": key, "ts": ts, "image": image, "command_line": cmd, "parent": parent}
+
+
+@dataclass(frozen=True)
+class EnrichState:
+    """What the enricher's in-memory copies need to know of the store before a request: row
+    counts of `events` and `text_vectors` (in all, and above the last rowid each copy read), and
+    whether the event being enriched is itself stored (then it is excluded from its neighbours,
+    and an answer cached for its text without that exclusion does not apply)."""
+
+    events: int
+    events_above: int
+    vectors: int
+    vectors_above: int
+    has_event: bool
+
+
+@dataclass
+class Appended:
+    """What a table gained after a rowid, read in one snapshot: a reader that keeps a copy of
+    some rows in memory (the enricher's neighbour and process indexes) adds these to it, and
+    knows from the counts whether that is enough (``total == rows seen before + read``) or rows
+    were deleted meanwhile (retention) and it must read the table again from ``after = -1``."""
+
+    total: int  # rows in the table (every model), in that snapshot
+    read: int  # rows with a rowid above ``after`` (every model), in that snapshot
+    last_rowid: int  # the highest of them (``after`` when none)
+    #: `text_vectors_after`: text hashes and their (rows, dim) float32 vectors;
+    #: `creations_after`: (process GUID as `process_creation` takes it, creation) pairs
+    hashes: list[str] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    creations: list[tuple[str, dict]] = field(default_factory=list)
 
 
 class EventQueries:
@@ -70,26 +114,30 @@ class EventQueries:
         """The stored creation (event 1) of the process with this GUID (no braces, lower case):
         event_key, ts, image, command_line, parent_guid (as stored, unnormalized); None if absent."""
         rows = self._run(
-            "SELECT event_key, ts, json_extract_string(fields, '$.Image'), "
-            "json_extract_string(fields, '$.CommandLine'), "
-            "json_extract_string(fields, '$.ParentProcessGuid') "
-            f"FROM events WHERE event_id = 1 AND {_guid_sql('ProcessGuid')} = ? LIMIT 1", [guid])
-        if not rows:
-            return None
-        key, ts, image, cmd, parent = rows[0]
-        return {"event_key": key, "ts": ts, "image": image, "command_line": cmd, "parent": parent}
+            f"SELECT {_CREATION_COLUMNS} FROM events "
+            f"WHERE event_id = 1 AND {_guid_sql('ProcessGuid')} = ? LIMIT 1", [guid])
+        return _creation(rows[0]) if rows else None
 
     def nearest_events(self, model: str, version: str, vector: np.ndarray, k: int = 5,
-                       exclude_event: str | None = None) -> list[dict]:
+                       exclude_event: str | None = None,
+                       candidates: Sequence[str] | None = None) -> list[dict]:
         """The ``k`` stored texts most similar to ``vector`` (exact cosine: fast enough for an
         analyst's request), one event each (the first seen): event_key, computer, ts,
         similarity, normalized. ``exclude_event``: the event being enriched, which is not its
-        own neighbour (its text still is, through its twins, when other events carry it)."""
+        own neighbour (its text still is, through its twins, when other events carry it).
+
+        ``candidates``: text hashes known to hold the ``k + 1`` most similar (a shortlist from
+        an in-memory copy of the vectors): the same answer, similarities computed here as
+        without one, but no scan of every vector per request."""
+        only = "" if candidates is None else "AND text_hash IN (SELECT unnest(?))"
+        params: list[Any] = [vector.astype(np.float32).tolist(), model, version]
+        if candidates is not None:
+            params.append(list(candidates))
         rows = self._run(
-            """
+            f"""
             WITH top AS (
                 SELECT text_hash, list_cosine_similarity(vector, ?::FLOAT[]) AS sim
-                FROM text_vectors WHERE model = ? AND model_version = ?
+                FROM text_vectors WHERE model = ? AND model_version = ? {only}
                 ORDER BY sim DESC LIMIT ?
             )
             SELECT arg_min(e.event_key, e.ts), arg_min(e.computer, e.ts), min(e.ts),
@@ -97,9 +145,71 @@ class EventQueries:
             FROM top JOIN events e USING (text_hash)
             WHERE e.event_key IS DISTINCT FROM ?
             GROUP BY top.text_hash ORDER BY max(top.sim) DESC LIMIT ?
-            """, [vector.astype(np.float32).tolist(), model, version, k + 1, exclude_event, k])
+            """, [*params, k + 1, exclude_event, k])
         return [{"event_key": r[0], "computer": r[1], "ts": r[2].isoformat() if r[2] else None,
                  "similarity": round(float(r[4]), 6), "normalized": r[3]} for r in rows]
+
+    def enrich_state(self, events_after: int, vectors_after: int,
+                     event_key: str | None = None) -> EnrichState:
+        """How the store stands before an enrichment (`EnrichState`), in one snapshot and one
+        round trip: asked before every request, so it must stay cheap (a count is table
+        metadata, a rowid range skips row groups, an event key is a primary-key lookup)."""
+        row = self._run(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM events WHERE rowid > ?), "
+            "(SELECT count(*) FROM text_vectors), "
+            "(SELECT count(*) FROM text_vectors WHERE rowid > ?), "
+            "(SELECT count(*) FROM events WHERE event_key = ?)",
+            [events_after, vectors_after, event_key])[0]
+        return EnrichState(int(row[0]), int(row[1]), int(row[2]), int(row[3]), bool(row[4]))
+
+    def text_vectors_after(self, model: str, version: str, after: int) -> Appended:
+        """The vectors of one model version stored with a rowid above ``after`` (-1: all), in
+        rowid order, with the counts that tell appends from deletions (`Appended`)."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION").fetchall()
+            total, read, last = self._growth_in(cur, "text_vectors", after)
+            tbl = cur.sql(
+                "SELECT text_hash, vector FROM text_vectors WHERE rowid > ? AND model = ? "
+                "AND model_version = ? ORDER BY rowid",
+                params=[after, model, version]).to_arrow_table()
+            cur.execute("COMMIT").fetchall()
+        finally:
+            cur.close()
+        vec = tbl.column("vector").combine_chunks()
+        flat = np.asarray(vec.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        dim = len(flat) // len(vec) if len(vec) else 0
+        lengths = np.diff(np.asarray(vec.offsets.to_numpy(zero_copy_only=False)))
+        if len(vec) and not np.all(lengths == dim):
+            raise ValueError(f"text_vectors of {model} {version} differ in length")
+        return Appended(total, read, last, hashes=tbl.column("text_hash").to_pylist(),
+                        vectors=flat.reshape(len(vec), dim))
+
+    def creations_after(self, after: int) -> Appended:
+        """The process creations (event 1) stored with a rowid above ``after`` (-1: all), in
+        rowid order, keyed as `process_creation` looks them up, with the counts of `Appended`."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION").fetchall()
+            total, read, last = self._growth_in(cur, "events", after)
+            rows = cur.execute(
+                f"SELECT {_guid_sql('ProcessGuid')}, {_CREATION_COLUMNS} FROM events "
+                "WHERE rowid > ? AND event_id = 1 ORDER BY rowid", [after]).fetchall()
+            cur.execute("COMMIT").fetchall()
+        finally:
+            cur.close()
+        return Appended(total, read, last,
+                        creations=[(r[0], _creation(r[1:])) for r in rows if r[0] is not None])
+
+    @staticmethod
+    def _growth_in(cur, table: str, after: int) -> tuple[int, int, int]:
+        """(rows, rows above ``after``, the highest rowid or ``after``) of a table of ours."""
+        if table not in ("events", "text_vectors"):  # a name of ours, never input
+            raise ValueError(f"no growth count for table {table!r}")
+        total, read, last = cur.execute(
+            f"SELECT (SELECT count(*) FROM {table}), count(*), max(rowid) FROM {table} "
+            "WHERE rowid > ?", [after]).fetchall()[0]
+        return int(total), int(read), int(last) if last is not None else after
 
     def assignment_details(self, model: str, event_keys: Sequence[str]) -> list[dict]:
         """The stored score details (``assignments.detail``) of these events for one model."""
