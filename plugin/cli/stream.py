@@ -26,6 +26,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from plugin.stream.metrics import StreamMetrics
     from plugin.stream.publish import AlertPublisher, DeadLetterPublisher
 
+    from plugin.memory import fix_mmap_threshold
+
+    fix_mmap_threshold()  # a consumer runs for days: no heap creep (see plugin/memory.py)
     cfg = load_config(args.config, {"db": args.db, "model": args.model})
     if ":" not in args.bootstrap:
         raise UsageError(f"consume: --bootstrap {args.bootstrap!r}: expected HOST:PORT")

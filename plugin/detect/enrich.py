@@ -8,27 +8,30 @@ normalized and embedded as an imported event is, and scored through the same ent
 ancestors' creations instead of an in-memory walk.
 
 Speed, without changing an answer (issue 15: `POST /enrich` under 8 concurrent clients on 2
-cores). A profile of one request showed the time in the model pass and in table scans run per
-request (cosine over every stored vector, JSON extraction over every process creation, texts
-of the baseline). So the enricher keeps in memory what a request would otherwise rescan:
+cores). A profile of one request showed its time in the model pass and in scans the store ran
+per request (cosine over every stored vector, JSON extraction over every process creation, a
+join for the nearest baseline texts), all behind one lock. So the enricher keeps in memory what
+a request would otherwise recompute or rescan:
 
-* each canonical text's vector and per-byte surprisal, as a pass of the model over that text
-  alone gives them (the same numbers the next pass would give: inference is deterministic);
-  alerts repeat texts, so most requests skip the model;
+* per canonical text (alerts repeat texts): its vector and per-byte surprisal from a pass of the
+  model over that text alone (the numbers the next such pass would give: inference is
+  deterministic), its content score and the per-text part of its explanation, and its
+  neighbours while the store stays as it was;
 * the model's stored vectors as one matrix, which shortlists the texts holding the nearest
   ones; the store then computes the similarities and picks the neighbours among the shortlist
   exactly as it would among all texts (`Store.nearest_events` with ``candidates``);
 * the stored process creations by GUID, and the fit's baseline texts by hash.
 
-The two indexes follow the store: before each request one cheap count (`Store.enrich_state`)
-says whether rows were added (read and appended) or deleted (read again), so `consume --serve`
-answers with what the consumer has just written.
+These copies follow the store: one cheap query before each request (`Store.enrich_state`)
+says whether rows were added (read and appended) or deleted (all read again), so
+`consume --serve` answers with what the consumer has just written, and a retention prune is
+seen at once.
 
 Concurrency: the service calls `Enricher.enrich` from several threads at once. Each thread
 reads the store on a connection of its own (`Store.for_thread`) and embeds with its own shallow
 copy of the embedder (the weights are shared; `last_surprisal`, the per-call state that lets the
-scorer and the explanation reuse the embedding pass's surprisal, is not); the caches are behind
-locks.
+scorer and the explanation reuse the embedding pass's surprisal, is not); the shared copies are
+replaced whole or changed under locks, never half-written where a reader looks.
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ class ThreadEmbedder:
         self._base = embedder
         self._local = threading.local()
 
-    def mine(self):
+    def mine(self) -> Any:
         """This thread's copy."""
         own = getattr(self._local, "embedder", None)
         if own is None:
@@ -122,6 +125,8 @@ class ThreadEmbedder:
         return own
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_base", "_local"):  # copy, pickle, half-built
+            raise AttributeError(name)
         return getattr(self.mine(), name)
 
 
@@ -136,7 +141,7 @@ class _Known:
     vector: np.ndarray
     surprisal: np.ndarray | None
     score: TextScore | None = None
-    explained: dict | None = None
+    explained: tuple[int, dict] | None = None  # (`BaselineTexts.version`, explanation part)
     neighbors: tuple[int, list[dict]] | None = None  # (store generation, neighbours)
 
 
@@ -182,18 +187,24 @@ class _Tracked:
         """Whether a growth count (rows, rows above our last rowid) differs from what we hold."""
         return total != self.rows or above != 0
 
-    def refresh(self, store: Store) -> None:
+    def refresh(self, store: Store, on_change: Callable[[bool], None]) -> None:
+        """Read what the table gained (or all of it again). ``on_change(reread)`` runs when the
+        copy changed, before the new row marks are kept: until it returned, other threads still
+        find the copy stale and wait here, so none answers from what the hook is yet to update."""
         with self.lock:
             got = self._read(store, self.last_rowid)
-            if self.rows >= 0 and self.rows + got.read == got.total:
-                self._add(got, fresh=False)  # appends only
-            else:
+            reread = not (self.rows >= 0 and self.rows + got.read == got.total)
+            if reread:
                 if self.rows >= 0:
                     log.info("enrich_index_reread", index=type(self).__name__,
                              rows_before=self.rows, rows_now=got.total)
                 if self.last_rowid != -1:
                     got = self._read(store, -1)
                 self._add(got, fresh=True)
+            else:
+                self._add(got, fresh=False)  # appends only
+            if reread or got.read:
+                on_change(reread)
             self.rows, self.last_rowid = got.total, got.last_rowid
 
     def _read(self, store: Store, after: int) -> Appended:
@@ -208,14 +219,15 @@ class VectorIndex(_Tracked):
     hold a query's nearest neighbours without a scan of `text_vectors` per request.
 
     Appends write past the rows readers know of (into spare capacity, or a larger copy); readers
-    take ``(buffer, rows, hashes)`` as one reference, so an append never changes what they see."""
+    take ``(buffer, rows, hashes)`` as one reference, so an append never changes what they see.
+    Past ``max_rows`` (512 MB of 128-dim vectors) it holds none and the store scans, as before."""
 
     #: the shortlist keeps every text within this much cosine of the (k+1)-th best: far above
     #: the float32 rounding between this matmul and the store's own cosine (~1e-6), so the
     #: texts the store would pick are always among them
     MARGIN = 1e-4
 
-    def __init__(self, model: str, version: str, max_rows: int = 2_000_000) -> None:
+    def __init__(self, model: str, version: str, max_rows: int = 1_000_000) -> None:
         super().__init__()
         self.model, self.version, self.max_rows = model, version, max_rows
         self._view: tuple[np.ndarray, int, list[str]] = (np.zeros((0, 0), np.float32), 0, [])
@@ -239,7 +251,8 @@ class VectorIndex(_Tracked):
         if m:
             v = np.asarray(got.vectors, dtype=np.float32)
             if buf.shape[0] < n + m or buf.shape[1] != v.shape[1]:
-                grown = np.zeros((max(2 * (n + m), 1024), v.shape[1]), dtype=np.float32)
+                rows = max((n + m) * 5 // 4, n + m + 1024)  # room for the appends to come
+                grown = np.zeros((rows, v.shape[1]), dtype=np.float32)
                 if n:
                     grown[:n] = buf[:n]
                 buf = grown
@@ -299,6 +312,34 @@ class CreationIndex(_Tracked):
         return _walkable(g, hit)
 
 
+class BaselineTexts:
+    """The fit's baseline texts by hash as the store holds them (the nearest baseline texts of
+    an explanation), read in one join instead of one query per new text. A hash names one text,
+    so only the events' coming and going matters: after a deletion all are read again (pruned
+    ones are then absent, as the store would answer), after appends only the absent ones.
+    ``version`` moves whenever the answer may have changed."""
+
+    def __init__(self, hashes: Sequence[str]) -> None:
+        self.hashes = list(dict.fromkeys(hashes))
+        self._texts: dict[str, str] = {}
+        self._absent: set[str] = set(self.hashes)
+        self.version = 0
+
+    def reload(self, store: Store, everything: bool) -> None:
+        want = self.hashes if everything else sorted(self._absent)
+        if not want:
+            return
+        texts = {} if everything else dict(self._texts)
+        texts.update(store.texts_by_hash(want))
+        if texts != self._texts:
+            self._texts, self._absent = texts, set(self.hashes) - texts.keys()
+            self.version += 1
+
+    def __call__(self, hashes: list[str]) -> dict[str, str]:
+        texts = self._texts
+        return {h: texts[h] for h in hashes if h in texts}
+
+
 class Enricher:
     #: model passes between two returns of freed heap to the system (`plugin.memory`): often
     #: enough that a long-running service does not keep fragments of every pass, rarely enough
@@ -325,21 +366,19 @@ class Enricher:
                  explain: Callable | None) -> None:
         self.store = store
         self.text = text
-        self.embedder = embedder if isinstance(embedder, ThreadEmbedder) else ThreadEmbedder(embedder)
+        self.embedder = (embedder if isinstance(embedder, ThreadEmbedder)
+                         else ThreadEmbedder(embedder))
         self.loaded = loaded
         self.explain = explain
         self._local = threading.local()
         self._texts = _TextCache()
         self._vectors = VectorIndex(self.embedder.name, self.embedder.version)
         self._creations = CreationIndex()
-        self._baseline: dict[str, str] = {}
-        self._baseline_lock = threading.Lock()
+        self.baseline_texts = BaselineTexts(loaded.baseline_hashes if loaded is not None else [])
+        self._generations = itertools.count(1)
         self._generation = 0
-        self._generation_lock = threading.Lock()
         self._passes = itertools.count(1)
         self._sync(store)  # read the indexes now, not on the first request
-        if loaded is not None and loaded.baseline_hashes:  # one join now, not one per new text
-            self._baseline.update(store.texts_by_hash(list(loaded.baseline_hashes)))
 
     def _store(self) -> Store:
         """This thread's connection to the store (a DuckDB connection serves one thread)."""
@@ -349,33 +388,22 @@ class Enricher:
         return own
 
     def _sync(self, store: Store, event_key: str | None = None) -> tuple[EnrichState, int]:
-        """Bring the in-memory indexes up to what the store holds now; returns the store's state
-        and the generation the answers cached from now on belong to (it moves on whenever the
-        events or the vectors changed, which invalidates cached neighbours)."""
+        """Bring the in-memory copies up to what the store holds now; returns the store's state
+        and the generation cached neighbours must carry to be used (it moves on whenever the
+        events or the vectors changed)."""
         st = store.enrich_state(self._creations.last_rowid, self._vectors.last_rowid, event_key)
-        changed = False
         if self._creations.stale(st.events, st.events_above):
-            self._creations.refresh(store)
-            changed = True
+            self._creations.refresh(store, lambda reread: self._events_changed(store, reread))
         if self._vectors.stale(st.vectors, st.vectors_above):
-            self._vectors.refresh(store)
-            changed = True
-        with self._generation_lock:
-            if changed:
-                self._generation += 1
-            return st, self._generation
+            self._vectors.refresh(store, lambda reread: self._next_generation())
+        return st, self._generation
 
-    def baseline_texts(self, hashes: list[str]) -> dict[str, str]:
-        """Canonical texts of baseline hashes for explanations: a hash names one text, so each is
-        read from the store once (on the calling thread's connection)."""
-        with self._baseline_lock:
-            missing = [h for h in hashes if h not in self._baseline]
-        if missing:
-            got = self._store().texts_by_hash(missing)
-            with self._baseline_lock:
-                self._baseline.update(got)
-        with self._baseline_lock:
-            return {h: self._baseline[h] for h in hashes if h in self._baseline}
+    def _events_changed(self, store: Store, reread: bool) -> None:
+        self.baseline_texts.reload(store, everything=reread)
+        self._next_generation()
+
+    def _next_generation(self) -> None:
+        self._generation = next(self._generations)  # `next` on a count is atomic
 
     def _known(self, canonical: str) -> _Known:
         """The text's model pass, with its surprisal left on this thread's embedder for the
@@ -432,8 +460,8 @@ class Enricher:
         st, generation = self._sync(store, own_key)
         canonical = self.text.build(ev)
         known = self._known(canonical)
-        block: dict[str, Any] = {"model": self.embedder.name, "model_version": self.embedder.version,
-                                 "normalized": canonical}
+        block: dict[str, Any] = {"model": self.embedder.name,
+                                 "model_version": self.embedder.version, "normalized": canonical}
 
         def process(g: str | None) -> dict | None:
             return self._creations.get(store, g)
@@ -451,16 +479,19 @@ class Enricher:
             scored = event_score(ts, context, cs)
             block.update(cluster=ts.cluster, score=scored.score, is_outlier=scored.is_outlier,
                          fit_version=self.loaded.version)
-            per_text = {canonical: known.explained} if known.explained is not None else {}
+            version = self.baseline_texts.version
+            per_text = ({canonical: known.explained[1]} if known.explained is not None
+                        and known.explained[0] == version else {})
             block["explanation"] = explanation(self.explain, canonical, ts, scored, chain,
                                                cache=per_text)
-            known.explained = per_text[canonical]
+            known.explained = (version, per_text[canonical])
         else:
             block.update(cluster=None, score=None, is_outlier=None)
             block["explanation"] = {"note": "no fit and no shipped clusters: not scored",
                                     "process_lineage": chain}
         block["neighbors"] = self._neighbors(store, known, st, generation, own_key)
-        return {**doc, "sysmon_blt": orjson.loads(orjson.dumps(block, option=orjson.OPT_SERIALIZE_NUMPY))}
+        return {**doc, "sysmon_blt": orjson.loads(orjson.dumps(
+            block, option=orjson.OPT_SERIALIZE_NUMPY))}
 
     def _stored_alert(self, store: Store, alert_id: str) -> tuple[dict, Any, str]:
         """(the alert's document, its event, its event_key) from the store."""
