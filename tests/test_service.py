@@ -146,3 +146,41 @@ def test_body_limit_stops_reading_at_the_first_chunk_over():
     scope["headers"] = [(b"content-length", b"1000000")]
     asyncio.run(BodyLimit(app, max_bytes=100)(scope, receive, send))
     assert len(pulled) == 3 and sent[0]["status"] == 413  # refused by its header, nothing read
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    """A supervisor (systemd, Docker) stops `serve` with SIGTERM and reads a non-zero exit as a
+    failure: a requested stop must exit 0 (uvicorn re-raised the signal: 143)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    src, db = tmp_path / "ev.jsonl", tmp_path / "s.duckdb"
+    simulate.write_jsonl(str(src), 300, seed=2)
+    assert main(["import", str(src), "--db", str(db), "--no-embed", "-q"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "plugin.cli", "serve", "--db", str(db),
+                             "--port", str(port), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "serve did not come up"
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

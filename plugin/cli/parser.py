@@ -274,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the OpenAPI page /docs over --db. With the service_token setting (or "
         "SYSMON_BLT_SERVICE_TOKEN) every route but /healthz asks for the token: API clients as "
         "'Authorization: Bearer TOKEN', the page once on its login form. A DuckDB file has one "
-        "writing process: while `consume` writes one, use `consume --serve` instead.")
+        "writing process, and `serve` holds --db for its lifetime (DuckDB lets no other "
+        "process read it meanwhile): other commands on that file (alerts mark, export, "
+        "import, report) fail until it stops, so mark alerts on the page or with POST "
+        "/feedback while it runs. While `consume` writes a file, use `consume --serve` "
+        "instead.")
     sv.add_argument("--db", metavar="FILE", help=DB_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8080, help="port (default 8080)")

@@ -139,7 +139,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         warn_open(host, cfg.service_token)
         log.info("http_serving", host=host, port=port, db=cfg.db,
                  token=cfg.service_token is not None)
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
+        # handler it found: with the default one the process dies with 143 after a clean stop,
+        # and a supervisor (systemd, Docker) reports a failure. A handler that does nothing
+        # makes that second delivery a no-op, so a requested stop exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        log.info("http_stopped", db=cfg.db)
     finally:
         store.close()
     return 0

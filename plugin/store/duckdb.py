@@ -76,6 +76,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
+def _holder(message: str) -> str:
+    """" (PID n: its command line)" from DuckDB's lock error, so the user knows what to stop."""
+    m = re.search(r"PID (\d+)", message)
+    if not m:
+        return ""
+    try:
+        cmd = Path(f"/proc/{m.group(1)}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace").strip()
+    except OSError:
+        cmd = ""
+    return f" (PID {m.group(1)}{': ' + cmd[:200] if cmd else ''})"
+
+
 class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, IncidentQueries,
                   IntegrityQueries, ReportQueries,
                   RetentionQueries, TriageQueries, Store):
@@ -90,8 +103,10 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
             msg = str(exc)
             if "lock" in msg.lower():
                 raise UsageError(
-                    f"database {self.path} is open in another process (DuckDB allows one writer); "
-                    "stop it or use another --db file"
+                    f"database {self.path} is open in another process{_holder(msg)}: a DuckDB "
+                    "file has one process at a time, even for reading, and a running `serve` or "
+                    "`consume` holds its file until it stops. Stop it, use its HTTP API "
+                    "(/feedback, the triage page) meanwhile, or use another --db file"
                 ) from exc
             raise UsageError(f"cannot open database {self.path}: {msg}") from exc
         except duckdb.Error as exc:
