@@ -91,9 +91,6 @@ def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from plugin.models.linformer_embedder import LinformerEmbedder
 
-    from plugin.memory import fix_mmap_threshold
-
-    fix_mmap_threshold()  # a worker lives as long as its consumer: no heap creep
     torch.set_num_threads(threads)
     models = {}
     try:
