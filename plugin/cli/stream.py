@@ -26,9 +26,6 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from plugin.stream.metrics import StreamMetrics
     from plugin.stream.publish import AlertPublisher, DeadLetterPublisher
 
-    from plugin.memory import fix_mmap_threshold
-
-    fix_mmap_threshold()  # a consumer runs for days: no heap creep (see plugin/memory.py)
     cfg = load_config(args.config, {"db": args.db, "model": args.model})
     if ":" not in args.bootstrap:
         raise UsageError(f"consume: --bootstrap {args.bootstrap!r}: expected HOST:PORT")
@@ -124,6 +121,7 @@ def warn_open(host: str, token: str | None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
     import uvicorn
 
     from plugin.cli.common import existing_db_and_model
@@ -133,6 +131,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = parse_listen(f"{args.host}:{args.port}")
     cfg, embedder = existing_db_and_model("serve", args)
+    # concurrent requests are this process's parallelism, one model pass per core: torch's own
+    # threads on top of them oversubscribe a small machine (benchmarks/enrich_latency.py on 2
+    # shared cores: p99 160-210 ms against 190-260 with 2 threads; the same vectors either way)
+    torch.set_num_threads(1)
     store = open_store(cfg.db, memory_limit=cfg.db_memory_limit, long_running=True)
     try:
         app = service_app(store, cfg, embedder, StreamMetrics(needs_group=False))
