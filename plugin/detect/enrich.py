@@ -146,30 +146,43 @@ class _Known:
 
 
 class _TextCache:
-    """canonical text -> `_Known`, least recently used out (4096 texts: ~20 MB)."""
+    """canonical text -> `_Known`, least recently used out (4096 texts: ~20 MB). A text asked
+    for by several threads at once is computed by one of them while the others wait for it:
+    alerts come in bursts of the same new text, and a model pass per copy of it was the
+    largest share of CPU in such a burst."""
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._items: OrderedDict[str, _Known] = OrderedDict()
+        self._pending: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, text: str) -> _Known | None:
-        with self._lock:
-            hit = self._items.get(text)
-            if hit is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(text)
-            self.hits += 1
-            return hit
-
-    def put(self, text: str, known: _Known) -> None:
-        with self._lock:
-            self._items[text] = known
-            self._items.move_to_end(text)
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
+    def get(self, text: str, compute: Callable[[], _Known]) -> _Known:
+        """The text's entry, computed by ``compute`` when no thread has it or is computing it."""
+        while True:
+            with self._lock:
+                hit = self._items.get(text)
+                if hit is not None:
+                    self._items.move_to_end(text)
+                    self.hits += 1
+                    return hit
+                pending = self._pending.get(text)
+                if pending is None:
+                    self._pending[text] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()  # then it is cached, or its computation failed and we try ourselves
+        try:
+            known = compute()
+            with self._lock:
+                self._items[text] = known
+                while len(self._items) > self.max_entries:
+                    self._items.popitem(last=False)
+        finally:
+            with self._lock:
+                self._pending.pop(text).set()
+        return known
 
 
 class _Tracked:
@@ -409,19 +422,19 @@ class Enricher:
         """The text's model pass, with its surprisal left on this thread's embedder for the
         scorer and the explanation: from the cache, else from a pass over this text alone."""
         own = self.embedder.mine()
-        known = self._texts.get(canonical)
-        if known is None:
-            vec = own.embed([canonical])[0]
-            sur = getattr(own, "last_surprisal", {}).get(canonical)
-            for a in (vec, sur):  # shared by every later request: nobody may write into them
-                if a is not None:
-                    a.setflags(write=False)
-            known = _Known(vec, sur)
-            self._texts.put(canonical, known)
-            if next(self._passes) % self.TRIM_EVERY == 0:
-                release_freed_heap()
+        known = self._texts.get(canonical, lambda: self._pass(own, canonical))
         own.last_surprisal = {canonical: known.surprisal} if known.surprisal is not None else {}
         return known
+
+    def _pass(self, own, canonical: str) -> _Known:
+        vec = own.embed([canonical])[0]
+        sur = getattr(own, "last_surprisal", {}).get(canonical)
+        for a in (vec, sur):  # shared by every later request: nobody may write into them
+            if a is not None:
+                a.setflags(write=False)
+        if next(self._passes) % self.TRIM_EVERY == 0:
+            release_freed_heap()
+        return _Known(vec, sur)
 
     def _neighbors(self, store: Store, known: _Known, st: EnrichState, generation: int,
                    own_key: str) -> list[dict]:
