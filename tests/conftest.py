@@ -162,3 +162,29 @@ def micro_model_dir(tmp_path_factory):
     save_linformer(d, Linformer(LinformerConfig(vocab_size=400, dim=blt.dim, layers=1, heads=2,
                                                 k=16, max_len=64)).eval())
     return d
+
+
+@pytest.fixture(scope="session")
+def imported_service_db(tmp_path_factory) -> Path:
+    """A closed database of 1,500 imported simulated events (alerts grouped into incidents), for
+    the service tests to copy: never opened for writing itself, so one import serves them all."""
+    from plugin import simulate
+    from plugin.cli import main
+
+    d = tmp_path_factory.mktemp("service-db")
+    src, db = d / "events.jsonl", d / "base.duckdb"
+    simulate.write_jsonl(str(src), 1500, seed=5, anomaly_rate=0.05)
+    assert main(["import", str(src), "--db", str(db), "-q"]) == 0
+    return db
+
+
+def make_service_app(store, **settings):
+    """The service app over ``store`` with the shipped model, as `serve` builds it; ``settings``
+    are config keys (service_token, service_report_dir, ...)."""
+    from plugin.cli.stream import service_app
+    from plugin.config import Config
+    from plugin.pipeline.assemble import load_embedder
+    from plugin.stream.metrics import StreamMetrics
+
+    return service_app(store, Config(db=store.path, **settings), load_embedder(None),
+                       StreamMetrics(needs_group=False))

@@ -18,48 +18,30 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from plugin import simulate
 from plugin.cli import main
+
+from conftest import make_service_app
 
 TOKEN = "incident-verdict-token"
 HOST = "WS77.corp.example"
 T0 = datetime(2099, 1, 1, tzinfo=timezone.utc)  # after every stored alert: past the quiet window
 
 
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
-    """A closed database of imported simulated events (incidents with alerts), copied per use."""
-    d = tmp_path_factory.mktemp("verdicts")
-    src, db = d / "events.jsonl", d / "base.duckdb"
-    simulate.write_jsonl(str(src), 1500, seed=5, anomaly_rate=0.05)
-    assert main(["import", str(src), "--db", str(db), "-q"]) == 0
-    return db
-
-
-def _copy(imported: Path, tmp_path: Path, name: str = "copy.duckdb") -> Path:
+def _copy(imported_service_db: Path, tmp_path: Path, name: str = "copy.duckdb") -> Path:
     db = tmp_path / name
-    shutil.copy(imported, db)
+    shutil.copy(imported_service_db, db)
     return db
 
 
-def _app(store, **settings):
-    from plugin.cli.stream import service_app
-    from plugin.config import Config
-    from plugin.pipeline.assemble import load_embedder
-    from plugin.stream.metrics import StreamMetrics
-
-    return service_app(store, Config(db=store.path, **settings), load_embedder(None),
-                       StreamMetrics(needs_group=False))
-
-
 @pytest.fixture(scope="module")
-def served(imported, tmp_path_factory):
+def served(imported_service_db, tmp_path_factory):
     """(client without a token, client with one, the store they share)."""
     from plugin.store import open_store
 
-    db = _copy(imported, tmp_path_factory.mktemp("served"))
+    db = _copy(imported_service_db, tmp_path_factory.mktemp("served"))
     store = open_store(db)
-    yield TestClient(_app(store)), TestClient(_app(store, service_token=TOKEN)), store
+    yield (TestClient(make_service_app(store)),
+           TestClient(make_service_app(store, service_token=TOKEN)), store)
     store.close()
 
 
@@ -86,10 +68,10 @@ def _csrf(html: str) -> str:
 
 
 # -- the store ------------------------------------------------------------------------------
-def test_marking_an_incident_marks_it_and_each_alert_with_an_audit_row(imported, tmp_path):
+def test_marking_an_incident_marks_it_and_each_alert_with_an_audit_row(imported_service_db, tmp_path):
     from plugin.store import IncidentNotFound, open_store
 
-    store = open_store(_copy(imported, tmp_path))
+    store = open_store(_copy(imported_service_db, tmp_path))
     try:
         (inc,) = _with_alerts(store)
         iid = inc["incident_id"]
@@ -141,7 +123,7 @@ def test_marking_an_incident_marks_it_and_each_alert_with_an_audit_row(imported,
         store.close()
 
 
-def test_a_marked_incidents_alerts_stop_alerting_on_the_topic(imported, tmp_path):
+def test_a_marked_incidents_alerts_stop_alerting_on_the_topic(imported_service_db, tmp_path):
     """Twins of the incident's alerts arriving later are folded silently, like twins of an
     alert marked alone; an open alert's twin still goes out."""
     from plugin.normalize.normalizer import NormalizedEvent
@@ -159,7 +141,7 @@ def test_a_marked_incidents_alerts_stop_alerting_on_the_topic(imported, tmp_path
         def poll(self, timeout: float) -> None:
             pass
 
-    store = open_store(_copy(imported, tmp_path))
+    store = open_store(_copy(imported_service_db, tmp_path))
     try:
         (inc,) = _with_alerts(store)
         marked = _alert_ids(store, inc["incident_id"])[0]
@@ -287,10 +269,10 @@ def test_a_signed_in_browser_marks_an_incident_behind_the_token(served):
 
 
 # -- the command line -------------------------------------------------------------------------
-def test_incidents_mark_command(imported, tmp_path, capsys):
+def test_incidents_mark_command(imported_service_db, tmp_path, capsys):
     from plugin.store import open_store
 
-    db = _copy(imported, tmp_path)
+    db = _copy(imported_service_db, tmp_path)
     store = open_store(db, read_only=True)
     try:
         (inc,) = _with_alerts(store)
@@ -326,7 +308,7 @@ def test_incidents_mark_command(imported, tmp_path, capsys):
 
 
 # -- the refit reaches the incident stage -----------------------------------------------------
-def test_refit_gives_the_incident_stage_the_new_context(imported, tmp_path):
+def test_refit_gives_the_incident_stage_the_new_context(imported_service_db, tmp_path):
     """After the learning period's fit, a process running an image the new baseline never saw
     roots the incident of its child's outlier; one running a baseline image does not."""
     from plugin.detect.incidents import observe
@@ -335,7 +317,7 @@ def test_refit_gives_the_incident_stage_the_new_context(imported, tmp_path):
     from plugin.pipeline.score import ScoreStage
     from plugin.store import open_store
 
-    store = open_store(_copy(imported, tmp_path))
+    store = open_store(_copy(imported_service_db, tmp_path))
     try:
         embedder = load_embedder(None)
         stages = model_stages(store, embedder, None)

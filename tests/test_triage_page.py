@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from plugin import simulate
-from plugin.cli import main
+from conftest import make_service_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token-for-tests"
@@ -29,39 +28,20 @@ HTML = {"accept": "text/html"}
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
-    """A closed database of imported simulated events, to copy for each server."""
-    d = tmp_path_factory.mktemp("triage")
-    src, db = d / "events.jsonl", d / "base.duckdb"
-    simulate.write_jsonl(str(src), 1500, seed=5, anomaly_rate=0.05)
-    assert main(["import", str(src), "--db", str(db), "-q"]) == 0
-    return db
-
-
-def _app(store, **settings):
-    from plugin.config import Config
-    from plugin.cli.stream import service_app
-    from plugin.pipeline.assemble import load_embedder
-    from plugin.stream.metrics import StreamMetrics
-
-    return service_app(store, Config(db=store.path, **settings), load_embedder(None),
-                       StreamMetrics(needs_group=False))
-
-
-@pytest.fixture(scope="module")
-def page(imported, tmp_path_factory):
+def page(imported_service_db, tmp_path_factory):
     """(client without a token, client with one and a report folder, the store they share)."""
     from plugin.store import open_store
 
     d = tmp_path_factory.mktemp("page")
     db = d / "page.duckdb"
-    shutil.copy(imported, db)
+    shutil.copy(imported_service_db, db)
     report = d / "report"
     report.mkdir()
     (report / "report.html").write_text("<html><body>the comparison</body></html>")
     store = open_store(db)
-    yield (TestClient(_app(store)),
-           TestClient(_app(store, service_token=TOKEN, service_report_dir=str(report))), store)
+    yield (TestClient(make_service_app(store)),
+           TestClient(make_service_app(store, service_token=TOKEN,
+                                       service_report_dir=str(report))), store)
     store.close()
 
 
@@ -292,7 +272,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 18
     pytest.fail(f"serve did not answer within {timeout:.0f} s: {log.read_text()[-2000:]}")
 
 
-def test_browser_marks_an_alert_false_positive(imported, tmp_path):
+def test_browser_marks_an_alert_false_positive(imported_service_db, tmp_path):
     """An analyst's path in headless Chromium: the list, an incident, one of its alerts, the
     "false positive" button; then the database, read after the server stopped, holds the
     verdict. Screenshots of the list and the alert go to $TRIAGE_SCREENSHOT_DIR (else the test's
@@ -308,7 +288,7 @@ def test_browser_marks_an_alert_false_positive(imported, tmp_path):
     shots = Path(os.environ.get("TRIAGE_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     db = tmp_path / "browser.duckdb"
-    shutil.copy(imported, db)
+    shutil.copy(imported_service_db, db)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYSMON_BLT_")}

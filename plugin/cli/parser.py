@@ -93,6 +93,15 @@ def merge_globals(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _verdict_flags(p: argparse.ArgumentParser, status_help: str) -> None:
+    """--status, --note, --analyst and --json of a verdict (`alerts mark`, `incidents mark`):
+    the same audit fields wherever a verdict is given."""
+    p.add_argument("--status", required=True, choices=STATUSES, help=status_help)
+    p.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
+    p.add_argument("--analyst", metavar="NAME", help="who (default: the login name)")
+    _json_flag(p, "the change as one JSON object", "one line")
+
+
 def _json_flag(p: argparse.ArgumentParser, what: str = "the result as one JSON object",
                otherwise: str = "a readable table") -> None:
     p.add_argument("--json", action="store_true",
@@ -321,11 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(sh, "the alert whole, as one JSON object")
     mk = action("mark", help="set an alert's status (kept with who and when)")
     mk.add_argument("alert_id", metavar="ID", help="alert id or a unique prefix of it")
-    mk.add_argument("--status", required=True, choices=STATUSES,
-                    help="false_positive (a refit learns its text as normal), suppressed, or open")
-    mk.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
-    mk.add_argument("--analyst", metavar="NAME", help="who (default: the login name)")
-    _json_flag(mk, "the change as one JSON object", "one line")
+    _verdict_flags(mk, "false_positive (a refit learns its text as normal), suppressed, or open")
 
     inc = command(
         "incidents", help="the primary model's outliers grouped into stories, best first",
@@ -364,12 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and each alert's with a note naming the incident (`alerts show ID` lists them).")
     imk.add_argument("--db", metavar="FILE", default=argparse.SUPPRESS, help=DB_HELP)
     imk.add_argument("incident_id", metavar="ID", help="incident id or a unique prefix of it")
-    imk.add_argument("--status", required=True, choices=STATUSES,
-                     help="false_positive (a refit learns its alerts' texts as normal), "
-                     "suppressed, or open")
-    imk.add_argument("--note", metavar="TEXT", help="why (kept with the change)")
-    imk.add_argument("--analyst", metavar="NAME", help="who (default: the login name)")
-    _json_flag(imk, "the change as one JSON object", "one line")
+    _verdict_flags(imk, "false_positive (a refit learns its alerts' texts as normal), "
+                   "suppressed, or open")
 
     from plugin.store.export import DEFAULT_TABLES, ON_REQUEST
 

@@ -139,23 +139,30 @@ def page_router(store: Store, enricher: Enricher, auth: Auth, lock: threading.Lo
             a, expl, text, reasons(expl), block.get("neighbors") or [], hosts, csrf=csrf,
             enrich_note=note))
 
-    @router.post("/alerts/{alert_id}/mark")
-    def verdict(request: Request, alert_id: str,
-                form: dict[str, str] = Depends(form_fields)) -> Response:
+    def give_verdict(request: Request, form: dict[str, str], what: str, marker, missing,
+                     page: str) -> Response:
+        """The verdict buttons of an alert's or an incident's page: one path for both, so the
+        CSRF check, the analyst default and the refusals cannot drift apart. ``marker`` takes
+        (status, note, analyst) and returns the change; ``page`` is where to go back to."""
         if not csrf_ok(request, form):
             log.warning("csrf_refused", path=request.url.path)
             return refuse(request, 403, "Form expired",
-                          "The form's CSRF token is missing or stale: reload the alert's page "
-                          "and give the verdict again.")
+                          f"The form's CSRF token is missing or stale: reload the {what}'s "
+                          "page and give the verdict again.")
         try:
-            change = mark(store, lock, alert_id, form.get("status", ""),
-                          form.get("note") or None,
-                          (form.get("analyst") or "").strip() or "page", via="page")
-        except AlertNotFound as exc:
-            return refuse(request, 404, "No such alert", str(exc))
+            change = marker(form.get("status", ""), form.get("note") or None,
+                            (form.get("analyst") or "").strip() or "page")
+        except missing as exc:
+            return refuse(request, 404, f"No such {what}", str(exc))
         except BadVerdict as exc:
             return refuse(request, 400, "Verdict not kept", str(exc))
-        return RedirectResponse("/alerts/" + quote(change["alert_id"], safe=""), 303)
+        return RedirectResponse(page + quote(change[f"{what}_id"], safe=""), 303)
+
+    @router.post("/alerts/{alert_id}/mark")
+    def verdict(request: Request, alert_id: str,
+                form: dict[str, str] = Depends(form_fields)) -> Response:
+        return give_verdict(request, form, "alert", lambda status, note, analyst: mark(
+            store, lock, alert_id, status, note, analyst, via="page"), AlertNotFound, "/alerts/")
 
     @router.get("/incidents/{incident_id}")
     def incident(request: Request, incident_id: str) -> Response:
@@ -170,20 +177,9 @@ def page_router(store: Store, enricher: Enricher, auth: Auth, lock: threading.Lo
     @router.post("/incidents/{incident_id}/mark")
     def incident_verdict(request: Request, incident_id: str,
                          form: dict[str, str] = Depends(form_fields)) -> Response:
-        if not csrf_ok(request, form):
-            log.warning("csrf_refused", path=request.url.path)
-            return refuse(request, 403, "Form expired",
-                          "The form's CSRF token is missing or stale: reload the incident's "
-                          "page and give the verdict again.")
-        try:
-            change = mark_incident(store, lock, incident_id, form.get("status", ""),
-                                   form.get("note") or None,
-                                   (form.get("analyst") or "").strip() or "page", via="page")
-        except IncidentNotFound as exc:
-            return refuse(request, 404, "No such incident", str(exc))
-        except BadVerdict as exc:
-            return refuse(request, 400, "Verdict not kept", str(exc))
-        return RedirectResponse("/incidents/" + quote(change["incident_id"], safe=""), 303)
+        return give_verdict(request, form, "incident", lambda status, note, analyst: mark_incident(
+            store, lock, incident_id, status, note, analyst, via="page"), IncidentNotFound,
+            "/incidents/")
 
     @router.get("/report")
     def report(request: Request) -> Response:
