@@ -28,8 +28,13 @@ def _key(default: Any = MISSING, doc: str = "", *, factory: Any = MISSING) -> An
 
 @dataclass
 class Config:
-    db: str = _key("sysmon-blt.duckdb", "The store commands read and write: a DuckDB file "
-                   "(`--db` overrides it).")
+    db: str = _key("sysmon-blt.duckdb", "The store commands read and write: a DuckDB file, or "
+                   "a DuckLake shared by many consumers (`ducklake:postgres:dbname=soc "
+                   "host=...`, `ducklake:sqlite:PATH`, `ducklake:PATH.ducklake`); `--db` "
+                   "overrides it.")
+    lake_data_path: str | None = _key(None, "A DuckLake's data files: a folder every instance "
+                                      "reaches (NFS, a shared disk) or an object-storage URL. "
+                                      "Needed to create a lake; an existing lake remembers it.")
     schemas_dir: str | None = _key(None, "A folder with your own copy of `schemas/sysmon` (the "
                                    "normalization rules); a bad file stops start-up with an error "
                                    "naming the file and key. Unset: the shipped schemas.")

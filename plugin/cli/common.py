@@ -18,7 +18,9 @@ def existing_db(command: str, args: argparse.Namespace):
     from plugin.config import load_config
 
     cfg = load_config(args.config, {"db": args.db, "model": getattr(args, "model", None)})
-    if not Path(cfg.db).is_file():
+    from plugin.store.lake import is_lake
+
+    if not is_lake(cfg.db) and not Path(cfg.db).is_file():
         raise UsageError(f"{command}: database {cfg.db} does not exist (--db)")
     return cfg
 

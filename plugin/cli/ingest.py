@@ -32,7 +32,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     schemas = load_schemas(cfg.schemas_dir)
     embedder = None if args.no_embed else load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     pool = None
     try:
         pool = open_pool(cfg, embedder, shadow)

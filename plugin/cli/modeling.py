@@ -89,7 +89,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not 0.5 <= args.quantile < 1.0:
         raise UsageError("fit: --quantile must be in [0.5, 1)")
     cfg, embedder = existing_db_and_model("fit", args)
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     shadow = load_shadow(cfg)
     try:
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
@@ -119,7 +119,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
     cfg, embedder = existing_db_and_model("rescore", args)
     shadow = load_shadow(cfg)
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     pool = None
     try:
         pool = open_pool(cfg, embedder, shadow)
@@ -167,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="sysmon-blt-eval-")
         db = str(Path(tmp.name) / "eval.duckdb")
     shadow = load_shadow(cfg)
-    store = open_store(db, memory_limit=cfg.db_memory_limit)
+    store = open_store(db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     pool = None
     try:
         pool = open_pool(cfg, embedder, shadow)

@@ -50,7 +50,7 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     if not docs:
         raise UsageError(f"enrich: {args.file if args.file != '-' else 'stdin'} holds no JSON")
     bad = 0
-    store = open_store(cfg.db, read_only=True)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=True)
     try:
         enricher = Enricher.for_store(store, embedder, model_dir_of(cfg), load_schemas(cfg.schemas_dir))
         for line, doc in docs:
@@ -83,7 +83,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     cfg = existing_db("alerts", args)
     if args.action == "list" and args.top < 0:
         raise UsageError("alerts list: --top must be >= 0")
-    store = open_store(cfg.db, read_only=args.action != "mark", memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=args.action != "mark", memory_limit=cfg.db_memory_limit)
     try:
         if args.action == "list":
             rows = store.list_alerts(status=args.status, host=args.host, since=args.since,
@@ -153,7 +153,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise UsageError("incidents: --top must be >= 0")
     cfg = existing_db("incidents", args)
-    store = open_store(cfg.db, read_only=True, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=True, memory_limit=cfg.db_memory_limit)
     try:
         rows = store.list_incidents(top=args.top or None, host=args.host)
         total = store.incident_count()
@@ -171,7 +171,7 @@ def _mark_incident(args: argparse.Namespace) -> int:
 
     cfg = existing_db("incidents mark", args)
     who = args.analyst or getpass.getuser()
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     try:
         change = store.mark_incident(args.incident_id, args.status, args.note, who)
     except IncidentNotFound as exc:
@@ -221,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"report: --out {out} is a file, not a folder")
-    store = open_store(cfg.db, read_only=True)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=True)
     try:
         summary = build_report(store, out, sample=args.sample, seed=args.seed)
     finally:
@@ -246,7 +246,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise UsageError("prune: --older-than must be a positive number of days")
     cfg = existing_db("prune", args)
     before = datetime.now(timezone.utc) - timedelta(days=args.older_than)
-    store = open_store(cfg.db, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     try:
         removed = store.prune(before)
     finally:

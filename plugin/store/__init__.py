@@ -1,5 +1,5 @@
 """Persistence: the store interface (`plugin.store.base`) and `open_store`, which picks the
-implementation a ``--db`` value names. Today that is a DuckDB file; a DuckLake joins it here."""
+implementation a ``--db`` value names: a DuckDB file (one machine) or a DuckLake (many writers)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,18 @@ __all__ = ["EVENT_COLUMNS", "STATUSES", "AlertNotFound", "DeadLetter", "Incident
 
 
 def open_store(db: str | Path, *, read_only: bool = False, memory_limit: str = "512MB",
-               long_running: bool = False) -> Store:
-    """The store ``db`` names (a DuckDB file path), migrated forward unless read-only.
+               long_running: bool = False, data_path: str | None = None) -> Store:
+    """The store ``db`` names, migrated forward unless read-only: a DuckDB file path, or a
+    DuckLake (``ducklake:postgres:...``, ``ducklake:sqlite:PATH``, ``ducklake:PATH.ducklake``)
+    whose Parquet files live under ``data_path`` (the `lake_data_path` setting).
     ``long_running``: a consumer that writes for days keeps little unwritten state in memory
     (frequent small checkpoints) instead of a bulk import's few large ones."""
     from plugin.store.duckdb import DuckDBStore
+    from plugin.store.lake import LakeStore, is_lake
+
+    if is_lake(db):
+        return LakeStore(str(db), data_path=data_path, read_only=read_only,
+                         memory_limit=memory_limit)
 
     return DuckDBStore(db, read_only=read_only, memory_limit=memory_limit,
                        checkpoint_threshold="64MB" if long_running else "1GB")

@@ -120,7 +120,7 @@ class AlertQueries:
             before = self._change_alerts([full], status, note, analyst, at)[full]
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
         return {"alert_id": full, "status": status, "previous_status": before, "note": note,
                 "analyst": analyst, "at": at.isoformat()}

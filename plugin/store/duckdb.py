@@ -50,6 +50,17 @@ _DEAD_SCHEMA = pa.schema([
 ])
 
 
+#: the columns of an `assignments` row; the last one, incident_id, may be missing from a row
+ASSIGNMENT_COLUMNS = ("event_key", "model", "version", "cluster", "distance", "score",
+                      "is_outlier", "detail", "explanation", "incident_id")
+
+
+def assignment_table(rows: Sequence[dict]) -> pa.Table:
+    """Assignment rows (dicts from the score stage) as an Arrow table of every column."""
+    return pa.table({**{c: [r[c] for r in rows] for c in ASSIGNMENT_COLUMNS[:-1]},
+                     "incident_id": pa.array([r.get("incident_id") for r in rows], pa.string())})
+
+
 def load_migrations(path: Path | None = None) -> list[tuple[int, str]]:
     text = (path or schemas_dir() / "duckdb.sql").read_text(encoding="utf-8")
     marks = list(_MIGRATION_RE.finditer(text))
@@ -94,6 +105,9 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
                   RetentionQueries, TriageQueries, Store):
     """A sysmon-blt database in one DuckDB file (one writer; readers when nobody writes)."""
 
+    #: text_vectors as the event_vectors view reads it (unique by key in a DuckDB file)
+    _VECTORS = "text_vectors"
+
     def __init__(self, path: str | Path, read_only: bool = False,
                  memory_limit: str = "512MB", checkpoint_threshold: str = "1GB") -> None:
         self.path = str(path)
@@ -135,8 +149,10 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
         return int(row[0] or 0)
 
     def migrate(self) -> None:
+        self._migrate(load_migrations())
+
+    def _migrate(self, migrations: list[tuple[int, str]]) -> None:
         current = self.schema_version()
-        migrations = load_migrations()
         newest = migrations[-1][0]
         if current > newest:
             raise UsageError(
@@ -154,7 +170,7 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
                 )
                 self.con.commit()
             except Exception:
-                self.con.rollback()
+                self._rollback()
                 raise
             log.info("db_migrated", db=self.path, version=version)
 
@@ -176,16 +192,13 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
             if n:
                 tbl = pa.Table.from_pydict(events, schema=_EVENT_SCHEMA)
                 self.con.register("_batch_events", tbl)
-                # RETURNING names the events that were new (the key index decides, no scan of
-                # the table); an alert of a replayed event (stored before a crash) never folds in
-                inserted = {r[0] for r in self._run(
-                    f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
-                    f"SELECT {', '.join(EVENT_COLUMNS)} FROM _batch_events RETURNING event_key")}
+                # an alert of a replayed event (stored before a crash) never folds in
+                inserted = self._insert_events("_batch_events", tbl)
                 self.con.unregister("_batch_events")
                 new = len(inserted)
                 alerts = [a for a in alerts if a["event_key"] in inserted]
             if assignments:
-                self._upsert_assignments(assignments)
+                self._upsert_assignments(assignments, inserted)
             if alerts:
                 self._upsert_alerts(alerts)
             if incidents:
@@ -204,9 +217,46 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
                 self.con.unregister("_batch_dead")
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
         return new
+
+    # -- what a DuckLake writes differently (it enforces no key; plugin.store.lake) ---------
+    def _insert_events(self, batch: str, tbl: pa.Table) -> set[str]:
+        """Insert a registered batch of events; the keys that were new. RETURNING names them
+        (the key index decides, no scan of the table)."""
+        return {r[0] for r in self._run(
+            f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM {batch} RETURNING event_key")}
+
+    def _insert_new(self, table: str, select: str, keys: Sequence[str],
+                    params: list | None = None) -> None:
+        """Insert the rows of ``select`` (named as the table's columns) whose key ``table`` does
+        not hold yet."""
+        self._run(f"INSERT OR IGNORE INTO {table} BY NAME {select}", params)
+
+    def _upsert(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
+                params: list | None = None) -> None:
+        """Insert the rows of ``select`` (named as the table's columns); a row whose key exists
+        updates it by ``sets`` (``column = expression``, the incoming row named ``{new}``)."""
+        self._run(f"INSERT INTO {table} BY NAME {select} ON CONFLICT ({', '.join(keys)}) "
+                  "DO UPDATE SET " + ", ".join(x.format(new="excluded") for x in sets), params)
+
+    def _link_returning(self, links: str) -> list[tuple[str, bool]]:
+        """Link the assignments named in ``links`` (event_key, model, incident_id) that have no
+        incident yet; (incident_id, is_outlier) of each row that changed."""
+        return [(r[0], bool(r[1])) for r in self._run(
+            f"UPDATE assignments SET incident_id = l.incident_id FROM {links} l "
+            "WHERE assignments.event_key = l.event_key AND assignments.model = l.model "
+            "AND assignments.incident_id IS NULL "
+            "RETURNING assignments.incident_id, assignments.is_outlier")]
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction; a failed commit has already ended it."""
+        try:
+            self.con.rollback()
+        except duckdb.TransactionException:
+            pass
 
     def _insert_vectors(self, vr: "VectorRows") -> None:
         if not vr.text_hashes:
@@ -222,23 +272,18 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
             "created": pa.array([utcnow()] * len(mat), pa.timestamp("us", tz="UTC")),
         })
         self.con.register("_batch_vectors", tbl)
-        self._run("INSERT OR IGNORE INTO text_vectors SELECT * FROM _batch_vectors")
+        self._insert_new("text_vectors", "SELECT * FROM _batch_vectors",
+                         ("model", "model_version", "text_hash"))
         self.con.unregister("_batch_vectors")
 
-    def _upsert_assignments(self, rows: Sequence[dict]) -> None:
+    def _upsert_assignments(self, rows: Sequence[dict], inserted: set[str] | None) -> None:
         """One row per event and model: the current score replaces an older one. An event's
         incident link, once made, stays when a row without one replaces it (a replayed batch
         scored before its tree's first outlier); `reset_incidents` clears links for a rescore."""
-        cols = ["event_key", "model", "version", "cluster", "distance", "score", "is_outlier",
-                "detail", "explanation"]
-        tbl = pa.table({**{c: [r[c] for r in rows] for c in cols},
-                        "incident_id": pa.array([r.get("incident_id") for r in rows], pa.string())})
-        self.con.register("_batch_assign", tbl)
-        self._run(f"INSERT INTO assignments ({', '.join(cols)}, incident_id) "
-                  f"SELECT {', '.join(cols)}, incident_id FROM _batch_assign "
-                  "ON CONFLICT (event_key, model) DO UPDATE SET "
-                  + ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
-                  + ", incident_id = coalesce(excluded.incident_id, assignments.incident_id)")
+        self.con.register("_batch_assign", assignment_table(rows))
+        self._upsert("assignments", "SELECT * FROM _batch_assign", ("event_key", "model"),
+                     [f"{c} = {{new}}.{c}" for c in ASSIGNMENT_COLUMNS[2:-1]]
+                     + ["incident_id = coalesce({new}.incident_id, assignments.incident_id)"])
         self.con.unregister("_batch_assign")
 
     def _upsert_alerts(self, rows: Sequence[dict]) -> None:
@@ -266,27 +311,26 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
             "status": [a.get("status") or "open" for a in folded.values()],
         })
         self.con.register("_batch_alerts", tbl)
-        self._run(
-            "INSERT INTO alerts SELECT alert_id, event_key, model, score, first_seen, last_seen, "
-            "count, status FROM _batch_alerts ON CONFLICT (alert_id) DO UPDATE SET "
-            "count = alerts.count + excluded.count, "
-            "first_seen = least(alerts.first_seen, excluded.first_seen), "
-            "last_seen = greatest(alerts.last_seen, excluded.last_seen), "
-            "score = greatest(alerts.score, excluded.score)")
+        self._upsert("alerts", "SELECT * FROM _batch_alerts", ("alert_id",), [
+            "count = alerts.count + {new}.count",
+            "first_seen = least(alerts.first_seen, {new}.first_seen)",
+            "last_seen = greatest(alerts.last_seen, {new}.last_seen)",
+            "score = greatest(alerts.score, {new}.score)"])
         self.con.unregister("_batch_alerts")
 
     # -- models and vectors ------------------------------------------------------------------
     def register_model(self, model: str, version: str, dim: int, directory: str | None) -> None:
         """Record a model version, and give event_vectors a fixed-size FLOAT[d] column when
         every model stored has the same dimension (array functions and indexes need one)."""
-        self._run("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?)",
-                  [model, version, dim, directory, utcnow()])
+        self._insert_new("models", "SELECT ? AS model, ? AS model_version, ? AS dim, "
+                         "? AS directory, ? AS first_used", ("model", "model_version"),
+                         [model, version, dim, directory, utcnow()])
         dims = {int(r[0]) for r in self._run("SELECT DISTINCT dim FROM models")}
         cast = f"v.vector::FLOAT[{dims.pop()}]" if len(dims) == 1 else "v.vector"
         self._run(
             "CREATE OR REPLACE VIEW event_vectors AS SELECT e.event_key, v.model, "
             f"v.model_version, {cast} AS vector FROM events e "
-            "JOIN text_vectors v ON v.text_hash = e.text_hash"
+            f"JOIN {self._VECTORS} v ON v.text_hash = e.text_hash"
         )
 
     def read_vectors(self, model: str, version: str, hashes: list[str]) -> dict[str, np.ndarray]:

@@ -98,7 +98,7 @@ class FitQueries:
                            float(clusters.thresholds[i]), int(clusters.sizes[i])])
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
 
     def save_fit(self, model: str, model_version: str, scorer: str, params: dict,
@@ -124,7 +124,7 @@ class FitQueries:
             self.con.unregister("_baseline")
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
         return version
 
@@ -137,14 +137,19 @@ class FitQueries:
             self.con.register("_labels", pa.table({"event_key": list(event_keys),
                                                    "is_attack": [bool(a) for a in is_attack],
                                                    "source": [how] * len(event_keys)}))
-            self._run("INSERT OR REPLACE INTO labels SELECT * FROM _labels")
+            self._replace_labels("_labels")
             self.con.unregister("_labels")
             self._run("INSERT INTO evaluations VALUES (?, ?, ?)",
                       [_now(), json.dumps(spec), json.dumps(results)])
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
+
+
+    def _replace_labels(self, table: str) -> None:
+        """Labels of ``table`` replace older labels of the same events."""
+        self._run(f"INSERT OR REPLACE INTO labels SELECT * FROM {table}")
 
 
 def _now() -> datetime:

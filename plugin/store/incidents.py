@@ -55,11 +55,7 @@ class IncidentQueries:
             self.con.register("_incident_links", pa.table({
                 "event_key": [k for k, _, _ in before], "incident_id": [i for _, i, _ in before],
                 "model": [m for _, _, m in before]}))
-            changed = self._run(
-                "UPDATE assignments SET incident_id = l.incident_id FROM _incident_links l "
-                "WHERE assignments.event_key = l.event_key AND assignments.model = l.model "
-                "AND assignments.incident_id IS NULL "
-                "RETURNING assignments.incident_id, assignments.is_outlier")
+            changed = self._link_returning("_incident_links")
             self.con.unregister("_incident_links")
             for iid, is_outlier in changed:
                 grew[iid][0] += 1
@@ -68,8 +64,8 @@ class IncidentQueries:
         if pairs:
             self.con.register("_incident_alerts", pa.table({
                 "incident_id": [i for i, _ in pairs], "alert_id": [a for _, a in pairs]}))
-            self._run("INSERT OR IGNORE INTO incident_alerts SELECT incident_id, alert_id "
-                      "FROM _incident_alerts")
+            self._insert_new("incident_alerts", "SELECT incident_id, alert_id FROM _incident_alerts",
+                             ("incident_id", "alert_id"))
             self.con.unregister("_incident_alerts")
         now = datetime.now(timezone.utc)
         self.con.register("_incidents", pa.table({
@@ -88,22 +84,21 @@ class IncidentQueries:
             "event_types": pa.array([list(r["event_types"]) for r in rows], pa.list_(pa.int32())),
             "root_novel": [int(r["root_novel"]) for r in rows],
         }))
-        self._run(
-            "INSERT INTO incidents SELECT incident_id, model, computer, root_guid, root_image, "
-            "first_seen, last_seen, events, outliers, 0, score, status, texts, event_types, "
-            "root_novel, ?, ? FROM _incidents ON CONFLICT (incident_id) DO UPDATE SET "
-            "events = incidents.events + excluded.events, "
-            "outliers = incidents.outliers + excluded.outliers, "
-            "root_image = coalesce(incidents.root_image, excluded.root_image), "
-            "first_seen = least(incidents.first_seen, excluded.first_seen), "
-            "last_seen = greatest(incidents.last_seen, excluded.last_seen), "
-            "score = greatest(incidents.score, excluded.score), "
-            "root_novel = greatest(incidents.root_novel, excluded.root_novel), "
-            "event_types = list_sort(list_distinct(list_concat(incidents.event_types, "
-            "excluded.event_types))), "
-            f"texts = list_concat(incidents.texts, list_filter(excluded.texts, "
-            f"lambda t: NOT list_contains(incidents.texts, t)))[1:{MAX_TEXTS}], "
-            "updated = excluded.updated", [now, now])
+        self._upsert(
+            "incidents", "SELECT *, 0 AS alerts, ?::TIMESTAMPTZ AS created, "
+            "?::TIMESTAMPTZ AS updated FROM _incidents", ("incident_id",), [
+                "events = incidents.events + {new}.events",
+                "outliers = incidents.outliers + {new}.outliers",
+                "root_image = coalesce(incidents.root_image, {new}.root_image)",
+                "first_seen = least(incidents.first_seen, {new}.first_seen)",
+                "last_seen = greatest(incidents.last_seen, {new}.last_seen)",
+                "score = greatest(incidents.score, {new}.score)",
+                "root_novel = greatest(incidents.root_novel, {new}.root_novel)",
+                "event_types = list_sort(list_distinct(list_concat(incidents.event_types, "
+                "{new}.event_types)))",
+                "texts = list_concat(incidents.texts, list_filter({new}.texts, "
+                f"lambda t: NOT list_contains(incidents.texts, t)))[1:{MAX_TEXTS}]",
+                "updated = {new}.updated"], [now, now])
         self.con.unregister("_incidents")
         self._run("UPDATE incidents SET alerts = (SELECT count(*) FROM incident_alerts l "
                   "WHERE l.incident_id = incidents.incident_id) "
@@ -128,7 +123,7 @@ class IncidentQueries:
                       "root_novel = 0 WHERE model IN (SELECT unnest(?))", [models])
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
 
     # -- triage ------------------------------------------------------------------------------
@@ -194,7 +189,7 @@ class IncidentQueries:
                       [full, status, before, note, analyst, len(alerts), at])
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
         return {"incident_id": full, "status": status, "previous_status": before, "note": note,
                 "analyst": analyst, "at": at.isoformat(),

@@ -49,7 +49,7 @@ class IntegrityQueries:
                     f"VALUES ({', '.join('?' * len(INTEGRITY_COLUMNS))})", values)
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
 
     def integrity_findings(self, import_path: str | None = None) -> list[dict[str, Any]]:

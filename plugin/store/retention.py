@@ -33,7 +33,7 @@ class RetentionQueries:
                 "b.text_hash = v.text_hash AND b.model = v.model)", [])
             self.con.commit()
         except Exception:
-            self.con.rollback()
+            self._rollback()
             raise
         return counts
 

@@ -1,0 +1,318 @@
+"""The DuckLake store: many writers (one consumer per machine) share one catalog and one data path.
+
+A DuckLake keeps its catalog in PostgreSQL (``ducklake:postgres:dbname=... host=...``), SQLite
+(``ducklake:sqlite:PATH``) or a DuckDB file (``ducklake:PATH.ducklake``), and its rows in Parquet
+files under ``lake_data_path`` (a folder or an object-storage URL). Every DuckDB client reads and
+writes it, so the same tables and queries as the DuckDB file serve here; what differs is below.
+
+* **No keys.** DuckLake enforces no PRIMARY KEY, so the lake's DDL is the file's without them
+  (`lake_migrations`) and the writer enforces uniqueness: an event goes in only when no committed
+  row holds its key. The check reads only the data files whose time range covers the batch (an
+  event's key is derived from its own time, so a replayed event has the same time), which keeps a
+  replay after a crash and rebalance a no-op without scanning the whole table. Upserts are MERGE.
+* **Optimistic commits.** Two instances folding into the same alert or incident row conflict at
+  commit; the loser's whole batch transaction runs again (`write_batch` retries), so counts fold
+  once. Appends of different events never conflict.
+* **Migrations once.** Instances starting together on an empty PostgreSQL catalog take a
+  PostgreSQL advisory lock around the catalog's creation and the migrations; the others wait and
+  then find the schema current.
+* **The rare concurrent duplicate** (a paused "zombie" instance writing after its partitions
+  moved on, or one event produced into two partitions) is not fenced: two writers that check at
+  the same moment both insert. `maintain` removes such duplicates (the oldest row of a key stays),
+  and the `events_unique` view reads one row per key meanwhile.
+
+Extensions load offline from the ``duckdb-extension-*`` wheels (a plain ``LOAD ducklake`` would try
+to download them).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import duckdb
+import pyarrow as pa
+import structlog
+
+from plugin.errors import UsageError
+from plugin.store.base import EVENT_COLUMNS, DeadLetter, VectorRows
+from plugin.store.duckdb import DuckDBStore, _size, assignment_table, load_migrations
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "ducklake:"
+#: the advisory lock key instances take around catalog creation and migrations ("sblt")
+MIGRATION_LOCK = 0x73626C74
+#: how often a batch transaction runs again after losing a commit race
+MAX_RETRIES = 30
+
+T = TypeVar("T")
+
+
+def is_lake(db: str | Path) -> bool:
+    return str(db).startswith(PREFIX)
+
+
+def extension_path(name: str) -> str:
+    """The extension binary the ``duckdb-extension-<name>`` wheel carries, for an offline LOAD."""
+    import importlib.util
+
+    module = f"duckdb_extension_{name}"
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(
+            f"a DuckLake store needs the {module.replace('_', '-')} package (pip install "
+            f"'{module.replace('_', '-')}=={duckdb.__version__}'), matching duckdb "
+            f"{duckdb.__version__}")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(root.glob(f"extensions/v{duckdb.__version__}/*.duckdb_extension"))
+    if not found:
+        raise UsageError(f"{module} carries no extension for duckdb {duckdb.__version__} "
+                         f"(under {root}/extensions): install the matching release")
+    return str(found[0])
+
+
+def lake_migrations() -> list[tuple[int, str]]:
+    """The DuckDB file's migrations without the keys DuckLake cannot enforce: one schema, two
+    dialects (a column added for the file is added for the lake by the same migration)."""
+    out = []
+    for version, sql in load_migrations():
+        sql = re.sub(r",\s*PRIMARY KEY\s*\([^)]*\)", "", sql)
+        sql = re.sub(r"\s+PRIMARY KEY\b", "", sql)
+        out.append((version, sql))
+    return out
+
+
+def _catalog(db: str) -> tuple[str, str | None]:
+    """(the catalog part after ``ducklake:``, the PostgreSQL connection string or None)."""
+    spec = db[len(PREFIX):].strip()
+    if not spec:
+        raise UsageError(f"--db {db!r}: name a catalog, e.g. ducklake:postgres:dbname=soc "
+                         "host=db.internal, ducklake:sqlite:catalog.sqlite or "
+                         "ducklake:catalog.ducklake")
+    if spec.startswith("postgres:"):
+        return spec, spec[len("postgres:"):]
+    return spec, None
+
+
+def _conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.Error) and "conflict" in str(exc).lower()
+
+
+class LakeStore(DuckDBStore):
+    """A sysmon-blt database in a DuckLake (catalog plus Parquet data; many writers)."""
+
+    #: text_vectors read one row per key (two instances may embed the same new text at once)
+    _VECTORS = ("(SELECT * FROM text_vectors QUALIFY row_number() OVER "
+                "(PARTITION BY model, model_version, text_hash ORDER BY created) = 1)")
+
+    def __init__(self, db: str, *, data_path: str | None, read_only: bool = False,
+                 memory_limit: str = "512MB") -> None:
+        self.path = db
+        spec, pg = _catalog(db)
+        self.con = duckdb.connect()
+        self._run(f"SET memory_limit = '{_size(memory_limit)}'")
+        self._run("SET preserve_insertion_order = false")
+        self._run("SET enable_progress_bar = false")
+        self._run("SET autoinstall_known_extensions = false")
+        self._run("SET autoload_known_extensions = false")
+        self._run(f"LOAD '{extension_path('ducklake')}'")
+        if pg is not None:
+            self._run(f"LOAD '{extension_path('postgres_scanner')}'")
+        elif spec.startswith("sqlite:"):
+            self._run(f"LOAD '{extension_path('sqlite_scanner')}'")
+        options = []
+        if data_path:
+            options.append(f"DATA_PATH {_literal(data_path)}")
+        if read_only:
+            options.append("READ_ONLY")
+        attach = (f"ATTACH {_literal(PREFIX + spec)} AS lake"
+                  + (f" ({', '.join(options)})" if options else ""))
+        lock = self._migration_lock(pg) if pg is not None and not read_only else None
+        try:
+            try:
+                self._run(attach)
+            except duckdb.Error as exc:
+                raise UsageError(f"cannot open DuckLake {db}: {_first_line(exc)}"
+                                 + ("" if data_path else " (a new lake needs lake_data_path)")
+                                 ) from exc
+            self._run("USE lake")
+            if not read_only:
+                self.migrate()
+                self._ensure_views()
+        finally:
+            if lock is not None:
+                lock.commit()
+                lock.close()
+                self._run("DETACH _sblt_lock")
+
+    def _migration_lock(self, dsn: str) -> duckdb.DuckDBPyConnection:
+        """Hold a transaction-scoped PostgreSQL advisory lock until the returned cursor commits:
+        instances starting together create the catalog and migrate one after the other."""
+        try:
+            self._run(f"ATTACH {_literal(dsn)} AS _sblt_lock (TYPE postgres)")
+        except duckdb.Error as exc:
+            raise UsageError(f"cannot reach the DuckLake catalog {self.path}: "
+                             f"{_first_line(exc)}") from exc
+        cur = self.con.cursor()
+        cur.begin()
+        cur.execute("CALL postgres_execute('_sblt_lock', "
+                    f"'SELECT pg_advisory_xact_lock({MIGRATION_LOCK})')")
+        return cur
+
+    def migrate(self) -> None:
+        """Migrations as the file's, from `lake_migrations`."""
+        self._migrate(lake_migrations())
+
+    def _ensure_views(self) -> None:
+        self._run("CREATE VIEW IF NOT EXISTS events_unique AS SELECT * FROM events "
+                  "QUALIFY row_number() OVER (PARTITION BY event_key ORDER BY imported_at) = 1")
+
+    # -- writes: the writer enforces the keys ------------------------------------------------
+    def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
+                    vectors: Sequence[VectorRows] = (), assignments: Sequence[dict] = (),
+                    alerts: Sequence[dict] = (), *, incidents: Sequence[dict] = ()) -> int:
+        """The file's batch transaction, run again when another instance's commit won a race
+        for the same rows (nothing of a lost attempt is kept)."""
+        return self.retrying(lambda: super(LakeStore, self).write_batch(
+            events, dead, vectors, assignments, alerts, incidents=incidents))
+
+    def retrying(self, attempt: Callable[[], T]) -> T:
+        """Run one transaction, again after a commit conflict (with a growing random pause)."""
+        for n in range(MAX_RETRIES):
+            try:
+                return attempt()
+            except duckdb.Error as exc:
+                if not _conflict(exc) or n == MAX_RETRIES - 1:
+                    raise
+                log.info("lake_commit_retry", attempt=n + 1, reason=_first_line(exc)[:200])
+                time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** n)))
+        raise AssertionError("unreachable")
+
+    def _insert_events(self, batch: str, tbl: pa.Table) -> set[str]:
+        """Insert the batch's events that no committed row holds: the check reads only the
+        files whose time range covers the batch (a key is derived from the event's own time)."""
+        ts = tbl.column("ts")
+        timed = [v for v in ts.to_pylist() if v is not None]
+        where = ["e.event_key = b.event_key"]
+        params: list = []
+        if timed and len(timed) == len(ts):
+            where.append("e.ts BETWEEN ? AND ?")
+            params = [min(timed), max(timed)]
+        new = {r[0] for r in self._run(
+            f"SELECT DISTINCT b.event_key FROM {batch} b WHERE NOT EXISTS "
+            f"(SELECT 1 FROM events e WHERE {' AND '.join(where)})", params)}
+        if new:
+            self.con.register("_new_keys", pa.table({"k": sorted(new)}))
+            cols = ", ".join(EVENT_COLUMNS)
+            self._run(f"INSERT INTO events ({cols}) SELECT {cols} FROM {batch} "
+                      "WHERE event_key IN (SELECT k FROM _new_keys) "
+                      "QUALIFY row_number() OVER (PARTITION BY event_key) = 1")
+            self.con.unregister("_new_keys")
+        return new
+
+    def _insert_new(self, table: str, select: str, keys: Sequence[str],
+                    params: list | None = None) -> None:
+        on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM n.{k}" for k in keys)
+        self._run(f"INSERT INTO {table} BY NAME SELECT * FROM ({select}) n WHERE NOT EXISTS "
+                  f"(SELECT 1 FROM {table} t WHERE {on}) "
+                  f"QUALIFY row_number() OVER (PARTITION BY {', '.join('n.' + k for k in keys)}) = 1",
+                  params)
+
+    def _upsert(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
+                params: list | None = None) -> None:
+        on = " AND ".join(f"{table}.{k} = incoming.{k}" for k in keys)
+        self._run(f"MERGE INTO {table} USING ({select}) incoming ON {on} "
+                  "WHEN MATCHED THEN UPDATE SET "
+                  + ", ".join(x.format(new="incoming") for x in sets)
+                  + " WHEN NOT MATCHED THEN INSERT BY NAME", params)
+
+    def _upsert_assignments(self, rows: Sequence[dict], inserted: set[str] | None) -> None:
+        """Rows of events this batch stored new are plain appends (no other writer holds
+        them); only replays and rescores merge into existing rows."""
+        if inserted is None:
+            return super()._upsert_assignments(rows, inserted)
+        fresh = [r for r in rows if r["event_key"] in inserted]
+        again = [r for r in rows if r["event_key"] not in inserted]
+        if fresh:
+            self.con.register("_fresh_assign", assignment_table(fresh))
+            self._run("INSERT INTO assignments BY NAME SELECT * FROM _fresh_assign")
+            self.con.unregister("_fresh_assign")
+        if again:
+            super()._upsert_assignments(again, inserted)
+
+    def _link_returning(self, links: str) -> list[tuple[str, bool]]:
+        """DuckLake has no UPDATE ... RETURNING: read what will change, then change it, in the
+        same transaction."""
+        changed = self._run(
+            f"SELECT l.incident_id, a.is_outlier FROM assignments a JOIN {links} l "
+            "ON a.event_key = l.event_key AND a.model = l.model WHERE a.incident_id IS NULL")
+        if changed:
+            self._run(f"UPDATE assignments SET incident_id = l.incident_id FROM {links} l "
+                      "WHERE assignments.event_key = l.event_key AND assignments.model = l.model "
+                      "AND assignments.incident_id IS NULL")
+        return [(r[0], bool(r[1])) for r in changed]
+
+    def keep_evaluation(self, event_keys, is_attack, how, spec, results) -> None:
+        self.retrying(lambda: super(LakeStore, self).keep_evaluation(
+            event_keys, is_attack, how, spec, results))
+
+    def _replace_labels(self, table: str) -> None:
+        self._run(f"DELETE FROM labels WHERE event_key IN (SELECT event_key FROM {table})")
+        self._run(f"INSERT INTO labels SELECT * FROM {table}")
+
+    # -- operations --------------------------------------------------------------------------
+    def maintain(self, *, older_than_days: float = 7.0) -> dict[str, int]:
+        """Remove duplicate rows a race let in (the oldest row of a key stays), flush rows the
+        catalog holds inline into Parquet, merge small files, expire snapshots older than
+        ``older_than_days`` and delete the files nobody references any more."""
+        done: dict[str, int] = {}
+
+        def dedupe() -> None:
+            self.con.begin()
+            try:
+                for table, keys, order in _UNIQUE:
+                    done[f"duplicate_{table}"] = self._count_delete(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} QUALIFY "
+                        f"row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {order}, "
+                        "rowid) > 1)", [])
+                self.con.commit()
+            except Exception:
+                self._rollback()
+                raise
+        self.retrying(dedupe)
+        self._run("CALL ducklake_flush_inlined_data('lake')")
+        done["files_merged"] = _count(self._run("CALL ducklake_merge_adjacent_files('lake')"))
+        done["snapshots_expired"] = _count(self._run(
+            "CALL ducklake_expire_snapshots('lake', older_than => now() - to_days(?))",
+            [int(older_than_days)]))
+        done["files_deleted"] = _count(self._run(
+            "CALL ducklake_cleanup_old_files('lake', cleanup_all => true)"))
+        return done
+
+    def for_thread(self) -> "LakeStore":
+        return super().for_thread()  # type: ignore[return-value]
+
+
+#: (table, key columns, which row of a key stays): what `maintain` deduplicates
+_UNIQUE = (
+    ("events", ("event_key",), "imported_at"),
+    ("text_vectors", ("model", "model_version", "text_hash"), "created"),
+    ("assignments", ("event_key", "model"), "version DESC"),
+    ("incident_alerts", ("incident_id", "alert_id"), "incident_id"),
+)
+
+
+def _count(rows: list) -> int:
+    return len(rows)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
