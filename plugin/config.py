@@ -93,6 +93,12 @@ class Config:
                                 "off.")
     learning_bar: float = _key(2.0, "The lowest score that alerts during the learning period "
                                "(at least 1.0).")
+    fit_poll_seconds: float = _key(30, "`consume`: how often (seconds) a consumer asks the "
+                                   "store for a newer fit of its models (made by `sysmon-blt "
+                                   "fit` or another instance sharing a DuckLake) and switches "
+                                   "to it between batches, without a restart; a fit picked up "
+                                   "also ends a learning period. 0 turns it off (a new fit then "
+                                   "needs a restart).")
     workers: int | str = _key("auto", "Embedding workers (spawned processes holding the models): "
                               "`auto` = one per CUDA device, else one CPU worker using every "
                               "core; 0 = embed in the command's own process; N = N workers.")
@@ -131,6 +137,9 @@ class Config:
                              "learning_bar >= 1.0")
         if self.cold_start not in ("case", "shipped"):
             raise UsageError(f"{origin}: cold_start must be 'case' or 'shipped'")
+        if not 0 <= self.fit_poll_seconds < 1e9:  # also refuses nan and inf
+            raise UsageError(f"{origin}: fit_poll_seconds must be a number of seconds >= 0 "
+                             "(0 turns the fit watcher off)")
         if self.retention_days < 0:
             raise UsageError(f"{origin}: retention_days must be >= 0 (0 keeps everything)")
         if not 0.0 <= self.shadow_sample_rate <= 1.0:

@@ -188,3 +188,21 @@ def make_service_app(store, **settings):
 
     return service_app(store, Config(db=store.path, **settings), load_embedder(None),
                        StreamMetrics(needs_group=False))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL 15 server for the whole session (tests/pg.py), shared because it
+    takes a moment to start: ``pg_server.create_database(name)`` gives each test a catalog of
+    its own and returns its libpq connection string. Skips, saying why, where no server can
+    start (no server binaries, no ``postgres`` user, not root)."""
+    from pg import PgServer, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -14,6 +14,7 @@ import structlog
 
 from plugin.cli.export import cmd_export
 from plugin.cli.ingest import cmd_import, cmd_simulate
+from plugin.cli.maintain import cmd_maintain
 from plugin.cli.modeling import SHADOW_CARD_MARK, cmd_eval, cmd_fit, cmd_rescore, cmd_train
 from plugin.cli.parser import build_parser, merge_globals
 from plugin.cli.stream import cmd_consume, cmd_serve
@@ -28,7 +29,7 @@ COMMANDS: dict[str, Callable] = {
     "import": cmd_import, "simulate": cmd_simulate, "train": cmd_train, "fit": cmd_fit,
     "rescore": cmd_rescore, "eval": cmd_eval, "enrich": cmd_enrich, "alerts": cmd_alerts,
     "report": cmd_report, "consume": cmd_consume, "serve": cmd_serve,
-    "prune": cmd_prune, "incidents": cmd_incidents,
+    "prune": cmd_prune, "maintain": cmd_maintain, "incidents": cmd_incidents,
     "export": cmd_export,
 }
 

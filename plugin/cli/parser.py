@@ -26,7 +26,8 @@ configuration: --config FILE (YAML), then SYSMON_BLT_<KEY> environment variables
 exit codes: 0 done (dead letters included), 1 runtime failure, 2 usage or configuration error.
 """
 
-DB_HELP = "DuckDB file (default: ./sysmon-blt.duckdb, or the `db` config key)"
+DB_HELP = ("DuckDB file, or a DuckLake as ducklake:postgres:CONNINFO, ducklake:sqlite:PATH or "
+           "ducklake:PATH.ducklake (default: ./sysmon-blt.duckdb, or the `db` config key)")
 _GLOBALS = ("config", "model", "verbose", "quiet")
 
 
@@ -259,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Runs until SIGTERM or SIGINT, then drains, commits and prints its counts. librdkafka "
         "settings (SASL/SSL...) come from the `kafka` config key or SYSMON_BLT_KAFKA_<SETTING> "
         "(dots as underscores); secrets are never logged.",
-        epilog="example:\n  sysmon-blt consume --bootstrap broker:9092 --topic sysmon "
-        "--alerts-topic sysmon-alerts --db soc.duckdb")
+        epilog="examples:\n  sysmon-blt consume --bootstrap broker:9092 --topic sysmon "
+        "--alerts-topic sysmon-alerts --db soc.duckdb\n"
+        "  # one of N machines in one group, all writing one DuckLake (README: Scale-out)\n"
+        "  SYSMON_BLT_LAKE_DATA_PATH=/mnt/lake sysmon-blt consume --bootstrap broker:9092 "
+        "--topic sysmon \\\n      --db 'ducklake:postgres:dbname=soc host=catalog.internal'")
     co.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap server")
     co.add_argument("--topic", required=True, action="append", metavar="T",
                     help="topic to consume (repeatable; ^REGEX for a pattern)")
@@ -271,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also send messages that cannot be read here, with the reason in a "
                     "header (default: the dead_letters table only)")
     co.add_argument("--db", metavar="FILE", help=DB_HELP)
+    co.add_argument("--no-embed", action="store_true",
+                    help="store and commit events without the models (no scores, no alerts); "
+                    "`rescore` embeds them later")
     co.add_argument("--serve", metavar="[HOST:]PORT",
                     help="also answer HTTP here: POST /enrich, POST /feedback, GET /healthz, GET "
                     "/metrics, /docs (default: no HTTP; loopback unless a host is given)")
@@ -301,6 +308,33 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days")
     pr.add_argument("--db", metavar="FILE", help=DB_HELP)
     _json_flag(pr, "what was removed as one JSON object", "one line")
+
+    mt = command(
+        "maintain", help="upkeep: a DuckLake's duplicates, small files and old snapshots",
+        description="On a DuckLake (--db ducklake:...): remove duplicate rows two writers let "
+        "in at the same moment (the oldest row of a key stays), write the rows its catalog "
+        "holds inline to Parquet, merge small files, rewrite files that are mostly deleted "
+        "rows, expire snapshots older than --older-than days and delete the files only those "
+        "snapshots referenced. Safe while consumers write (a step that loses a commit race "
+        "runs again); run it daily or weekly, from one machine. On a DuckDB file there is "
+        "nothing of this to do (keys are enforced; no snapshots or small files): it runs a "
+        "CHECKPOINT and says so.",
+        epilog="examples:\n"
+        "  sysmon-blt maintain --db 'ducklake:postgres:dbname=soc host=db.internal'\n"
+        "  sysmon-blt maintain --db ducklake:sqlite:/shared/soc.sqlite --older-than 30 --json\n"
+        "  sysmon-blt maintain --db case42.duckdb      # a DuckDB file: a CHECKPOINT\n"
+        "  # nightly, beside running consumers (config names db and lake_data_path):\n"
+        "  15 3 * * *  sysmon-blt maintain --config /etc/sysmon-blt.yaml -q\n\n"
+        "Snapshots younger than --older-than, and their files, stay: time travel over that "
+        "window and readers in the middle of a query keep working.")
+    mt.add_argument("--db", metavar="DB",
+                    help="a DuckLake (ducklake:postgres:..., ducklake:sqlite:PATH, "
+                    "ducklake:PATH.ducklake) or a DuckDB file (default: the `db` config key, "
+                    "else ./sysmon-blt.duckdb)")
+    mt.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
+                    help="expire DuckLake snapshots older than DAYS (default 7; 0 keeps only "
+                    "the newest)")
+    _json_flag(mt, "what was done as one JSON object", "one line per step")
 
     al = command(
         "alerts", help="triage without SQL: list, show and mark alerts",

@@ -6,11 +6,23 @@ import argparse
 import json
 import signal
 import threading
+import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
 from plugin.errors import UsageError
+
+if TYPE_CHECKING:  # the command imports its modules when it runs
+    from plugin.config import Config
+    from plugin.models.embedder import BLTEmbedder
+    from plugin.models.linformer_embedder import LinformerEmbedder
+    from plugin.pipeline.batch import BatchStage
+    from plugin.pipeline.fitwatch import FitWatcher
+    from plugin.store import Store
+    from plugin.stream.learning import LearningPeriod
+    from plugin.stream.metrics import StreamMetrics
 
 log = structlog.get_logger("sysmon_blt")
 
@@ -30,7 +42,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     if ":" not in args.bootstrap:
         raise UsageError(f"consume: --bootstrap {args.bootstrap!r}: expected HOST:PORT")
     listen = parse_listen(args.serve) if args.serve else None
-    embedder = load_embedder(cfg.model)
+    embedder = None if args.no_embed else load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
     store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.stream_db_memory_limit, long_running=True)
     metrics = StreamMetrics()
@@ -67,14 +79,16 @@ def cmd_consume(args: argparse.Namespace) -> int:
         learning = None
         primary = next((st for st in stages if getattr(st, "case", None) is not None), None)
         if primary is not None and cfg.learning_events > 0:  # cold start: no fit in this store
-            from plugin.pipeline.assemble import refit
+            from plugin.pipeline.assemble import finish_learning
             from plugin.stream.learning import LearningPeriod
 
             primary.alert_bar = cfg.learning_bar
             learning = LearningPeriod(
                 store, hours=cfg.learning_hours, events=cfg.learning_events,
-                finish=lambda: refit(store, stages, embedder, shadow, cfg.model))
+                finish=lambda: finish_learning(store, stages, embedder, shadow, cfg.model))
             metrics.learning.set(1)
+        if embedder is not None and cfg.fit_poll_seconds > 0:
+            stages.insert(0, watch_fits(store, stages, embedder, shadow, cfg, metrics, learning))
         consumer = StreamConsumer(store, Normalizer(load_schemas(cfg.schemas_dir)), stages,
                                   bootstrap=args.bootstrap, topics=args.topic, group=args.group,
                                   settings=cfg.kafka, batch_size=cfg.stream_batch_size,
@@ -97,6 +111,27 @@ def cmd_consume(args: argparse.Namespace) -> int:
     log.info("consumer_stopped", **{k: v for k, v in out.items() if k != "committed"})
     print(json.dumps(out))
     return 0
+
+
+def watch_fits(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
+               shadow: LinformerEmbedder | None, cfg: Config, metrics: StreamMetrics,
+               learning: LearningPeriod | None,
+               clock: Callable[[], float] = time.monotonic) -> FitWatcher:
+    """The fit watcher for the consumer's stages (first of them, so a batch is scored wholly
+    with one fit): counts each fit picked up, and a pick-up of the primary's ends a learning
+    period without a fit here. ``clock``: monotonic seconds (tests inject one)."""
+    from plugin.pipeline.assemble import fit_watcher
+
+    watcher = fit_watcher(store, stages, embedder, shadow, cfg.model, cfg.fit_poll_seconds,
+                          clock)
+
+    def picked_up(model: str, old: int, new: int) -> None:
+        metrics.fits_picked_up.labels(model).inc()
+        if learning is not None and model == embedder.name and learning.adopted(new):
+            metrics.learning.set(0)
+
+    watcher.on_switch(picked_up)
+    return watcher
 
 
 def service_app(store, cfg, embedder, metrics):

@@ -9,8 +9,10 @@ never raises an alert.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -27,6 +29,7 @@ from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.cache import EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
+from plugin.pipeline.fitwatch import FitWatcher
 from plugin.pipeline.incidents import IncidentStage
 from plugin.pipeline.score import ScoreStage
 from plugin.pipeline.suppress import SuppressStage
@@ -170,9 +173,8 @@ def refit(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
           shadow: LinformerEmbedder | None, model_dir: str | None) -> dict:
     """Fit the primary (and the shadow, on the same baseline) on the stored events, holding back
     every text the primary flagged, then switch the running score and incident stages to the new
-    fits (the incident stage's never-seen images come from the fit's context). The consumer calls
-    it once, at the end of its learning period, on the thread that runs the stages. Returns what
-    `fit` reports."""
+    fits (`use_latest_fits`). The consumer calls it at the end of its learning period (through
+    `finish_learning`), on the thread that runs the stages. Returns what `fit` reports."""
     from plugin.detect.fitting import fit_database
 
     res = fit_database(store, embedder.name, embedder.version, embedder=embedder)
@@ -182,28 +184,77 @@ def refit(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
                                          flags_of=embedder.name)
         except ValueError as exc:
             log.warning("shadow_not_fitted", model=shadow.name, reason=str(exc))
-    fits: dict[str, LoadedScorer | None] = {}  # model name -> its new fit, loaded once
+    use_latest_fits(store, stages, embedder, shadow, model_dir)
+    return res
 
-    def new_fit(name: str) -> LoadedScorer | None:
-        if name not in fits:
-            model = embedder if name == embedder.name else shadow
-            if model is None:
-                return None
-            loaded = _scorer(store, model, model_dir,
-                             embedder=embedder if model is embedder else None)
-            fits[name] = loaded if loaded is not None and loaded.origin == "fit" else None
-        return fits[name]
 
+def finish_learning(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
+                    shadow: LinformerEmbedder | None, model_dir: str | None) -> dict:
+    """The end of a consumer's learning period: when the store already holds a fit of the
+    primary (another instance sharing the lake ended its period first, or an operator ran
+    `sysmon-blt fit`), switch to it instead of fitting again; else `refit`.
+
+    The check runs right before fitting, which narrows but does not close the window in which
+    instances ending their periods together each fit: each then stores its own version, and
+    every instance's fit watcher (`plugin.pipeline.fitwatch`) moves on to the newest, so they
+    score alike again within one poll interval."""
+    existing = store.latest_fit(embedder.name, embedder.version)
+    if existing is None:
+        return refit(store, stages, embedder, shadow, model_dir)
+    switched = use_latest_fits(store, stages, embedder, shadow, model_dir)
+    version = switched.get(embedder.name, (None, existing[0]))[1]
+    log.info("learning_fit_adopted", model=embedder.name, version=version,
+             reason="the store already holds a fit: not fitting again")
+    return {"model": embedder.name, "model_version": embedder.version, "version": version,
+            "adopted": True,
+            "held_back_outlier_texts": existing[1].get("held_back_outlier_texts")}
+
+
+def use_latest_fits(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
+                    shadow: LinformerEmbedder | None,
+                    model_dir: str | None) -> dict[str, tuple[int, int]]:
+    """Switch each running score stage whose model has a newer fit in the store than the one it
+    scores with (made here by `refit`, by another instance sharing the lake, or by an operator's
+    `sysmon-blt fit`) to that fit, and the incident stage after it to the fit's context (its
+    never-seen images). Each model's fit is loaded once. Call it on the thread that runs the
+    stages, between batches: a batch is scored wholly with one fit. Returns {model: (old
+    version, new version)} of the models switched ({} when every stage is current)."""
+    models = {m.name: m for m in (embedder, shadow) if m is not None}
+    fits: dict[str, LoadedScorer] = {}  # model name -> the fit switched to
+    switched: dict[str, tuple[int, int]] = {}
     for st in stages:
         # the incident stage roots incidents on the same baseline as the score stage before it
-        if not isinstance(st, (ScoreStage, IncidentStage)):
-            continue
-        loaded = new_fit(st.model)
-        if loaded is None:
-            continue
         if isinstance(st, IncidentStage):
-            st.use_fit(loaded.context)
+            if st.model in switched:
+                st.use_fit(fits[st.model].context)
             continue
+        model = models.get(getattr(st, "model", None)) if isinstance(st, ScoreStage) else None
+        if model is None:
+            continue
+        # the version first (one small query): a model whose fit did not change loads nothing
+        newest = store.latest_fit(model.name, model.version)
+        if newest is None or newest[0] <= st.version:
+            continue
+        if model.name not in fits:
+            loaded = _scorer(store, model, model_dir,
+                             embedder=embedder if model is embedder else None)
+            if loaded is None or loaded.origin != "fit":
+                continue
+            fits[model.name] = loaded
+        loaded = fits[model.name]
         explain = make_explainer(loaded, embedder, store.texts_by_hash) if st.alerts else None
+        switched[st.model] = (st.version, loaded.version)
         st.use_fit(loaded.version, loaded.scorer, explain=explain, context=loaded.context)
-    return res
+    return switched
+
+
+def fit_watcher(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
+                shadow: LinformerEmbedder | None, model_dir: str | None, every_s: float,
+                clock: Callable[[], float] = time.monotonic) -> FitWatcher:
+    """A `FitWatcher` over the running stages of `model_stages` (place it before them): every
+    ``every_s`` it asks the store for the primary's (and the shadow's) latest fit version, and
+    switches through `use_latest_fits` when one is newer than what its score stage uses."""
+    models = {m.name: m.version for m in (embedder, shadow) if m is not None}
+    return FitWatcher(store, stages, models,
+                      lambda: use_latest_fits(store, stages, embedder, shadow, model_dir),
+                      every_s=every_s, clock=clock)

@@ -38,10 +38,11 @@ class IncidentStage:
 
     def use_fit(self, context: ContextModel | None) -> None:
         """Root incidents on the new fit's baseline from now on (the consumer's automatic fit at
-        the end of its learning period, as `ScoreStage.use_fit`): without it the grouper keeps
-        the cold start's context (none), and a never-seen image no longer flags its process.
-        The process trees and open incidents stay: the events already grouped are the same
-        events, and a tree cut at the switch would split a live story in two."""
+        the end of its learning period, or one the fit watcher picked up, as
+        `ScoreStage.use_fit`): without it the grouper keeps the cold start's context (none),
+        and a never-seen image no longer flags its process. The process trees and open
+        incidents stay: the events already grouped are the same events, and a tree cut at the
+        switch would split a live story in two."""
         self.grouper.context = context
         log.info("incident_context_switched", model=self.model,
                  images=len(context.images) if context is not None else 0)

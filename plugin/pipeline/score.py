@@ -67,8 +67,10 @@ class ScoreStage:
 
     def use_fit(self, version: int, scorer, *, explain=None, context=None) -> None:
         """Score from now on with a new fit (the consumer's automatic fit at the end of its
-        learning period): the per-text caches belonged to the old scorer, the case calibration
-        to the cold start."""
+        learning period, or a newer fit the fit watcher found in a shared store): the per-text
+        caches belonged to the old scorer, the case calibration to the cold start. Called
+        between batches on the stage thread, so each batch's assignments carry the one
+        ``version`` that scored them."""
         self.version = version
         self.scorer = scorer
         self.explain = explain if explain is not None else self.explain

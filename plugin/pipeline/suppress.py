@@ -2,6 +2,11 @@
 
 After the primary model's score stage, in `import` and `consume` alike, so the same rules hold
 for a forensic import and a live stream; the events and their scores are stored unchanged.
+
+The rules are configuration, read once at start: consumers sharing one store (a DuckLake) each
+apply their own, so give every instance of a group the same `suppress` list. An analyst's verdict
+on one alert (suppressed, false_positive) is not a rule: it lives in the store's `alerts.status`,
+which the alert publisher reads on every batch, so it holds on every instance at once.
 """
 
 from __future__ import annotations

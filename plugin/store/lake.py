@@ -12,7 +12,10 @@ writes it, so the same tables and queries as the DuckDB file serve here; what di
   replay after a crash and rebalance a no-op without scanning the whole table. Upserts are MERGE.
 * **Optimistic commits.** Two instances folding into the same alert or incident row conflict at
   commit; the loser's whole batch transaction runs again (`write_batch` retries), so counts fold
-  once. Appends of different events never conflict.
+  once. Appends of different events never conflict. Two appends of the same *new* key would not
+  conflict either (DuckLake sees two inserts), so a transaction that creates an alert, incident,
+  score or incident link also bumps the one row of `lake_key_guard`: two creators then both
+  change that row, and the second to commit runs again and finds the first one's row.
 * **Migrations once.** Instances starting together on an empty PostgreSQL catalog take a
   PostgreSQL advisory lock around the catalog's creation and the migrations; the others wait and
   then find the schema current.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -48,6 +52,10 @@ PREFIX = "ducklake:"
 MIGRATION_LOCK = 0x73626C74
 #: how often a batch transaction runs again after losing a commit race
 MAX_RETRIES = 30
+#: the one-row table whose row every transaction creating a key changes (`_guard_creation`)
+GUARD = "lake_key_guard"
+#: plain inserts whose rows are counted (an incident's alerts): a duplicate would count twice
+_GUARDED_INSERTS = frozenset({"incident_alerts"})
 
 T = TypeVar("T")
 
@@ -137,9 +145,13 @@ class LakeStore(DuckDBStore):
                 self._run(attach)
             except duckdb.Error as exc:
                 raise UsageError(f"cannot open DuckLake {db}: {_first_line(exc)}"
-                                 + ("" if data_path else " (a new lake needs lake_data_path)")
+                                 + ("" if data_path else " (a new lake needs lake_data_path: "
+                                                    "the config key, or SYSMON_BLT_LAKE_DATA_PATH)")
                                  ) from exc
             self._run("USE lake")
+            # `USE` holds for this connection only: cursors (readers beside the sink, another
+            # thread's store) must name the lake too, or they find no table
+            self.con = _InLake(self.con)  # type: ignore[assignment]
             if not read_only:
                 self.migrate()
                 self._ensure_views()
@@ -170,6 +182,10 @@ class LakeStore(DuckDBStore):
     def _ensure_views(self) -> None:
         self._run("CREATE VIEW IF NOT EXISTS events_unique AS SELECT * FROM events "
                   "QUALIFY row_number() OVER (PARTITION BY event_key ORDER BY imported_at) = 1")
+        # the row key creators bump (`_guard_creation`); seeded once, under the migration lock
+        # on PostgreSQL (a second seed row elsewhere is harmless: a bump changes every row)
+        self._run(f"CREATE TABLE IF NOT EXISTS {GUARD} (creations BIGINT)")
+        self._run(f"INSERT INTO {GUARD} SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {GUARD})")
 
     # -- writes: the writer enforces the keys ------------------------------------------------
     def write_batch(self, events: dict[str, list[Any]], dead: Sequence[DeadLetter],
@@ -188,7 +204,7 @@ class LakeStore(DuckDBStore):
             except duckdb.Error as exc:
                 if not _conflict(exc) or n == MAX_RETRIES - 1:
                     raise
-                log.info("lake_commit_retry", attempt=n + 1, reason=_first_line(exc)[:200])
+                log.info("lake_commit_retry", attempt=n + 1, reason=_conflict_line(exc)[:300])
                 time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** n)))
         raise AssertionError("unreachable")
 
@@ -217,18 +233,32 @@ class LakeStore(DuckDBStore):
     def _insert_new(self, table: str, select: str, keys: Sequence[str],
                     params: list | None = None) -> None:
         on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM n.{k}" for k in keys)
-        self._run(f"INSERT INTO {table} BY NAME SELECT * FROM ({select}) n WHERE NOT EXISTS "
-                  f"(SELECT 1 FROM {table} t WHERE {on}) "
-                  f"QUALIFY row_number() OVER (PARTITION BY {', '.join('n.' + k for k in keys)}) = 1",
-                  params)
+        missing = (f"SELECT * FROM ({select}) n WHERE NOT EXISTS "
+                   f"(SELECT 1 FROM {table} t WHERE {on})")
+        if table in _GUARDED_INSERTS:
+            self._guard_creation(table, missing, params)
+        partition = ", ".join("n." + k for k in keys)
+        self._run(f"INSERT INTO {table} BY NAME {missing} "
+                  f"QUALIFY row_number() OVER (PARTITION BY {partition}) = 1", params)
 
     def _upsert(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
                 params: list | None = None) -> None:
+        self._guard_creation(table, f"SELECT * FROM ({select}) n WHERE NOT EXISTS (SELECT 1 "
+                             f"FROM {table} t WHERE "
+                             + " AND ".join(f"t.{k} = n.{k}" for k in keys) + ")", params)
         on = " AND ".join(f"{table}.{k} = incoming.{k}" for k in keys)
         self._run(f"MERGE INTO {table} USING ({select}) incoming ON {on} "
                   "WHEN MATCHED THEN UPDATE SET "
                   + ", ".join(x.format(new="incoming") for x in sets)
                   + " WHEN NOT MATCHED THEN INSERT BY NAME", params)
+
+    def _guard_creation(self, table: str, missing: str, params: list | None) -> None:
+        """Bump the guard row when ``missing`` (the incoming rows ``table`` holds no key of)
+        finds any: a concurrent creator of the same key then conflicts at commit and runs again
+        (DuckLake lets two inserts commit side by side, which would leave two rows of a key)."""
+        if self._run(f"SELECT 1 FROM ({missing}) LIMIT 1", params):
+            log.debug("lake_key_guard", table=table)
+            self._run(f"UPDATE {GUARD} SET creations = creations + 1")
 
     def _upsert_assignments(self, rows: Sequence[dict], inserted: set[str] | None) -> None:
         """Rows of events this batch stored new are plain appends (no other writer holds
@@ -266,9 +296,15 @@ class LakeStore(DuckDBStore):
 
     # -- operations --------------------------------------------------------------------------
     def maintain(self, *, older_than_days: float = 7.0) -> dict[str, int]:
-        """Remove duplicate rows a race let in (the oldest row of a key stays), flush rows the
-        catalog holds inline into Parquet, merge small files, expire snapshots older than
-        ``older_than_days`` and delete the files nobody references any more."""
+        """Remove duplicate rows a race let in (the oldest row of a key stays), flush the rows
+        the catalog holds inline into Parquet, merge small files, rewrite files mostly deleted,
+        expire snapshots older than ``older_than_days`` and delete the files only expired
+        snapshots referenced. Safe beside running writers: each step is its own transaction
+        (run again after a commit conflict), and files still referenced by a snapshot younger
+        than the cutoff stay, so a reader in the middle of a query keeps its files. Files no
+        snapshot ever referenced are left alone: a writer's uncommitted files look the same."""
+        if older_than_days < 0:
+            raise UsageError(f"maintain: snapshot age {older_than_days} days must be >= 0")
         done: dict[str, int] = {}
 
         def dedupe() -> None:
@@ -283,18 +319,59 @@ class LakeStore(DuckDBStore):
             except Exception:
                 self._rollback()
                 raise
+
         self.retrying(dedupe)
-        self._run("CALL ducklake_flush_inlined_data('lake')")
-        done["files_merged"] = _count(self._run("CALL ducklake_merge_adjacent_files('lake')"))
-        done["snapshots_expired"] = _count(self._run(
-            "CALL ducklake_expire_snapshots('lake', older_than => now() - to_days(?))",
-            [int(older_than_days)]))
-        done["files_deleted"] = _count(self._run(
-            "CALL ducklake_cleanup_old_files('lake', cleanup_all => true)"))
+        # each result row names a table with what was done to it (or one expired snapshot, or
+        # one deleted file): the counts a person reads are the sums
+        done["rows_flushed"] = self._call("ducklake_flush_inlined_data('lake')", "rows_flushed")
+        done["files_merged"] = self._call("ducklake_merge_adjacent_files('lake')",
+                                          "files_processed")
+        done["files_rewritten"] = self._call("ducklake_rewrite_data_files('lake')",
+                                             "files_processed")
+        cutoff = datetime.now(timezone.utc) - timedelta(days=older_than_days)
+        done["snapshots_expired"] = self._call(
+            "ducklake_expire_snapshots('lake', older_than => ?::TIMESTAMPTZ)", None, [cutoff])
+        done["files_deleted"] = self._call(
+            "ducklake_cleanup_old_files('lake', cleanup_all => true)", None)
+        log.info("lake_maintained", db=self.path, older_than_days=older_than_days, **done)
         return done
+
+    def _call(self, function: str, column: str | None, params: list | None = None) -> int:
+        """CALL a DuckLake maintenance function in a transaction of its own (again after a
+        commit conflict with a writer): the sum of ``column`` over its rows, or (None) how many
+        rows it returned."""
+        def attempt() -> int:
+            cur = self.con.execute(f"CALL {function}", params or [])
+            names = [d[0] for d in cur.description or ()]
+            rows = cur.fetchall()
+            if column is None:
+                return len(rows)
+            i = names.index(column)
+            return int(sum(r[i] or 0 for r in rows))
+        return self.retrying(attempt)
 
     def for_thread(self) -> "LakeStore":
         return super().for_thread()  # type: ignore[return-value]
+
+
+class _InLake:
+    """A DuckDB connection whose cursors read and write the lake by default, as it does.
+
+    A cursor is a new connection to the same DuckDB instance and starts in its in-memory
+    database: without this, every query a store runs on a cursor (`read_vectors`, the
+    integrity and event readers, `for_thread`) failed with "Table ... does not exist".
+    Everything else is the connection's own."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    def cursor(self) -> "_InLake":
+        cur = self._con.cursor()
+        cur.execute("USE lake")
+        return _InLake(cur)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
 
 
 #: (table, key columns, which row of a key stays): what `maintain` deduplicates
@@ -306,13 +383,16 @@ _UNIQUE = (
 )
 
 
-def _count(rows: list) -> int:
-    return len(rows)
-
-
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _conflict_line(exc: BaseException) -> str:
+    """The line of a failed commit that says what conflicted (its first line only says that
+    the commit failed)."""
+    lines = str(exc).strip().splitlines()
+    return next((x for x in lines if "conflict" in x.lower()), _first_line(exc))

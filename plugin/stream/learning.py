@@ -8,6 +8,14 @@ Then the consumer fits on what it stored, holding back every text the cold start
 attack inside the window stays evidence, never "normal"), switches its scorers to the new fit,
 and says so in its logs and metrics. A store that already has a fit has no learning period;
 a restart resumes the count from the store (its event count and its oldest event's write time).
+
+On a store shared by several consumers (a DuckLake) the period may end without fitting here:
+when the fit watcher (`plugin.pipeline.fitwatch`) picks up a fit another instance or an operator
+made, the consumer switches to it and the period is over (`adopted`); and the fit at the end
+re-checks the store first (`plugin.pipeline.assemble.finish_learning`), so an instance whose
+period ends after another's fit only switches. Instances ending at the same moment may each
+still fit (the re-check narrows that window, it does not close it); their watchers then all
+move to the newest version.
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ class LearningPeriod:
         self.events = store.event_count()
         self.since: datetime = store.first_stored_at() or utcnow()
         self.scheduled = False
-        log.warning("learning_period", events_needed=events, hours=hours, events_so_far=self.events,
-                 since=self.since.isoformat(),
-                 note="cold start: events are scored and stored; only scores of at least the "
-                      "learning bar alert until the automatic fit")
+        #: the period is over: fitted here, or a fit made elsewhere was adopted
+        self.ended = False
+        log.warning("learning_period", events_needed=events, hours=hours,
+                    events_so_far=self.events, since=self.since.isoformat(),
+                    note="cold start: events are scored and stored; only scores of at least "
+                         "the learning bar alert until the automatic fit")
 
     def observe(self, new_events: int) -> None:
         self.events += new_events
@@ -51,12 +61,27 @@ class LearningPeriod:
         return self.events >= self.events_needed and hours >= self.hours
 
     def run(self) -> dict:
-        """Fit and switch (on the stage thread, between batches)."""
+        """Fit and switch (on the stage thread, between batches); nothing when the period
+        already ended (a fit made elsewhere was adopted after this run was scheduled)."""
+        if self.ended:
+            return {}
         t0 = time.monotonic()
         res = self.finish()
+        self.ended = True
         log.warning("learning_period_ended", events=self.events, fit_version=res.get("version"),
-                 baseline_texts=res.get("baseline_texts"),
-                 held_back_outlier_texts=res.get("held_back_outlier_texts"),
-                 seconds=round(time.monotonic() - t0, 2),
-                 note="scoring with the new fit; texts the cold start flagged were held back")
+                    adopted=bool(res.get("adopted")), baseline_texts=res.get("baseline_texts"),
+                    held_back_outlier_texts=res.get("held_back_outlier_texts"),
+                    seconds=round(time.monotonic() - t0, 2),
+                    note="scoring with the new fit; texts the cold start flagged were held back")
         return res
+
+    def adopted(self, version: int) -> bool:
+        """A fit made elsewhere was picked up (the stages already switched to it): the period
+        is over without a fit here. True when this ended it (False: it had ended already)."""
+        if self.ended:
+            return False
+        self.ended = self.scheduled = True
+        log.warning("learning_period_ended", events=self.events, fit_version=version,
+                    adopted=True, note="a fit made elsewhere (another instance, `sysmon-blt "
+                                       "fit`) was picked up: scoring with it, not fitting here")
+        return True

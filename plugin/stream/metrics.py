@@ -44,6 +44,9 @@ class StreamMetrics:
         self.learning = Gauge("sysmon_blt_learning",
                               "1 during the learning period (no fit yet: only scores at the "
                               "learning bar alert)", registry=r)
+        self.fits_picked_up = Counter("sysmon_blt_fits_picked_up",
+                                      "newer fits made elsewhere (another instance, `fit`) "
+                                      "this consumer switched to", ["model"], registry=r)
         self.lag = Gauge("sysmon_blt_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=r)
         self._joined = threading.Event()

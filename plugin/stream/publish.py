@@ -7,6 +7,11 @@ A stage after scoring. It publishes before the batch is written and the consumer
 producer before it commits offsets, so a crash in between publishes the alert again on replay
 (at least once) and never loses it. Twins of an alert fold into its count silently unless the
 alert was quiet for a while (see `AlertPublisher`).
+
+Analysts' verdicts are shared: the publisher keeps no status in memory, it reads the batch's
+alerts' statuses from the store on every batch (one query by id, only for batches with alerts),
+so an alert marked false_positive or suppressed through any instance sharing the store (a
+DuckLake), its triage page or `alerts mark`, stops alerting here from the next batch on.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class AlertPublisher:
         self.held_back = 0
         self.rate_summaries = 0
         self.incidents_published = 0
-        self._seen: dict[str, datetime] = {}  # alert -> latest twin seen here (not yet stored)
+        # alert -> latest twin seen here (not yet stored): the quiet window only, never a status
+        self._seen: dict[str, datetime] = {}
         self._per_host: dict[tuple[str, int], int] = {}  # (computer, minute) -> messages
 
     def __call__(self, batch: Batch) -> None:
