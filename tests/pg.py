@@ -21,9 +21,12 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-#: where the PostgreSQL 15 server binaries live (Debian's layout); SYSMON_BLT_TEST_PG_BIN overrides
-PG_BIN = Path(os.environ.get("SYSMON_BLT_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+#: where the PostgreSQL 15 server binaries live (Debian's layout); SBLT_TEST_PG_BIN overrides (not
+#: SYSMON_BLT_*: the command line rejects unknown variables of its own prefix)
+PG_BIN = Path(os.environ.get("SBLT_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "postgres"
+#: how the temporary folders of these servers begin (`reap_stale` looks for them)
+PREFIX = "sblt-pg-"
 
 
 def unavailable() -> str | None:
@@ -39,6 +42,43 @@ def unavailable() -> str | None:
     if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != PG_USER:
         return f"starting a server as {PG_USER!r} needs root (or running as {PG_USER!r})"
     return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and not yet waited for, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def reap_stale(parent: Path | None = None) -> list[Path]:
+    """Stop and remove the servers of test processes that died before their teardown (a test
+    run killed by a timeout or a closed pipe): each server folder names its owner's pid, and
+    a server whose owner is gone would otherwise run until the machine stops. The folders
+    reaped."""
+    parent = Path(parent or tempfile.gettempdir())
+    reaped = []
+    for owner in parent.glob(f"{PREFIX}*/owner.pid"):
+        try:
+            pid = int(owner.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid):
+            continue
+        server = PgServer(owner.parent)
+        server._started = (server.data / "postmaster.pid").exists()
+        server.stop()
+        reaped.append(owner.parent)
+        log.warning("pg_test_server_reaped", root=str(owner.parent), owner_pid=pid)
+    return reaped
 
 
 def free_port() -> int:
@@ -59,7 +99,7 @@ class PgServer:
         reason = unavailable()
         if reason:
             raise RuntimeError(reason)
-        self.root = Path(root or tempfile.mkdtemp(prefix="sblt-pg-"))
+        self.root = Path(root or tempfile.mkdtemp(prefix=PREFIX))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
         self.port = 0
@@ -85,8 +125,11 @@ class PgServer:
         return proc
 
     def start(self) -> "PgServer":
-        """initdb, then start on a free port and wait until it accepts connections."""
+        """initdb, then start on a free port and wait until it accepts connections (first
+        reaping the servers of test processes that died without stopping theirs)."""
+        reap_stale(self.root.parent)
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         self.sock.mkdir(exist_ok=True)
         for p in (self.root, self.sock):
             os.chown(p, self._user.pw_uid, self._user.pw_gid)

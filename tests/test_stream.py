@@ -363,6 +363,64 @@ def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_pat
     assert committed(broker) == n
 
 
+def test_partitions_paused_across_a_rebalance_fetch_again(broker, tmp_path):
+    """A rebalance while the partitions are paused (back-pressure) must not leave them paused:
+    librdkafka keeps a partition's pause across revoke and assign, and the consumer (believing a
+    new assignment fetches) once stopped consuming for good after another instance died."""
+    import threading
+
+    from plugin.normalize.normalizer import Normalizer
+    from plugin.normalize.schema import load_schemas
+    from plugin.store import open_store
+    from plugin.stream.consumer import StreamConsumer
+
+    make_topics(broker, "sysmon")
+    store = open_store(str(tmp_path / "p.duckdb"))
+    gate = threading.Event()  # the models hang (every slot taken, paused) until the revoke
+
+    def blocked(batch):
+        gate.wait(60)
+
+    n = 400
+    produce(broker, "sysmon", simulated(n, seed=23))
+    consumer = StreamConsumer(store, Normalizer(load_schemas(None)), [blocked], bootstrap=broker,
+                              topics=["sysmon"], group=GROUP, batch_size=20, batch_ms=50,
+                              settings={"session.timeout.ms": 6000})
+    revoke = consumer._on_revoke
+
+    def on_revoke(c, partitions):  # still paused here; let the drain finish
+        gate.set()
+        revoke(c, partitions)
+
+    consumer._on_revoke = on_revoke
+    halt = threading.Event()
+    t = threading.Thread(target=lambda: consumer.run(halt))
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not consumer._paused:
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.02)
+        other = Consumer({"bootstrap.servers": broker, "group.id": GROUP,
+                          "session.timeout.ms": 6000, "enable.auto.commit": False})
+        other.subscribe(["sysmon"])  # a second instance joins (a rebalance), then leaves
+        while not other.assignment():
+            assert time.monotonic() < deadline
+            other.poll(0.2)
+        other.close()
+        deadline = time.monotonic() + 120
+        while sum(consumer.summary.committed.values()) < n:
+            assert time.monotonic() < deadline, consumer.summary
+            assert t.is_alive()
+            time.sleep(0.3)
+    finally:
+        halt.set()
+        t.join(60)
+    stored = store.con.execute("SELECT count(*) FROM events").fetchone()[0]
+    store.close()
+    assert stored == n and committed(broker) == n
+
+
 def test_a_store_without_a_fit_learns_then_fits_holding_back_what_it_flagged(broker, tmp_path):
     """The learning period: on a fresh store only scores at the learning bar alert; once the
     events (and hours) are reached the consumer fits on what it stored, holding back the texts

@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "ducklake:PATH.ducklake) or a DuckDB file (default: the `db` config key, "
                     "else ./sysmon-blt.duckdb)")
     mt.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
-                    help="expire DuckLake snapshots older than DAYS (default 7; 0 keeps only "
-                    "the newest)")
+                    help="expire DuckLake snapshots older than DAYS, and delete the files "
+                    "only they referenced (default 7; 0 keeps only the newest snapshot, and a "
+                    "query running meanwhile may lose its files)")
     _json_flag(mt, "what was done as one JSON object", "one line per step")
 
     al = command(

@@ -90,6 +90,7 @@ class FitQueries:
             return
         self.con.begin()
         try:
+            self._claim_key("fits")
             self._run("INSERT INTO fits VALUES (?, ?, 0, ?, 'shipped', ?, NULL, ?)",
                       [model, model_version, _now(), scorer, json.dumps(meta)])
             for i in range(clusters.centroids.shape[0]):
@@ -106,6 +107,7 @@ class FitQueries:
         """Store a new fit whole (fit row, clusters, baseline texts); returns its version."""
         self.con.begin()
         try:
+            self._claim_key("fits")
             version = int(self._run("SELECT coalesce(max(version), 0) + 1 FROM fits "
                                     "WHERE model = ?", [model])[0][0])
             events = int(sum(w for _, w in baseline))
@@ -146,6 +148,10 @@ class FitQueries:
             self._rollback()
             raise
 
+
+    def _claim_key(self, table: str) -> None:
+        """Before creating a key of ``table`` (a fit version): nothing in a DuckDB file, whose
+        primary key refuses a second one; a DuckLake makes concurrent creators conflict."""
 
     def _replace_labels(self, table: str) -> None:
         """Labels of ``table`` replace older labels of the same events."""

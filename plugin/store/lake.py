@@ -286,6 +286,32 @@ class LakeStore(DuckDBStore):
                       "AND assignments.incident_id IS NULL")
         return [(r[0], bool(r[1])) for r in changed]
 
+    def _claim_key(self, table: str) -> None:
+        self._run(f"UPDATE {GUARD} SET creations = creations + 1")
+
+    def record_shipped_fit(self, *args: Any, **kwargs: Any) -> None:
+        """Instances starting together on a new lake each record the shipped fit: one commits,
+        the others run again and find it there."""
+        self.retrying(lambda: super(LakeStore, self).record_shipped_fit(*args, **kwargs))
+
+    def save_fit(self, *args: Any, **kwargs: Any) -> int:
+        """Two fits at once would both take version max+1: the loser runs again and takes the
+        next one."""
+        return self.retrying(lambda: super(LakeStore, self).save_fit(*args, **kwargs))
+
+    def register_model(self, model: str, version: str, dim: int, directory: str | None) -> None:
+        """The file's, as one transaction run again on a conflict: instances starting together
+        all replace the event_vectors view, and DuckLake lets one of them commit."""
+        def attempt() -> None:
+            self.con.begin()
+            try:
+                super(LakeStore, self).register_model(model, version, dim, directory)
+                self.con.commit()
+            except Exception:
+                self._rollback()
+                raise
+        self.retrying(attempt)
+
     def keep_evaluation(self, event_keys, is_attack, how, spec, results) -> None:
         self.retrying(lambda: super(LakeStore, self).keep_evaluation(
             event_keys, is_attack, how, spec, results))

@@ -176,7 +176,11 @@ class StreamConsumer:
 
     def _on_assign(self, consumer, partitions) -> None:
         log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}" for p in partitions])
-        self._paused = False  # a new assignment starts fetching; the loop pauses it if need be
+        # librdkafka keeps a partition's pause across revoke and assign: one paused for
+        # back-pressure when a rebalance came would never fetch again (seen when an instance of
+        # a group died), so a new assignment is resumed explicitly; the loop pauses it if need be
+        consumer.resume(partitions)
+        self._paused = False
         self.metrics.paused.set(0)
         self.metrics.joined()
 
