@@ -334,8 +334,8 @@ def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_pat
     Importer(store, load_schemas(None), progress=False).run([str(old)])
     assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 50
 
-    def slow(batch):  # a model far slower than the input
-        time.sleep(0.3)
+    def slow(batch):  # a model far slower than the input (slots stay taken past PAUSE_AFTER_S)
+        time.sleep(0.6)
 
     n = 600
     produce(broker, "sysmon", simulated(n, seed=21))
