@@ -392,3 +392,19 @@ def test_a_verdict_written_by_another_writer_stops_the_alert_on_the_next_batch(
     finally:
         other.close()
         store.close()
+
+
+def test_enrich_in_the_consumer_scores_with_the_fit_picked_up(running, schemas_module):
+    """`consume --serve`: /enrich answers with the fit the stages switched to, not the one it
+    loaded at start (its per-text cache held the old fit's scores)."""
+    from plugin.detect.enrich import Enricher
+
+    r = running
+    enricher = Enricher.for_store(r.store, r.embedder, Path(r.model_dir), schemas_module)
+    doc = json.loads(records(1, seed=77)[0].data)
+    assert enricher.enrich(doc)["sysmon_blt"]["fit_version"] == 0
+    assert r.fit_elsewhere() == 1
+    assert enricher.enrich(doc)["sysmon_blt"]["fit_version"] == 0  # until it is told
+    assert enricher.use_latest_fit(Path(r.model_dir)) == 1
+    block = enricher.enrich(doc)["sysmon_blt"]
+    assert block["fit_version"] == 1 and "explanation" in block

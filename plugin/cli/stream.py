@@ -46,7 +46,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     shadow = load_shadow(cfg) if embedder is not None else None
     store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.stream_db_memory_limit, long_running=True)
     metrics = StreamMetrics()
-    producer = server = http_store = pool = None
+    producer = server = http_store = pool = enricher = None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -74,7 +74,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 raise UsageError("consume --serve: enrichment needs a model; pass --model")
             http_store = store.for_thread()
             warn_open(listen[0], cfg.service_token)
-            server = BackgroundServer(service_app(http_store, cfg, embedder, metrics), *listen)
+            enricher = enricher_of(http_store, cfg, embedder)
+            server = BackgroundServer(service_app(http_store, cfg, embedder, metrics, enricher),
+                                      *listen)
             server.start()
         learning = None
         primary = next((st for st in stages if getattr(st, "case", None) is not None), None)
@@ -88,7 +90,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 finish=lambda: finish_learning(store, stages, embedder, shadow, cfg.model))
             metrics.learning.set(1)
         if embedder is not None and cfg.fit_poll_seconds > 0:
-            stages.insert(0, watch_fits(store, stages, embedder, shadow, cfg, metrics, learning))
+            watcher = watch_fits(store, stages, embedder, shadow, cfg, metrics, learning)
+            if enricher is not None:  # /enrich scores with the fit the stages now use
+                from plugin.pipeline.assemble import model_dir_of
+
+                watcher.on_switch(lambda model, old, new: enricher.use_latest_fit(
+                    model_dir_of(cfg)) if model == embedder.name else None)
+            stages.insert(0, watcher)
         consumer = StreamConsumer(store, Normalizer(load_schemas(cfg.schemas_dir)), stages,
                                   bootstrap=args.bootstrap, topics=args.topic, group=args.group,
                                   settings=cfg.kafka, batch_size=cfg.stream_batch_size,
@@ -134,15 +142,20 @@ def watch_fits(store: Store, stages: list[BatchStage], embedder: BLTEmbedder,
     return watcher
 
 
-def service_app(store, cfg, embedder, metrics):
-    """The HTTP app over ``store`` with the model directory's enricher."""
+def enricher_of(store, cfg, embedder):
+    """The enricher over ``store``: its latest fit, the model directory's shipped clusters."""
     from plugin.detect.enrich import Enricher
     from plugin.normalize.schema import load_schemas
     from plugin.pipeline.assemble import model_dir_of
+
+    return Enricher.for_store(store, embedder, model_dir_of(cfg), load_schemas(cfg.schemas_dir))
+
+
+def service_app(store, cfg, embedder, metrics, enricher=None):
+    """The HTTP app over ``store`` with the model directory's enricher."""
     from plugin.service.app import ServiceSettings, build_app
 
-    return build_app(store, Enricher.for_store(store, embedder, model_dir_of(cfg),
-                                               load_schemas(cfg.schemas_dir)), metrics,
+    return build_app(store, enricher or enricher_of(store, cfg, embedder), metrics,
                      ServiceSettings(token=cfg.service_token, max_body=cfg.service_max_body,
                                      report_dir=cfg.service_report_dir))
 

@@ -393,6 +393,25 @@ class Enricher:
         self._passes = itertools.count(1)
         self._sync(store)  # read the indexes now, not on the first request
 
+    def use_latest_fit(self, model_dir: Path) -> int | None:
+        """Score and explain with the store's latest fit from now on: a consumer that picked up
+        a fit made elsewhere (`fit` on a shared lake) answers /enrich with it too. The per-text
+        cache holds scores of the old fit, so it starts again; a request already running
+        finishes with the fit it began with. Returns the fit version now used."""
+        from plugin.detect.explain import make_explainer
+        from plugin.detect.fitting import load_scorer
+
+        store = self._store()
+        loaded = load_scorer(store, self.embedder.name, self.embedder.version, model_dir,
+                             record=False, embedder=self.embedder)
+        baseline = BaselineTexts(loaded.baseline_hashes if loaded is not None else [])
+        baseline.reload(store, everything=True)
+        explain = make_explainer(loaded, self.embedder, baseline) if loaded is not None else None
+        self._texts = _TextCache()
+        self.loaded, self.baseline_texts, self.explain = loaded, baseline, explain
+        self._next_generation()
+        return loaded.version if loaded is not None else None
+
     def _store(self) -> Store:
         """This thread's connection to the store (a DuckDB connection serves one thread)."""
         own = getattr(self._local, "store", None)
