@@ -238,6 +238,15 @@ class Flow:
         """Batches handed to the stages and sink and not yet written."""
         return sum(1 for fut, _ in self._inflight if not fut.done())
 
+    def wait(self, timeout: float) -> None:
+        """Block until a batch in flight is written (or ``timeout`` seconds): a source that
+        stops taking input while `full` waits here instead of spinning beside the stages."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        pending = [fut for fut, _ in self._inflight if not fut.done()]
+        if pending:
+            wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+
     def full(self) -> bool:
         """The next flush would wait for the sink: a source that can (Kafka) pauses instead."""
         return self.in_flight() >= self.max_pending

@@ -99,7 +99,7 @@ class StreamConsumer:
         try:
             while not stop.is_set():
                 if self._flow.full() and not self._paused:  # a short stall: wait, take nothing
-                    time.sleep(0.005)
+                    self._flow.wait(POLL_S)
                     self._commit(self._flow.completed())
                     self._backpressure()
                     continue
