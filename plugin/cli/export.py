@@ -48,7 +48,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"export: cannot create --out {out}: {exc.strerror or exc}") from exc
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=True, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                       read_only=True, memory_limit=cfg.db_memory_limit)
     try:
         results = store.export_tables(out, args.format, tables)
     finally:

@@ -44,7 +44,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
     listen = parse_listen(args.serve) if args.serve else None
     embedder = None if args.no_embed else load_embedder(cfg.model)
     shadow = load_shadow(cfg) if embedder is not None else None
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.stream_db_memory_limit, long_running=True)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                       memory_limit=cfg.stream_db_memory_limit, long_running=True)
     metrics = StreamMetrics()
     producer = server = http_store = pool = enricher = None
     stop = threading.Event()
@@ -183,7 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # threads on top of them oversubscribe a small machine (benchmarks/enrich_latency.py on 2
     # shared cores: p99 160-210 ms against 190-260 with 2 threads; the same vectors either way)
     torch.set_num_threads(1)
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit, long_running=True)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                       memory_limit=cfg.db_memory_limit, long_running=True)
     try:
         app = service_app(store, cfg, embedder, StreamMetrics(needs_group=False))
         warn_open(host, cfg.service_token)

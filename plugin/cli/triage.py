@@ -83,7 +83,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     cfg = existing_db("alerts", args)
     if args.action == "list" and args.top < 0:
         raise UsageError("alerts list: --top must be >= 0")
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=args.action != "mark", memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                       read_only=args.action != "mark", memory_limit=cfg.db_memory_limit)
     try:
         if args.action == "list":
             rows = store.list_alerts(status=args.status, host=args.host, since=args.since,
@@ -153,7 +154,8 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise UsageError("incidents: --top must be >= 0")
     cfg = existing_db("incidents", args)
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, read_only=True, memory_limit=cfg.db_memory_limit)
+    store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                       read_only=True, memory_limit=cfg.db_memory_limit)
     try:
         rows = store.list_incidents(top=args.top or None, host=args.host)
         total = store.incident_count()
