@@ -691,7 +691,14 @@ def test_compose_volumes_builds_and_databases(compose, services):
             assert context.is_dir() and (context / build["dockerfile"]).is_file(), name
         if is_app(svc):
             db = getattr(parse_cli([str(a) for a in svc["command"]]), "db", None)
-            if db:
+            if db and db.startswith("ducklake:"):  # the catalog is a service; its data a volume
+                data = (svc.get("environment") or {}).get("SYSMON_BLT_LAKE_DATA_PATH", "")
+                assert data and any(Path(data).is_relative_to(t) for t in mounts), (
+                    f"{name}: the lake's data path {data!r} is on no volume")
+                host = re.search(r"host=(\S+)", db)
+                assert host and host.group(1) in services, f"{name}: no catalog service in {db}"
+                assert "password" not in db, f"{name}: a password in --db is logged"
+            elif db:
                 assert any(Path(db).is_relative_to(t) for t in mounts), (
                     f"{name}: --db {db} is on no volume and would be lost with the container")
 
