@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from test_stream import GROUP, ROOT, broker, make_topics, produce, simulated, stop  # noqa: F401
+from test_stream import (GROUP, ROOT, broker, committed, make_topics, produce,  # noqa: F401
+                         simulated, stop)
 
 PARTITIONS = 6
 
@@ -36,15 +36,6 @@ def start(bootstrap: str, db: str, env: dict[str, str], log: Path) -> subprocess
         [sys.executable, "-m", "plugin.cli", "consume", "--bootstrap", bootstrap, "--topic",
          "sysmon", "--group", GROUP, "--db", db, "-v"],
         stdout=subprocess.PIPE, stderr=log.open("a"), text=True, env=env, cwd=ROOT)
-
-
-def committed(bootstrap: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP})
-    try:
-        tps = c.committed([TopicPartition("sysmon", p) for p in range(PARTITIONS)], timeout=10)
-    finally:
-        c.close()
-    return sum(max(tp.offset, 0) for tp in tps)
 
 
 def wait_for(what, done, procs, timeout: float) -> None:
@@ -94,18 +85,18 @@ def test_three_consumers_one_lake_sigkill_fit_pickup_exactly_once(broker, pg_ser
     logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
     procs = [start(broker, db, env, logs[i]) for i in range(3)]
     try:
-        wait_for("for the first commits", lambda: committed(broker) >= 200, procs, 300)
+        wait_for("for the first commits", lambda: committed(broker, PARTITIONS) >= 200, procs, 300)
         procs[0].kill()  # SIGKILL: no drain, no commit; its partitions move to the others
         procs[0].wait()
         procs[0] = start(broker, db, env, logs[0])
         n, _ = lake_rows(db, env)  # a fourth process reads while the consumers write
         assert n > 0
-        wait_for("for the first wave", lambda: committed(broker) >= len(first), procs, 600)
+        wait_for("for the first wave", lambda: committed(broker, PARTITIONS) >= len(first), procs, 600)
         cli(db, env, "fit")  # an operator fits on the shared lake while the consumers run
         time.sleep(3)  # longer than the instances' fit poll
         produce(broker, "sysmon", second)
         total = len(first) + len(second)
-        wait_for("for everything", lambda: committed(broker) >= total, procs, 600)
+        wait_for("for everything", lambda: committed(broker, PARTITIONS) >= total, procs, 600)
         n, sources = lake_rows(db, env)
         assert n == total and sources >= 3  # keyed by computer: the hosts hash to most partitions
     finally:

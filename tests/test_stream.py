@@ -312,6 +312,15 @@ def test_a_host_over_its_alert_rate_gets_one_rate_summary(broker, tmp_path, two_
     assert kinds == ["alert", "rate_summary"]  # the rest of the minute is stored, not sent
 
 
+def wait_all_committed(consumer, thread, n: int, timeout: float = 120) -> None:
+    """Until a StreamConsumer running on ``thread`` has committed ``n`` messages."""
+    deadline = time.monotonic() + timeout
+    while consumer.summary.commits == 0 or sum(consumer.summary.committed.values()) < n:
+        assert time.monotonic() < deadline, consumer.summary
+        assert thread.is_alive()
+        time.sleep(0.3)
+
+
 def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_path):
     """Back-pressure: while every batch slot is taken the partitions are paused (not buffered in
     memory), they resume when a batch is written, and every event is stored and committed."""
@@ -346,11 +355,7 @@ def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_pat
     t = threading.Thread(target=lambda: consumer.run(halt))
     t.start()
     try:
-        deadline = time.monotonic() + 120
-        while consumer.summary.commits == 0 or sum(consumer.summary.committed.values()) < n:
-            assert time.monotonic() < deadline, consumer.summary
-            assert t.is_alive()
-            time.sleep(0.3)
+        wait_all_committed(consumer, t, n)
     finally:
         halt.set()
         t.join(60)
@@ -408,11 +413,7 @@ def test_partitions_paused_across_a_rebalance_fetch_again(broker, tmp_path):
             assert time.monotonic() < deadline
             other.poll(0.2)
         other.close()
-        deadline = time.monotonic() + 120
-        while sum(consumer.summary.committed.values()) < n:
-            assert time.monotonic() < deadline, consumer.summary
-            assert t.is_alive()
-            time.sleep(0.3)
+        wait_all_committed(consumer, t, n)
     finally:
         halt.set()
         t.join(60)
