@@ -152,6 +152,25 @@ def rss_mb(pid: int) -> list[float] | None:
     return out
 
 
+def cpu_seconds(pid: int) -> list[float]:
+    """CPU seconds (user + system) used so far by a process and each of its descendants, in the
+    order of `rss_mb`: where the consumer's time goes (its own process or its workers)."""
+    out, todo, seen = [], [pid], set()
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop(0)
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out.append((int(fields[11]) + int(fields[12])) / tick)
+        todo += _children(p)
+    return out
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -194,6 +213,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
     reader.latencies.clear()
     produced, mid_lag, t0 = warmup, None, time.monotonic()
     rss, next_rss = [], t0
+    cpu0 = cpu_seconds(consumer.pid)
     for i, (key, rec) in enumerate(timed):
         if time.monotonic() >= next_rss:
             rss.append(rss_mb(consumer.pid))
@@ -208,6 +228,8 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
         if mid_lag is None and time.monotonic() - t0 >= seconds / 2:
             mid_lag = lag(bootstrap, topic, group, produced)
     producer.flush(10)
+    cpu1 = cpu_seconds(consumer.pid)
+    wall = time.monotonic() - t0
     end_lag = lag(bootstrap, topic, group, produced)
     time.sleep(3)  # the last alerts
     reader.stop.set()
@@ -221,6 +243,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             "held": end_lag is not None and end_lag < rate, "consumer_exit": consumer.returncode,
             "rss_mb": [round(sum(x)) for x in rss if x is not None],
             "new_text_share": new_text_share(db, topic, start_offsets),
+            "cpu_per_process_pct": [round(100 * (b - a) / wall) for a, b in zip(cpu0, cpu1)],
             "rss_last_per_process": [round(x) for x in next((x for x in reversed(rss) if x), [])]}
 
 
@@ -248,6 +271,8 @@ def main() -> None:
             share = r["new_text_share"]
             print(f"       texts new to the consumer in the timed window: "
                   f"{'?' if share is None else f'{share:.1%}'} of events", flush=True)
+            print(f"       CPU in the timed window, % of one core: consumer, then each worker: "
+                  f"{r['cpu_per_process_pct']}", flush=True)
             m = r["rss_mb"]
             if m:
                 base = m[min(6, len(m) - 1)]  # one minute in: models loaded, caches warm
