@@ -226,3 +226,75 @@ def test_a_durable_batch_knows_when_its_first_record_came(store, normalizer):
     flow.close()
     assert t0 <= done.started <= t0 + 0.04
     assert flow.in_flight() == 0
+
+
+def test_the_next_batch_is_embedded_while_this_one_is_scored(store, normalizer, micro_model_dir):
+    """Embedding runs one batch ahead on its own thread; scoring on the stage thread still reads
+    the surprisal of its own batch's embedding pass (per thread), never a pass of the batch
+    embedded meanwhile, so the entropy model is not run a second time."""
+    import threading
+
+    from plugin.detect.surprisal import window_surprisal
+    from plugin.models.embedder import BLTEmbedder
+    from plugin.pipeline.cache import EmbeddingCache
+    from plugin.pipeline.embed import EmbedStage
+
+    emb = BLTEmbedder.from_dir(micro_model_dir)
+    store.register_model(emb.name, emb.version, emb.dim, str(micro_model_dir))
+    embed = EmbedStage(emb, EmbeddingCache(store, emb.name, emb.version))
+    threads = {"embed": set(), "score": set()}
+    reruns = []
+    fresh = emb.model.entropy.surprisal
+    emb.model.entropy.surprisal = lambda *a: reruns.append(1) or fresh(*a)
+    embedded = emb.embed
+
+    def embed_on(texts):
+        threads["embed"].add(threading.current_thread().name)
+        return embedded(texts)
+
+    emb.embed = embed_on
+    overlapped = []
+
+    def score(batch):
+        threads["score"].add(threading.current_thread().name)
+        texts = [e.normalized for e in batch.events]
+        time.sleep(0.05)  # the next batch is embedded meanwhile
+        overlapped.append(embed.texts_embedded)
+        window_surprisal(emb, texts)
+
+    flow = Flow(store, normalizer, [embed, score], batch_size=2)
+    for i in range(8):  # distinct texts: every batch embeds
+        data = orjson.loads(record(i).data)
+        data["Event"]["EventData"]["CommandLine"] = f"tool.exe /run {i} {'x' * i}"
+        flow.feed(RawRecord("t.json", i, orjson.dumps(data)))
+    flow.flush()
+    counts = flow.drain()
+    flow.close()
+    assert counts.new_events == 8 and embed.texts_embedded == 8
+    assert threads["embed"].isdisjoint(threads["score"])
+    assert reruns == []  # every batch's surprisal came from its own embedding pass
+    # while a batch was scored, a later one had already been embedded at least once
+    assert any(n > 2 * (k + 1) for k, n in enumerate(overlapped))
+
+
+def test_room_says_how_many_events_the_next_batch_takes_before_a_flush(store, normalizer):
+    """The consumer keeps filling the next batch while both slots are taken, up to `room` - 1:
+    one more would flush by size and wait for a slot without polling Kafka."""
+    import threading
+
+    gate = threading.Event()
+    flow = Flow(store, normalizer, [lambda b: gate.wait(5)], batch_size=4, max_pending=2)
+    try:
+        assert flow.room() == 4
+        for i in range(8):  # two batches by size: both slots taken, both held at the gate
+            flow.feed(record(i))
+        assert flow.full() and flow.room() == 4
+        for i in range(8, 11):
+            flow.feed(record(i))
+        assert flow.room() == 1 and flow.full()  # no flush yet: nothing waited
+    finally:
+        gate.set()
+    flow.flush()
+    counts = flow.drain()
+    flow.close()
+    assert counts.new_events == 11

@@ -63,3 +63,23 @@ def test_explanations_reuse_the_embed_pass(micro_model_dir):
     assert calls == []
     assert surprising_spans(text, reused) == surprising_spans(text, fresh(text))
     assert _surprisal(emb, "a text it never embedded").shape[0] > 0 and calls
+
+
+def test_sub_batches_bound_padding_and_give_the_vectors_of_one_text_at_a_time(micro_model_dir):
+    """A micro-batch's few new texts differ widely in length: one padded pass over them all
+    computed up to 4x the real tokens. Sub-batches keep padding within PAD_RATIO (+ slack), cover
+    every text once, and change no vector beyond float noise."""
+    from plugin.models.embedder_base import PAD_RATIO, PAD_SLACK
+
+    emb = BLTEmbedder.from_dir(micro_model_dir)
+    texts = [f"eid=1 image=c:\\x\\t{i}.exe commandline={'a' * (7 * i * i % 900)}" for i in range(30)]
+    sizes = [len(to) + 1 for to in (t.encode() for t in texts)]
+    parts = list(emb._batches(sizes))
+    assert sorted(i for p in parts for i in p) == list(range(len(texts)))
+    assert len(parts) > 1  # the lengths are spread: one pass would pad most texts
+    for p in parts:
+        real = sum(sizes[i] for i in p)
+        assert len(p) == 1 or len(p) * max(sizes[i] for i in p) <= PAD_RATIO * real + PAD_SLACK
+    together = emb.embed(texts)
+    alone = np.stack([emb.embed([t])[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=2e-2)

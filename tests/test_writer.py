@@ -170,3 +170,64 @@ def _submit_after_close(w: BackgroundWriter) -> BaseException | None:
     t.join(WAIT)
     assert box, "submit after close blocked"
     return box[0]
+
+
+def test_ahead_work_overlaps_the_write_before_it_and_keeps_order():
+    """The model call of batch N+1 runs while batch N is being written; both threads keep the
+    submission order, and a write never starts before its own ahead work finished."""
+    w = BackgroundWriter(max_pending=2, ahead=True)
+    log: list[str] = []
+    lock = threading.Lock()
+    write0_running = threading.Event()
+    ahead1_ran = threading.Event()
+
+    def note(what: str) -> None:
+        with lock:
+            log.append(what)
+
+    def ahead(i: int):
+        def run() -> None:
+            note(f"ahead{i}")
+            if i == 1:
+                ahead1_ran.set()
+        return run
+
+    def write(i: int) -> int:
+        note(f"write{i}-start")
+        if i == 0:
+            write0_running.set()
+            # the next batch's ahead work must get done while this write still runs
+            assert ahead1_ran.wait(WAIT)
+        note(f"write{i}-end")
+        return i
+
+    try:
+        futs = [w.submit(write, i, ahead=ahead(i)) for i in range(4)]
+        w.drain()
+        assert [f.result() for f in futs] == [0, 1, 2, 3]
+        assert log.index("ahead1") < log.index("write0-end")
+        for i in range(4):
+            assert log.index(f"ahead{i}") < log.index(f"write{i}-start")
+        assert [x for x in log if x.startswith("write") and x.endswith("start")] == \
+            [f"write{i}-start" for i in range(4)]
+    finally:
+        w.close()
+
+
+def test_a_failed_ahead_fails_its_write_and_the_write_does_not_run():
+    w = BackgroundWriter(max_pending=2, ahead=True)
+    wrote: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("model call failed")
+
+    try:
+        fut = w.submit(wrote.append, 1, ahead=boom)
+        with pytest.raises(RuntimeError, match="model call failed"):
+            fut.result(WAIT)
+        assert wrote == []
+        with pytest.raises(RuntimeError, match="model call failed"):
+            w.drain()
+    finally:
+        w._pending.clear()
+        w.close()

@@ -51,7 +51,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        pool = open_pool(cfg, embedder, shadow)
+        pool = open_pool(cfg, embedder, shadow, spare_core=True)
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
                                cfg.suppress, pool=pool,
                                incident_window_minutes=cfg.incident_window_minutes,

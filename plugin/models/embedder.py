@@ -21,6 +21,7 @@ Determinism: the same weights and texts give the same vectors, run after run.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,10 +53,25 @@ class BLTEmbedder(Embedder[bytes]):
     ):
         super().__init__(model, versions, device, threads, cpu_bf16, max_batch_tokens)
         self.max_bytes = model.cfg.max_bytes
-        # per-byte surprisal of the texts of the latest `embed` call, from the same entropy pass
-        # that cut them into patches: surprisal scoring right after embedding reads it here
-        # instead of running the entropy model a second time
-        self.last_surprisal: dict[str, np.ndarray] = {}
+        # per-byte surprisal of the texts of this thread's latest `embed` call, from the same
+        # entropy pass that cut them into patches: surprisal scoring right after embedding reads
+        # it here instead of running the entropy model a second time. Per thread: the flow
+        # embeds the next batch on one thread while another scores this one
+        # (`plugin.pipeline.flow`), and neither may see the other's pass replace its own
+        self._surprisal = threading.local()
+        self.last_surprisal = {}
+
+    @property
+    def last_surprisal(self) -> dict[str, np.ndarray]:
+        """{text: per-byte surprisal} of the calling thread's latest `embed` call."""
+        slot = self._surprisal
+        if not hasattr(slot, "value"):
+            slot.value = {}
+        return slot.value
+
+    @last_surprisal.setter
+    def last_surprisal(self, value: dict[str, np.ndarray]) -> None:
+        self._surprisal.value = value
 
     @classmethod
     def from_dir(

@@ -28,6 +28,10 @@ from plugin.models.device import inference_setup
 # one text as the model takes it: bytes for the BLT, token ids for the Linformer
 Item = TypeVar("Item")
 
+#: a padded batch computes at most this many times its real tokens (plus `PAD_SLACK`)
+PAD_RATIO = 1.25
+PAD_SLACK = 256
+
 
 class Embedder(ABC, Generic[Item]):
     """Batching, input order, device and precision for an embedding model with a ``dim``."""
@@ -79,20 +83,29 @@ class Embedder(ABC, Generic[Item]):
         """Unnormalized vectors ``(len(idx), dim)`` of ``items[i] for i in idx`` (on any device)."""
 
     def _batches(self, sizes: list[int]) -> Iterator[list[int]]:
-        """Indices sorted by size, cut into batches of at most ``max_batch_tokens`` tokens."""
+        """Indices sorted by size, cut into batches of at most ``max_batch_tokens`` tokens; a
+        padded batch is also cut where padding would exceed `PAD_RATIO` of its real tokens (plus
+        `PAD_SLACK`, so a few short texts still share one pass).
+
+        Why the padding bound: a consumer embeds a handful of new texts per micro-batch, 80 to
+        1,000 bytes long; padded to the longest, one pass computed up to 4x the real tokens.
+        Measured on 2 cores (1,178 new texts of a simulated stream, in its 80 micro-batches, BLT,
+        one thread): 7.60 ms a text before, 6.14 with the bound; vectors within bf16 noise."""
         order = sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
         batch: list[int] = []
-        packed_tokens = 0
+        real = 0
         for i in order:
             n = sizes[i]
             # padded cost = rows * longest (sorted ascending: the newest is the longest);
             # packed cost = the tokens themselves
-            cost = packed_tokens + n if self.packed else (len(batch) + 1) * n
-            if batch and cost > self.max_batch_tokens:
+            cost = real + n if self.packed else (len(batch) + 1) * n
+            over = cost > self.max_batch_tokens or (
+                not self.packed and cost > PAD_RATIO * (real + n) + PAD_SLACK)
+            if batch and over:
                 yield batch
-                batch, packed_tokens = [], 0
+                batch, real = [], 0
             batch.append(i)
-            packed_tokens += n
+            real += n
         if batch:
             yield batch
 

@@ -155,12 +155,13 @@ def embed_stages(store: Store, models, model_dir: str | None,
 
 
 def open_pool(cfg: Config, embedder: BLTEmbedder | None,
-              shadow: LinformerEmbedder | None) -> WorkerPool | None:
+              shadow: LinformerEmbedder | None, *, spare_core: bool = False) -> WorkerPool | None:
     """The embedding workers the ``workers`` setting plans (None: embed in this process, also
-    when no model is loaded). The caller closes it."""
+    when no model is loaded); ``spare_core``: see `plan_workers` (the consumer's small batches).
+    The caller closes it."""
     if embedder is None:
         return None
-    plan = plan_workers(cfg.workers)
+    plan = plan_workers(cfg.workers, spare_core=spare_core)
     if not plan.devices:
         return None
     try:

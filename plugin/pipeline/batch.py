@@ -29,8 +29,12 @@ class Batch:
     # incident row with the stage's running totals, ``linked_before`` (keys of events written
     # with earlier batches that joined now) and ``alert_ids`` (alerts whose events joined now)
     incidents: list[dict] = field(default_factory=list)
+    # what a stage's `prepare` half computed ahead (stage name -> its result), for its call
+    prepared: dict[str, object] = field(default_factory=dict)
 
 
 # A stage sees each batch after normalization and before the sink (embedding and scoring plug in
-# here); it may add to the batch but must not drop events.
+# here); it may add to the batch but must not drop events. A stage may also have a `prepare(batch)`
+# method: work that touches neither the store nor state another stage reads (a model call), which
+# the flow runs ahead on a thread of its own, in batch order, before the stage is called.
 BatchStage = Callable[[Batch], None]

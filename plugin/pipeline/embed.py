@@ -34,6 +34,13 @@ def sampled(text_hash: str, rate: float) -> bool:
 class EmbedStage:
     """Adds VectorRows for a batch's new distinct texts; the sink writes them with the events.
 
+    Two halves, so the flow can embed the next batch while this one is scored and written:
+    `prepare` (the model call: no store, no stage state but the cache's set of known hashes) may
+    run on a thread of its own, ahead, in batch order; the call itself (on the stage thread)
+    files the vectors in the cache and hands every distinct text's vector to the stages after it.
+    Each half runs on one thread only, and a text the next batch finds "known" was remembered by
+    an earlier batch's call on the stage thread before this batch's call runs.
+
     ``sample_rate`` < 1 embeds only the texts `sampled` picks (the shadow model's knob: its
     cost scales with the rate); the primary always runs at 1.0.
     """
@@ -46,22 +53,38 @@ class EmbedStage:
         self.texts_embedded = 0
         self.events = 0
         self.seconds = 0.0
+        # the model whose per-thread `last_surprisal` scoring reads (behind a worker pool: the
+        # local copy the pool's answers land on)
+        self._surprisal_of = getattr(embedder, "local", embedder)
 
-    def __call__(self, batch) -> None:
+    def prepare(self, batch) -> None:
+        """The model's half: embed the batch's texts that have no vector yet."""
         distinct = {e.text_hash: e.normalized for e in batch.events
                     if sampled(e.text_hash, self.sample_rate)}
         self.events += sum(1 for e in batch.events if e.text_hash in distinct)
         todo = self.cache.missing(distinct)
+        vecs = None
+        surprisal = None
         if todo:
             t0 = time.perf_counter()
             vecs = self.embedder.embed(list(todo.values()))
             self.seconds += time.perf_counter() - t0
             self.texts_embedded += len(todo)
-            self.cache.remember(list(todo), vecs)
+            surprisal = getattr(self._surprisal_of, "last_surprisal", None)
             release_freed_heap()
-            batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, list(todo), vecs))
+        batch.prepared[self.name] = (list(distinct), list(todo), vecs, surprisal)
+
+    def __call__(self, batch) -> None:
+        if self.name not in batch.prepared:  # nobody ran the model's half ahead: run it now
+            self.prepare(batch)
+        distinct, todo, vecs, surprisal = batch.prepared.pop(self.name)
+        if surprisal is not None:  # the embedding pass's surprisal, for scoring on this thread
+            self._surprisal_of.last_surprisal = surprisal
+        if todo:
+            self.cache.remember(todo, vecs)
+            batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, todo, vecs))
         # every distinct text of the batch, for the stages after this one (scoring)
-        batch.text_vectors[self.embedder.name] = self.cache.vectors(list(distinct))
+        batch.text_vectors[self.embedder.name] = self.cache.vectors(distinct)
 
     def stats(self) -> dict:
         rate = self.texts_embedded / self.seconds if self.seconds else 0.0

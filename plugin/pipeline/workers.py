@@ -51,17 +51,21 @@ class WorkerPlan:
 
 
 def plan_workers(setting: int | str, cuda_devices: int | None = None,
-                 cores: int | None = None) -> WorkerPlan:
+                 cores: int | None = None, *, spare_core: bool = False) -> WorkerPlan:
     """The workers for a ``workers`` setting. ``auto``: one per CUDA device; on a CPU, one worker
     with a torch thread per core (on one core: none, embedding in-process). 0: in-process, no
-    worker processes. N: N workers, spread over the CUDA devices, or on the CPU with
-    cores // N threads each.
+    worker processes. N: N workers, spread over the CUDA devices, or on the CPU sharing the
+    cores, at least a thread each. ``spare_core``: CPU workers leave one core to the parent.
 
-    Why one CPU worker: measured on 2 cores (simulated stream, 100-event batches, both models),
-    one worker with 2 threads ran 603 events/s, two with 1 thread each 636, in-process 524; but
-    every worker holds its own torch runtime and bf16 kernels (~700 MB resident in steady state),
-    and the consumer plus its workers must stay under 1.5 GiB. A bigger machine asks for more
-    with N."""
+    Why one CPU worker: every worker holds its own torch runtime (~650 MB resident in steady
+    state), and a consumer plus its workers must stay under 1.5 GiB. Why a spare core for a
+    consumer: it parses, scores and writes while the worker embeds the next micro-batch (`Flow`
+    runs them one batch apart), and a worker whose threads also claimed that core spun in its
+    thread pool whenever the parent ran. Measured on 2 cores (the consume stages over 8,000
+    simulated events, 100-event batches, both models): one worker with 2 threads 477 events/s,
+    with 1 thread 879, two workers with 1 thread each 771, in-process 679. An import's
+    5,000-event batches use both threads well (LSASS campaign 02: 2,246 events/s with 2, 2,010
+    with 1), so it keeps every core. A bigger machine asks for more with N."""
     if cuda_devices is None:
         import torch
 
@@ -75,7 +79,7 @@ def plan_workers(setting: int | str, cuda_devices: int | None = None,
         return WorkerPlan((), 0)
     if cuda_devices:
         return WorkerPlan(tuple(f"cuda:{i % cuda_devices}" for i in range(n)), 1)
-    return WorkerPlan(("cpu",) * n, max(1, cores // n))
+    return WorkerPlan(("cpu",) * n, max(1, (cores - int(spare_core)) // n))
 
 
 def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads: int) -> None:

@@ -7,14 +7,17 @@ every record up to it durably written (`Flow.completed`), and the alerts produce
 before that commit; a crash replays from the last commit and `event_key` makes the replay store
 nothing twice. On a rebalance the revoked partitions' batches are flushed, written and committed
 before they are given up; on stop (SIGTERM, SIGINT) everything fed is drained and committed.
-Back-pressure: the flow's stage-and-sink thread takes at most `Flow.max_pending` batches; when
-they are all taken the consumer stops taking messages and waits for one to be written; taken for
-longer than `PAUSE_AFTER_S`, it pauses its partitions (it keeps polling, so the group sees it
-alive and rebalances still run) and resumes them once a batch is written. A pause drops what
-librdkafka had prefetched for those partitions (fetched again on resume): pausing for every
-short stall once cost ~400 ms per batch and capped a consumer at ~600 events/s with idle cores. librdkafka's own fetch
-queue is bounded too (`queued.max.messages.kbytes`), so memory does not grow with the input rate
-or the lag. Retention (`retention_days`) runs on the same thread as the writes, between batches.
+Back-pressure: the flow takes at most `Flow.max_pending` batches (one embedding, one scored and
+written); while they are all taken the consumer keeps filling the next batch, up to
+`stream_batch_size`, so a busy flow gets bigger batches (the models' cost per text falls with
+batch size) and the next one is ready the moment a slot frees. With that batch full too, it stops
+taking messages and waits; stopped for longer than `PAUSE_AFTER_S`, it pauses its partitions (it
+keeps polling, so the group sees it alive and rebalances still run) and resumes them once a batch
+is written. A pause drops what librdkafka had prefetched for those partitions (fetched again on
+resume): pausing for every short stall once cost ~400 ms per batch and capped a consumer at ~600
+events/s with idle cores, and stopping at every taken slot (without filling the next batch)
+left the worker idle half the time at 1,000 events/s. librdkafka's own fetch queue is bounded too
+(`queued.max.messages.kbytes`), so memory does not grow with the input rate or the lag. Retention (`retention_days`) runs on the same thread as the writes, between batches.
 """
 
 from __future__ import annotations
@@ -98,12 +101,15 @@ class StreamConsumer:
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not stop.is_set():
-                if self._flow.full() and not self._paused:  # a short stall: wait, take nothing
+                # what the batch being filled still takes; while every slot is taken, one short
+                # of a flush by size (which would wait for a slot without polling)
+                take = self._flow.room() - int(self._flow.full())
+                if take <= 0 and not self._paused:  # a short stall: wait, take nothing
                     self._flow.wait(POLL_S)
                     self._commit(self._flow.completed())
                     self._backpressure()
                     continue
-                msgs = self._consumer.consume(num_messages=self.batch_size, timeout=POLL_S)
+                msgs = self._consumer.consume(num_messages=max(take, 1), timeout=POLL_S)
                 self.metrics.records_in.inc(len(msgs))
                 for m in msgs:
                     if m.error() is not None:
@@ -139,9 +145,9 @@ class StreamConsumer:
         self._commit(self._flow.completed())
 
     def _backpressure(self) -> None:
-        """Pause fetching once every batch slot of the flow has been taken for `PAUSE_AFTER_S`;
-        resume once one frees."""
-        taken = self._flow.full()
+        """Pause fetching once every batch slot of the flow has been taken, and the next batch
+        filled, for `PAUSE_AFTER_S`; resume once a slot frees."""
+        taken = self._flow.full() and self._flow.room() <= 1
         now = time.monotonic()
         if not taken:
             self._full_since = None
