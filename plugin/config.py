@@ -101,8 +101,8 @@ class Config:
                                    "needs a restart).")
     workers: int | str = _key("auto", "Embedding workers (spawned processes holding the models): "
                               "`auto` = one per CUDA device, else one CPU worker using every "
-                              "core (every core but one for `consume`, which scores while it "
-                              "embeds); 0 = embed in the command's own process; N = N workers.")
+                              "core (`consume`: every core but one, left to the consumer); 0 = "
+                              "embed in the command's own process; N = N workers.")
     incident_window_minutes: float = _key(60.0, "Incidents (`sysmon-blt incidents`, the primary "
                                           "model's outliers grouped by host and process tree): "
                                           "an incident stays open while its outliers come less "

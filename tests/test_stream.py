@@ -343,14 +343,15 @@ def test_a_slow_pipeline_pauses_the_partitions_and_loses_nothing(broker, tmp_pat
     Importer(store, load_schemas(None), progress=False).run([str(old)])
     assert store.con.execute("SELECT count(*) FROM events").fetchone()[0] == 50
 
-    def slow(batch):  # a model far slower than the input (slots stay taken past PAUSE_AFTER_S)
+    def slow(batch):  # a model far slower than the input (slots stay taken past pause_after_s)
         time.sleep(0.6)
 
     n = 600
     produce(broker, "sysmon", simulated(n, seed=21))
     consumer = StreamConsumer(store, Normalizer(load_schemas(None)), [slow], bootstrap=broker,
                               topics=["sysmon"], group=GROUP, batch_size=20, batch_ms=50,
-                              settings={"session.timeout.ms": 6000}, retention_days=7)
+                              settings={"session.timeout.ms": 6000}, retention_days=7,
+                              pause_after_s=0.25)
     halt = threading.Event()
     t = threading.Thread(target=lambda: consumer.run(halt))
     t.start()
@@ -390,7 +391,7 @@ def test_partitions_paused_across_a_rebalance_fetch_again(broker, tmp_path):
     produce(broker, "sysmon", simulated(n, seed=23))
     consumer = StreamConsumer(store, Normalizer(load_schemas(None)), [blocked], bootstrap=broker,
                               topics=["sysmon"], group=GROUP, batch_size=20, batch_ms=50,
-                              settings={"session.timeout.ms": 6000})
+                              settings={"session.timeout.ms": 6000}, pause_after_s=0.25)
     revoke = consumer._on_revoke
 
     def on_revoke(c, partitions):  # still paused here; let the drain finish

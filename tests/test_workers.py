@@ -33,6 +33,8 @@ def test_plan_follows_the_devices_and_cores():
     assert cpu.devices == ("cpu",) and cpu.threads == 2  # one runtime's memory, every core
     # a consumer leaves a core to its own process, which scores and writes meanwhile
     assert plan_workers("auto", cuda_devices=0, cores=2, spare_core=True).threads == 1
+    assert plan_workers("auto", cuda_devices=0, cores=4, spare_core=True).threads == 3
+    assert plan_workers("auto", cuda_devices=2, cores=2, spare_core=True).devices == ("cuda:0", "cuda:1")
     assert plan_workers(2, cuda_devices=0, cores=2).threads == 1  # no oversubscription
     assert plan_workers("auto", cuda_devices=0, cores=1).devices == ()  # in-process
     assert plan_workers(0, cuda_devices=2, cores=16).devices == ()

@@ -55,17 +55,21 @@ def plan_workers(setting: int | str, cuda_devices: int | None = None,
     """The workers for a ``workers`` setting. ``auto``: one per CUDA device; on a CPU, one worker
     with a torch thread per core (on one core: none, embedding in-process). 0: in-process, no
     worker processes. N: N workers, spread over the CUDA devices, or on the CPU sharing the
-    cores, at least a thread each. ``spare_core``: CPU workers leave one core to the parent.
+    cores, at least a thread each. ``spare_core`` (a consumer): CPU workers leave one core to the
+    consumer's own process.
 
     Why one CPU worker: every worker holds its own torch runtime (~650 MB resident in steady
-    state), and a consumer plus its workers must stay under 1.5 GiB. Why a spare core for a
-    consumer: it parses, scores and writes while the worker embeds the next micro-batch (`Flow`
-    runs them one batch apart), and a worker whose threads also claimed that core spun in its
-    thread pool whenever the parent ran. Measured on 2 cores (the consume stages over 8,000
-    simulated events, 100-event batches, both models): one worker with 2 threads 477 events/s,
-    with 1 thread 879, two workers with 1 thread each 771, in-process 679. An import's
-    5,000-event batches use both threads well (LSASS campaign 02: 2,246 events/s with 2, 2,010
-    with 1), so it keeps every core. A bigger machine asks for more with N."""
+    state). Why a spare core for a consumer: it parses, scores and writes while the worker embeds
+    the next micro-batch (`Flow` runs them one batch apart), and a worker whose threads also
+    claimed that core spun in its thread pool whenever the consumer ran. Measured on 2 cores (the
+    consume stages over 8,000 simulated events, 100-event batches, both models, no broker): one
+    worker with 2 threads 477 events/s, with 1 thread 879, two workers with 1 thread each 771,
+    in-process 679. Through a broker on the same two cores, in-process was worse still: the
+    consumer process never used more than one core (the models' Python work and the consumer's
+    share one interpreter lock), 500 events/s ran 6 s behind (p50 5.7 s) where the worker ran
+    700 events/s at p50 0.7 s. An import's 5,000-event batches use a worker's threads well
+    (LSASS campaign 02: 2,246 events/s with 2 threads, 2,010 with 1), so it keeps every core. A
+    bigger machine asks for more with N."""
     if cuda_devices is None:
         import torch
 

@@ -11,7 +11,7 @@ Back-pressure: the flow takes at most `Flow.max_pending` batches (one embedding,
 written); while they are all taken the consumer keeps filling the next batch, up to
 `stream_batch_size`, so a busy flow gets bigger batches (the models' cost per text falls with
 batch size) and the next one is ready the moment a slot frees. With that batch full too, it stops
-taking messages and waits; stopped for longer than `PAUSE_AFTER_S`, it pauses its partitions (it
+taking messages and waits; stopped for longer than `PAUSE_AFTER_S` (5 s), it pauses its partitions (it
 keeps polling, so the group sees it alive and rebalances still run) and resumes them once a batch
 is written. A pause drops what librdkafka had prefetched for those partitions (fetched again on
 resume): pausing for every short stall once cost ~400 ms per batch and capped a consumer at ~600
@@ -41,8 +41,13 @@ from plugin.stream.metrics import StreamMetrics
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.05
-#: how long every batch slot may stay taken before the partitions are paused
-PAUSE_AFTER_S = 0.25
+#: how long the consumer may stop taking messages (every batch slot taken, the next batch
+#: filled) before it pauses its partitions. Each pause drops librdkafka's prefetch and the resume
+#: fetched again: at 0.25 s a consumer past its capacity paused on one batch in three and sat
+#: idle ~0.5 s after each resume. A stall shorter than this only waits (librdkafka's fetch queue
+#: is bounded, and its heartbeats run on their own thread); a longer one (a stuck sink) pauses,
+#: so polling goes on and rebalances are served.
+PAUSE_AFTER_S = 5.0
 LAG_EVERY_S = 5.0
 PRUNE_EVERY_S = 3600.0
 # librdkafka's prefetch per consumer (its default is 64 MB): enough for seconds of traffic at
@@ -64,7 +69,8 @@ class StreamConsumer:
                  bootstrap: str, topics: Sequence[str], group: str,
                  settings: dict[str, Any] | None = None, batch_size: int = 256,
                  batch_ms: int = 100, producer=None, metrics: StreamMetrics | None = None,
-                 retention_days: float = 0, learning: LearningPeriod | None = None) -> None:
+                 retention_days: float = 0, learning: LearningPeriod | None = None,
+                 pause_after_s: float = PAUSE_AFTER_S) -> None:
         self.store = store
         self.normalizer = normalizer
         self.stages = list(stages)
@@ -77,6 +83,7 @@ class StreamConsumer:
                      "queued.max.messages.kbytes": FETCH_QUEUE_KB,
                      "logger": quiet_logger(), **(settings or {})}
         self.retention_days = retention_days
+        self.pause_after_s = pause_after_s
         self.learning = learning
         self._prune_at = 0.0  # monotonic time of the next retention pass
         self._paused = False
@@ -146,14 +153,14 @@ class StreamConsumer:
 
     def _backpressure(self) -> None:
         """Pause fetching once every batch slot of the flow has been taken, and the next batch
-        filled, for `PAUSE_AFTER_S`; resume once a slot frees."""
+        filled, for ``pause_after_s``; resume once a slot frees."""
         taken = self._flow.full() and self._flow.room() <= 1
         now = time.monotonic()
         if not taken:
             self._full_since = None
         elif self._full_since is None:
             self._full_since = now
-        full = taken and now - self._full_since >= PAUSE_AFTER_S
+        full = taken and now - self._full_since >= self.pause_after_s
         if full == self._paused:
             return
         assigned = self._consumer.assignment()
