@@ -262,3 +262,49 @@ CREATE TABLE IF NOT EXISTS incident_changes (
     alerts      BIGINT NOT NULL,           -- alerts of the incident marked with it
     changed_at  TIMESTAMPTZ NOT NULL
 );
+
+
+-- migration: 9
+-- file only
+-- `events` and `assignments` without primary keys. DuckDB keeps a key index whole in its buffer
+-- pool, and these two tables gain a key per event and per event and model: a consumer with both
+-- models ran out of a 256 MB pool after ~700,000 events (measured), and its memory grew with every
+-- event stored. The writer enforces the keys instead, as it does on a DuckLake (one writer per
+-- file): an event is inserted when no row in its time range holds its key, and scores of events
+-- the batch stored new are appended. The tables are copied once, in this migration's transaction.
+CREATE TABLE events_keyless (
+    event_key   VARCHAR NOT NULL,
+    source      VARCHAR NOT NULL,
+    position    BIGINT,
+    event_id    INTEGER NOT NULL,
+    computer    VARCHAR,
+    user_name   VARCHAR,
+    ts          TIMESTAMPTZ,
+    record_id   BIGINT,
+    channel     VARCHAR,
+    shape       VARCHAR,
+    normalized  VARCHAR NOT NULL,
+    text_hash   VARCHAR NOT NULL,
+    fields      JSON,
+    raw         VARCHAR,
+    imported_at TIMESTAMPTZ NOT NULL
+);
+INSERT INTO events_keyless SELECT * FROM events ORDER BY ts;
+DROP TABLE events;
+ALTER TABLE events_keyless RENAME TO events;
+
+CREATE TABLE assignments_keyless (
+    event_key   VARCHAR NOT NULL,
+    model       VARCHAR NOT NULL,
+    version     INTEGER NOT NULL,
+    cluster     INTEGER,
+    distance    DOUBLE,
+    score       DOUBLE NOT NULL,
+    is_outlier  BOOLEAN NOT NULL,
+    detail      JSON,
+    explanation JSON,
+    incident_id VARCHAR
+);
+INSERT INTO assignments_keyless SELECT * FROM assignments;
+DROP TABLE assignments;
+ALTER TABLE assignments_keyless RENAME TO assignments;

@@ -42,6 +42,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -419,11 +420,13 @@ class Enricher:
             own = self._local.store = self.store.for_thread()
         return own
 
-    def _sync(self, store: Store, event_key: str | None = None) -> tuple[EnrichState, int]:
+    def _sync(self, store: Store, event_key: str | None = None,
+              ts: datetime | None = None) -> tuple[EnrichState, int]:
         """Bring the in-memory copies up to what the store holds now; returns the store's state
         and the generation cached neighbours must carry to be used (it moves on whenever the
         events or the vectors changed)."""
-        st = store.enrich_state(self._creations.last_rowid, self._vectors.last_rowid, event_key)
+        st = store.enrich_state(self._creations.last_rowid, self._vectors.last_rowid, event_key,
+                                ts)
         if self._creations.stale(st.events, st.events_above):
             self._creations.refresh(store, lambda reread: self._events_changed(store, reread))
         if self._vectors.stale(st.vectors, st.vectors_above):
@@ -489,7 +492,7 @@ class Enricher:
             return {**doc, "sysmon_blt": {"error": "not a Sysmon event"}}
         if own_key is None:
             own_key = ev.key(orjson.dumps(doc))
-        st, generation = self._sync(store, own_key)
+        st, generation = self._sync(store, own_key, ev.utc_time)
         canonical = self.text.build(ev)
         known = self._known(canonical)
         block: dict[str, Any] = {"model": self.embedder.name,

@@ -135,9 +135,9 @@ class Store(ABC):
 
     @abstractmethod
     def enrich_state(self, events_after: int, vectors_after: int,
-                     event_key: str | None = None) -> EnrichState:
-        """Row counts (and whether ``event_key`` is stored): how the enricher's in-memory copies
-        learn that the store changed."""
+                     event_key: str | None = None, ts: datetime | None = None) -> EnrichState:
+        """Row counts (and whether ``event_key``, an event of time ``ts``, is stored): how the
+        enricher's in-memory copies learn that the store changed."""
 
     @abstractmethod
     def text_vectors_after(self, model: str, version: str, after: int) -> Appended: ...

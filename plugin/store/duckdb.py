@@ -1,16 +1,16 @@
 """The DuckDB store: migrations, idempotent event writes, dead letters, import bookkeeping.
 
-One process writes a database file. Events are keyed by `event_key` and inserted with
-INSERT OR IGNORE from Arrow batches inside one transaction per batch, so a replay stores nothing
-twice and a crash loses at most the batch in flight (its input is then re-imported on resume).
+One process writes a database file. Events are keyed by `event_key`, a key the writer enforces
+(no index: see `_insert_events`), and inserted from Arrow batches inside one transaction per
+batch, so a replay stores nothing twice and a crash loses at most the batch in flight (its input
+is then re-imported on resume).
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +24,7 @@ from plugin.errors import UsageError
 from plugin.resources import schemas_dir
 from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
 from plugin.store.alerts import AlertQueries
-from plugin.store.events import EventQueries
+from plugin.store.events import KEY_TIME_SLACK, EventQueries
 from plugin.store.export import ExportQueries
 from plugin.store.fits import FitQueries
 from plugin.store.incidents import IncidentQueries
@@ -221,13 +221,45 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
             raise
         return new
 
-    # -- what a DuckLake writes differently (it enforces no key; plugin.store.lake) ---------
+    # -- keys of the per-event tables, enforced by the writer -------------------------------
+    # `events` and `assignments` carry no key index (migration 9): DuckDB holds an index whole
+    # in its buffer pool, which bounded how many events a file could take. One writer per file
+    # (the DuckDB lock; on a DuckLake, `LakeStore` adds a guard for concurrent creators).
     def _insert_events(self, batch: str, tbl: pa.Table) -> set[str]:
-        """Insert a registered batch of events; the keys that were new. RETURNING names them
-        (the key index decides, no scan of the table)."""
-        return {r[0] for r in self._run(
-            f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM {batch} RETURNING event_key")}
+        """Insert the registered batch's events whose key no stored row holds, once each; the
+        keys that were new. An event's key derives from its own time (`event_key`), so the
+        check reads only rows whose ``ts`` is in the batch's range (zone maps skip the rest)
+        and, for events without a time, rows without one."""
+        stamps = tbl.column("ts").to_pylist()
+        timed = [t for t in stamps if t is not None]
+        new: set[str] = set()
+        exists = (f"SELECT DISTINCT b.event_key FROM {batch} b WHERE b.ts {{}} AND NOT EXISTS "
+                  "(SELECT 1 FROM events e WHERE e.event_key = b.event_key AND e.ts {})")
+        if timed:
+            lo, hi = min(timed) - KEY_TIME_SLACK, max(timed) + KEY_TIME_SLACK
+            new |= {r[0] for r in self._run(
+                exists.format("IS NOT NULL", "BETWEEN ? AND ?"), [lo, hi])}
+        if len(timed) < len(stamps):
+            new |= {r[0] for r in self._run(exists.format("IS NULL", "IS NULL"))}
+        cols = ", ".join(EVENT_COLUMNS)
+        if len(new) == tbl.num_rows:  # the usual batch: every key new, none twice
+            self._run(f"INSERT INTO events ({cols}) SELECT {cols} FROM {batch}")
+        elif new:
+            self.con.register("_new_keys", pa.table({"k": sorted(new)}))
+            self._run(f"INSERT INTO events ({cols}) SELECT {cols} FROM {batch} "
+                      "WHERE event_key IN (SELECT k FROM _new_keys) "
+                      "QUALIFY row_number() OVER (PARTITION BY event_key) = 1")
+            self.con.unregister("_new_keys")
+        return new
+
+    def _merge(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
+               params: list | None = None) -> None:
+        """`_upsert` for a table whose key the writer enforces (no index to conflict on)."""
+        on = " AND ".join(f"{table}.{k} = incoming.{k}" for k in keys)
+        self._run(f"MERGE INTO {table} USING ({select}) incoming ON {on} "
+                  "WHEN MATCHED THEN UPDATE SET "
+                  + ", ".join(x.format(new="incoming") for x in sets)
+                  + " WHEN NOT MATCHED THEN INSERT BY NAME", params)
 
     def _insert_new(self, table: str, select: str, keys: Sequence[str],
                     params: list | None = None) -> None:
@@ -277,14 +309,23 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
         self.con.unregister("_batch_vectors")
 
     def _upsert_assignments(self, rows: Sequence[dict], inserted: set[str] | None) -> None:
-        """One row per event and model: the current score replaces an older one. An event's
-        incident link, once made, stays when a row without one replaces it (a replayed batch
-        scored before its tree's first outlier); `reset_incidents` clears links for a rescore."""
-        self.con.register("_batch_assign", assignment_table(rows))
-        self._upsert("assignments", "SELECT * FROM _batch_assign", ("event_key", "model"),
-                     [f"{c} = {{new}}.{c}" for c in ASSIGNMENT_COLUMNS[2:-1]]
-                     + ["incident_id = coalesce({new}.incident_id, assignments.incident_id)"])
-        self.con.unregister("_batch_assign")
+        """One row per event and model: scores of events this batch stored new are appended
+        (no row can hold their key yet); others (a replay, a rescore: ``inserted`` None) replace
+        the older row. An event's incident link, once made, stays when a row without one
+        replaces it (a replayed batch scored before its tree's first outlier);
+        `reset_incidents` clears links for a rescore."""
+        fresh = [] if inserted is None else [r for r in rows if r["event_key"] in inserted]
+        again = rows if inserted is None else [r for r in rows if r["event_key"] not in inserted]
+        if fresh:
+            self.con.register("_fresh_assign", assignment_table(fresh))
+            self._run("INSERT INTO assignments BY NAME SELECT * FROM _fresh_assign")
+            self.con.unregister("_fresh_assign")
+        if again:
+            self.con.register("_batch_assign", assignment_table(again))
+            self._merge("assignments", "SELECT * FROM _batch_assign", ("event_key", "model"),
+                        [f"{c} = {{new}}.{c}" for c in ASSIGNMENT_COLUMNS[2:-1]]
+                        + ["incident_id = coalesce({new}.incident_id, assignments.incident_id)"])
+            self.con.unregister("_batch_assign")
 
     def _upsert_alerts(self, rows: Sequence[dict]) -> None:
         """Alerts fold twins (the same canonical text) into one row with a count."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,10 @@ import orjson
 import pyarrow as pa
 
 from plugin.normalize.normalizer import NormalizedEvent
+
+#: how far from an event's time a lookup of its key reads: the key reads the time to the
+#: millisecond (`plugin.normalize.event.event_key`), the stored ``ts`` may be finer
+KEY_TIME_SLACK = timedelta(milliseconds=1)
 
 #: the columns of a NormalizedEvent that are read back (the raw record stays in the database)
 _READ_COLUMNS = ("event_key", "source", "position", "event_id", "computer", "user_name", "ts",
@@ -150,16 +155,22 @@ class EventQueries:
                  "similarity": round(float(r[4]), 6), "normalized": r[3]} for r in rows]
 
     def enrich_state(self, events_after: int, vectors_after: int,
-                     event_key: str | None = None) -> EnrichState:
+                     event_key: str | None = None, ts: datetime | None = None) -> EnrichState:
         """How the store stands before an enrichment (`EnrichState`), in one snapshot and one
         round trip: asked before every request, so it must stay cheap (a count is table
-        metadata, a rowid range skips row groups, an event key is a primary-key lookup)."""
+        metadata, a rowid range skips row groups, and the event key is looked for only where
+        the event's time puts it: the key derives from that time, and `events` has no key
+        index)."""
+        if ts is None:
+            where, params = "ts IS NULL", []
+        else:
+            where, params = "ts BETWEEN ? AND ?", [ts - KEY_TIME_SLACK, ts + KEY_TIME_SLACK]
         row = self._run(
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM events WHERE rowid > ?), "
             "(SELECT count(*) FROM text_vectors), "
             "(SELECT count(*) FROM text_vectors WHERE rowid > ?), "
-            "(SELECT count(*) FROM events WHERE event_key = ?)",
-            [events_after, vectors_after, event_key])[0]
+            f"(SELECT count(*) FROM events WHERE event_key = ? AND {where})",
+            [events_after, vectors_after, event_key, *params])[0]
         return EnrichState(int(row[0]), int(row[1]), int(row[2]), int(row[3]), bool(row[4]))
 
     def text_vectors_after(self, model: str, version: str, after: int) -> Appended:

@@ -38,12 +38,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import duckdb
-import pyarrow as pa
 import structlog
 
 from plugin.errors import UsageError
-from plugin.store.base import EVENT_COLUMNS, DeadLetter, VectorRows
-from plugin.store.duckdb import DuckDBStore, _size, assignment_table, load_migrations
+from plugin.store.base import DeadLetter, VectorRows
+from plugin.store.duckdb import DuckDBStore, _size, load_migrations
 
 log = structlog.get_logger(__name__)
 
@@ -83,11 +82,19 @@ def extension_path(name: str) -> str:
     return str(found[0])
 
 
+#: marks a migration of the DuckDB file that a DuckLake skips
+FILE_ONLY = re.compile(r"^-- file only\s*$", re.MULTILINE)
+
+
 def lake_migrations() -> list[tuple[int, str]]:
     """The DuckDB file's migrations without the keys DuckLake cannot enforce: one schema, two
-    dialects (a column added for the file is added for the lake by the same migration)."""
+    dialects (a column added for the file is added for the lake by the same migration). A
+    migration marked ``-- file only`` (dropping a key the lake never had) is a no-op here."""
     out = []
     for version, sql in load_migrations():
+        if FILE_ONLY.search(sql):
+            out.append((version, "SELECT 1"))
+            continue
         sql = re.sub(r",\s*PRIMARY KEY\s*\([^)]*\)", "", sql)
         sql = re.sub(r"\s+PRIMARY KEY\b", "", sql)
         out.append((version, sql))
@@ -208,28 +215,6 @@ class LakeStore(DuckDBStore):
                 time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** n)))
         raise AssertionError("unreachable")
 
-    def _insert_events(self, batch: str, tbl: pa.Table) -> set[str]:
-        """Insert the batch's events that no committed row holds: the check reads only the
-        files whose time range covers the batch (a key is derived from the event's own time)."""
-        ts = tbl.column("ts")
-        timed = [v for v in ts.to_pylist() if v is not None]
-        where = ["e.event_key = b.event_key"]
-        params: list = []
-        if timed and len(timed) == len(ts):
-            where.append("e.ts BETWEEN ? AND ?")
-            params = [min(timed), max(timed)]
-        new = {r[0] for r in self._run(
-            f"SELECT DISTINCT b.event_key FROM {batch} b WHERE NOT EXISTS "
-            f"(SELECT 1 FROM events e WHERE {' AND '.join(where)})", params)}
-        if new:
-            self.con.register("_new_keys", pa.table({"k": sorted(new)}))
-            cols = ", ".join(EVENT_COLUMNS)
-            self._run(f"INSERT INTO events ({cols}) SELECT {cols} FROM {batch} "
-                      "WHERE event_key IN (SELECT k FROM _new_keys) "
-                      "QUALIFY row_number() OVER (PARTITION BY event_key) = 1")
-            self.con.unregister("_new_keys")
-        return new
-
     def _insert_new(self, table: str, select: str, keys: Sequence[str],
                     params: list | None = None) -> None:
         on = " AND ".join(f"t.{k} IS NOT DISTINCT FROM n.{k}" for k in keys)
@@ -243,14 +228,15 @@ class LakeStore(DuckDBStore):
 
     def _upsert(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
                 params: list | None = None) -> None:
+        """DuckLake enforces no key: every upsert is a guarded MERGE."""
+        self._merge(table, select, keys, sets, params)
+
+    def _merge(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
+               params: list | None = None) -> None:
         self._guard_creation(table, f"SELECT * FROM ({select}) n WHERE NOT EXISTS (SELECT 1 "
                              f"FROM {table} t WHERE "
                              + " AND ".join(f"t.{k} = n.{k}" for k in keys) + ")", params)
-        on = " AND ".join(f"{table}.{k} = incoming.{k}" for k in keys)
-        self._run(f"MERGE INTO {table} USING ({select}) incoming ON {on} "
-                  "WHEN MATCHED THEN UPDATE SET "
-                  + ", ".join(x.format(new="incoming") for x in sets)
-                  + " WHEN NOT MATCHED THEN INSERT BY NAME", params)
+        super()._merge(table, select, keys, sets, params)
 
     def _guard_creation(self, table: str, missing: str, params: list | None) -> None:
         """Bump the guard row when ``missing`` (the incoming rows ``table`` holds no key of)
@@ -259,20 +245,6 @@ class LakeStore(DuckDBStore):
         if self._run(f"SELECT 1 FROM ({missing}) LIMIT 1", params):
             log.debug("lake_key_guard", table=table)
             self._run(f"UPDATE {GUARD} SET creations = creations + 1")
-
-    def _upsert_assignments(self, rows: Sequence[dict], inserted: set[str] | None) -> None:
-        """Rows of events this batch stored new are plain appends (no other writer holds
-        them); only replays and rescores merge into existing rows."""
-        if inserted is None:
-            return super()._upsert_assignments(rows, inserted)
-        fresh = [r for r in rows if r["event_key"] in inserted]
-        again = [r for r in rows if r["event_key"] not in inserted]
-        if fresh:
-            self.con.register("_fresh_assign", assignment_table(fresh))
-            self._run("INSERT INTO assignments BY NAME SELECT * FROM _fresh_assign")
-            self.con.unregister("_fresh_assign")
-        if again:
-            super()._upsert_assignments(again, inserted)
 
     def _link_returning(self, links: str) -> list[tuple[str, bool]]:
         """DuckLake has no UPDATE ... RETURNING: read what will change, then change it, in the
