@@ -42,16 +42,15 @@ class Config:
                              "shipped in the package.")
     batch_size: int = _key(5000, "Events per write transaction (`import --batch-size` overrides "
                            "it).")
-    db_memory_limit: str = _key("512MB", "DuckDB's buffer pool. Small by default so an import "
-                                "with the models stays near 1.5 GiB of RSS (the full OTRF import, "
-                                "~600k events, needs ~300 MB of it; 256MB ran out at its end); a "
-                                "database of many millions of events needs more for its key "
-                                "indexes, and the error says so.")
+    db_memory_limit: str = _key("512MB", "DuckDB's buffer pool, a cache of table blocks: the "
+                                "per-event tables carry no key index (the writer enforces their "
+                                "keys), so it does not bound how many events a file takes. Small "
+                                "by default so an import with the models stays near 1.5 GiB of "
+                                "RSS; a query that needs more says which key to raise.")
     stream_db_memory_limit: str = _key("256MB", "`consume`: DuckDB's buffer pool. Smaller than "
-                                       "an import's, so a consumer that runs for days keeps a "
-                                       "flat RSS (cached table blocks are evicted, not kept); "
-                                       "its key index must still fit: with months of events and "
-                                       "no `retention_days`, raise it (the error says so).")
+                                       "an import's, so DuckDB's share of a consumer that runs "
+                                       "for days stays bounded (cached table blocks are evicted, "
+                                       "not kept).")
     evtx_threads: int = _key(0, "pyevtx-rs worker threads for .evtx files; 0 lets it choose.")
     log_format: str = _key("auto", "`auto` (console on a terminal, JSON elsewhere), `console` or "
                            "`json`.")
