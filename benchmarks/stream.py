@@ -12,7 +12,10 @@ been running for a while.
 
 Prints, per rate: events produced, alerts received, latency p50 / p99 / max, and the consumer lag
 (produced - committed) at the middle and at the end of the run; a rate is "held" when the lag at
-the end is under one second of traffic.
+the end is under one second of traffic. Then the share of timed texts new to the consumer, its
+CPU per process, and for each half of the window who used the cores (the consumer tree, the broker
+when started here, this process's producer and alert reader, the machine's idle time), so a run
+that slows down shows whether the consumer or its neighbours took the time.
 
 usage: python benchmarks/stream.py [--rates 500,1000] [--seconds 60] [--novel-rate 0.02]
        [--warmup 10000]
@@ -171,6 +174,34 @@ def cpu_seconds(pid: int) -> list[float]:
     return out
 
 
+def idle_seconds() -> float:
+    """The machine's idle CPU seconds so far, all cores (/proc/stat)."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(f[4]) + int(f[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(consumer: int, broker: int | None) -> dict:
+    """CPU seconds so far of the consumer tree, the broker (when started here), this process
+    (the producer and the alert reader) and the machine's idle time: who uses the two cores."""
+    return {"tree": cpu_seconds(consumer), "broker": sum(cpu_seconds(broker)) if broker else None,
+            "bench": _own_cpu_seconds(), "idle": idle_seconds(), "t": time.monotonic()}
+
+
+def _own_cpu_seconds() -> float:
+    """This process alone (its children, the consumer and the broker, are counted apart)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def cpu_shares(a: dict, b: dict) -> dict:
+    """% of one core per party between two snapshots."""
+    wall = b["t"] - a["t"]
+    share = lambda x, y: round(100 * (y - x) / wall)  # noqa: E731
+    return {"consumer_tree": [share(x, y) for x, y in zip(a["tree"], b["tree"])],
+            "broker": share(a["broker"], b["broker"]) if a["broker"] is not None else None,
+            "producer": share(a["bench"], b["bench"]), "idle": share(a["idle"], b["idle"])}
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -179,7 +210,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: int,
-             warmup: int) -> dict:
+             warmup: int, broker_pid: int | None = None) -> dict:
     topic, alerts, group = f"sysmon-{rate}", f"alerts-{rate}", f"bench-{rate}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1), NewTopic(alerts, 1, 1)]).values():
@@ -214,6 +245,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
     produced, mid_lag, t0 = warmup, None, time.monotonic()
     rss, next_rss = [], t0
     cpu0 = cpu_seconds(consumer.pid)
+    snaps = [cpu_snapshot(consumer.pid, broker_pid)]
     for i, (key, rec) in enumerate(timed):
         if time.monotonic() >= next_rss:
             rss.append(rss_mb(consumer.pid))
@@ -227,8 +259,10 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             time.sleep(ahead)
         if mid_lag is None and time.monotonic() - t0 >= seconds / 2:
             mid_lag = lag(bootstrap, topic, group, produced)
+            snaps.append(cpu_snapshot(consumer.pid, broker_pid))
     producer.flush(10)
     cpu1 = cpu_seconds(consumer.pid)
+    snaps.append(cpu_snapshot(consumer.pid, broker_pid))
     wall = time.monotonic() - t0
     end_lag = lag(bootstrap, topic, group, produced)
     time.sleep(3)  # the last alerts
@@ -244,6 +278,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             "rss_mb": [round(sum(x)) for x in rss if x is not None],
             "new_text_share": new_text_share(db, topic, start_offsets),
             "cpu_per_process_pct": [round(100 * (b - a) / wall) for a, b in zip(cpu0, cpu1)],
+            "cpu_halves": [cpu_shares(a, b) for a, b in zip(snaps, snaps[1:])],
             "rss_last_per_process": [round(x) for x in next((x for x in reversed(rss) if x), [])]}
 
 
@@ -265,7 +300,8 @@ def main() -> None:
           f"{'lag mid':>8} {'lag end':>8} held")
     try:
         for rate in [int(r) for r in args.rates.split(",")]:
-            r = run_rate(bootstrap, rate, args.seconds, args.novel_rate, args.seed, args.warmup)
+            r = run_rate(bootstrap, rate, args.seconds, args.novel_rate, args.seed, args.warmup,
+                         broker.pid if broker is not None else None)
             print(f"{r['rate']:>6} {r['produced']:>9} {r['alerts']:>7} {r['p50_s']:>7} {r['p99_s']:>7} "
                   f"{r['max_s']!s:>7} {r['lag_mid']!s:>8} {r['lag_end']!s:>8} {r['held']}", flush=True)
             share = r["new_text_share"]
@@ -273,6 +309,10 @@ def main() -> None:
                   f"{'?' if share is None else f'{share:.1%}'} of events", flush=True)
             print(f"       CPU in the timed window, % of one core: consumer, then each worker: "
                   f"{r['cpu_per_process_pct']}", flush=True)
+            for name, h in zip(("first half", "second half"), r["cpu_halves"]):
+                print(f"       {name}, % of one core: consumer tree {h['consumer_tree']}, broker "
+                      f"{h['broker']}, producer and alert reader {h['producer']}; machine idle "
+                      f"{h['idle']}", flush=True)
             m = r["rss_mb"]
             if m:
                 base = m[min(6, len(m) - 1)]  # one minute in: models loaded, caches warm
