@@ -271,7 +271,8 @@ CREATE TABLE IF NOT EXISTS incident_changes (
 -- models ran out of a 256 MB pool after ~700,000 events (measured), and its memory grew with every
 -- event stored. The writer enforces the keys instead, as it does on a DuckLake (one writer per
 -- file): an event is inserted when no row in its time range holds its key, and scores of events
--- the batch stored new are appended. The tables are copied once, in this migration's transaction.
+-- the batch stored new are appended. The tables are copied once, in this migration's transaction,
+-- in their stored order (no sort: sorting a large file's events ran out of a 512 MB pool).
 CREATE TABLE events_keyless (
     event_key   VARCHAR NOT NULL,
     source      VARCHAR NOT NULL,
@@ -289,7 +290,7 @@ CREATE TABLE events_keyless (
     raw         VARCHAR,
     imported_at TIMESTAMPTZ NOT NULL
 );
-INSERT INTO events_keyless SELECT * FROM events ORDER BY ts;
+INSERT INTO events_keyless SELECT * FROM events;
 DROP TABLE events;
 ALTER TABLE events_keyless RENAME TO events;
 

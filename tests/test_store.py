@@ -313,3 +313,34 @@ def test_a_file_with_keyed_tables_is_migrated_to_keyless_ones(tmp_path, events):
     assert s.write_batch(event_rows(events, utcnow()), []) == 0
     assert s._run("SELECT count(*) FROM event_vectors")[0][0] == 0  # the view still binds
     s.close()
+
+
+def test_a_large_keyed_file_migrates_inside_a_small_pool(tmp_path):
+    """Migration 9 copies `events` inside the pool the opening command has; sorting the copy by
+    time ran a 595,000-event file out of the 512 MB default (measured), and this file out of 32 MB."""
+    import hashlib
+
+    import duckdb
+
+    from plugin.store.duckdb import DuckDBStore, load_migrations
+
+    db = tmp_path / "v8.duckdb"
+    old = DuckDBStore.__new__(DuckDBStore)
+    old.path, old.con = str(db), duckdb.connect(str(db))
+    old._run("SET memory_limit = '1GB'")
+    old._migrate([m for m in load_migrations() if m[0] <= 8])
+    per, raw = 10_000, "x" * 1500
+    for b in range(6):
+        keys = [hashlib.sha256(f"{b}-{i}".encode()).hexdigest()[:32] for i in range(per)]
+        old.write_batch({
+            "event_key": keys, "source": ["a.evtx"] * per, "position": list(range(per)),
+            "event_id": [1] * per, "computer": ["h"] * per, "user_name": ["u"] * per,
+            "ts": [T0 - timedelta(seconds=b * per + i) for i in range(per)],
+            "record_id": list(range(per)), "channel": ["c"] * per, "shape": ["evtx"] * per,
+            "normalized": [f"image=c:\\x{i}.exe" for i in range(per)], "text_hash": keys,
+            "fields": ["{}"] * per, "raw": [raw + k for k in keys], "imported_at": [T0] * per}, [])
+    old.close()
+    s = open_store(db, memory_limit="32MB")
+    assert s.schema_version() == load_migrations()[-1][0]
+    assert s.event_count() == 60_000
+    s.close()

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_out_of_memory(exc):  # DuckDB's buffer pool is full
             key = "stream_db_memory_limit" if args.command == "consume" else "db_memory_limit"
             print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "
-                  f"{key} allows (its key indexes grow with the database): raise it, "
+                  f"{key} allows: raise it, "
                   f"e.g. SYSMON_BLT_{key.upper()}=2GB, and run the same command again (what "
                   "was stored or committed is not done twice)", file=sys.stderr)
             return 1
