@@ -96,6 +96,19 @@ def test_a_worker_that_cannot_load_says_why(tmp_path):
         WorkerPool(tmp_path, plan_workers(1, cuda_devices=0, cores=2))
 
 
+def test_a_process_that_cannot_start_is_the_error_reported(tmp_path, monkeypatch):
+    """A spawn that fails (a script without the ``__main__`` guard, no processes left) is the
+    error the caller sees; closing the half-made pool used to raise AttributeError over it."""
+    import multiprocessing.context as mpc
+
+    def refuse(self):
+        raise RuntimeError("cannot start a process here")
+
+    monkeypatch.setattr(mpc.SpawnProcess, "start", refuse)
+    with pytest.raises(RuntimeError, match="cannot start a process here"):
+        WorkerPool(default_model_dir(), plan_workers(2, cuda_devices=0, cores=2))
+
+
 def test_an_import_through_workers_stores_what_an_in_process_one_does(tmp_path):
     sim = tmp_path / "sim.jsonl"
     run = [sys.executable, "-m", "plugin.cli"]

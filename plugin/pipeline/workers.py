@@ -146,12 +146,19 @@ class _Worker:
         return self.ready()
 
     def launch(self) -> None:
+        """Start the process; a start that fails leaves this worker unstarted (``proc`` None,
+        pipe closed), so closing the pool reports the start's own error and nothing else."""
         parent, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_serve, args=(child, *self.args), daemon=True,
-                                     name=f"sysmon-blt-embed-{self.device}")
-        self.proc.start()
-        child.close()
-        self.conn = parent
+        proc = self.ctx.Process(target=_serve, args=(child, *self.args), daemon=True,
+                                name=f"sysmon-blt-embed-{self.device}")
+        try:
+            proc.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self.proc, self.conn = proc, parent
 
     def ready(self) -> dict[str, str]:
         """Wait for the worker's models; returns their versions."""
