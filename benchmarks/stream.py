@@ -244,7 +244,6 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
     reader.latencies.clear()
     produced, mid_lag, t0 = warmup, None, time.monotonic()
     rss, next_rss = [], t0
-    cpu0 = cpu_seconds(consumer.pid)
     snaps = [cpu_snapshot(consumer.pid, broker_pid)]
     for i, (key, rec) in enumerate(timed):
         if time.monotonic() >= next_rss:
@@ -261,9 +260,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             mid_lag = lag(bootstrap, topic, group, produced)
             snaps.append(cpu_snapshot(consumer.pid, broker_pid))
     producer.flush(10)
-    cpu1 = cpu_seconds(consumer.pid)
     snaps.append(cpu_snapshot(consumer.pid, broker_pid))
-    wall = time.monotonic() - t0
     end_lag = lag(bootstrap, topic, group, produced)
     time.sleep(3)  # the last alerts
     reader.stop.set()
@@ -277,7 +274,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             "held": end_lag is not None and end_lag < rate, "consumer_exit": consumer.returncode,
             "rss_mb": [round(sum(x)) for x in rss if x is not None],
             "new_text_share": new_text_share(db, topic, start_offsets),
-            "cpu_per_process_pct": [round(100 * (b - a) / wall) for a, b in zip(cpu0, cpu1)],
+            "cpu_per_process_pct": cpu_shares(snaps[0], snaps[-1])["consumer_tree"],
             "cpu_halves": [cpu_shares(a, b) for a, b in zip(snaps, snaps[1:])],
             "rss_last_per_process": [round(x) for x in next((x for x in reversed(rss) if x), [])]}
 

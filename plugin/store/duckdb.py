@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from plugin import __version__
@@ -24,7 +25,7 @@ from plugin.errors import UsageError
 from plugin.resources import schemas_dir
 from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
 from plugin.store.alerts import AlertQueries
-from plugin.store.events import KEY_TIME_SLACK, EventQueries
+from plugin.store.events import EventQueries, key_time_filter
 from plugin.store.export import ExportQueries
 from plugin.store.fits import FitQueries
 from plugin.store.incidents import IncidentQueries
@@ -227,20 +228,21 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
     # (the DuckDB lock; on a DuckLake, `LakeStore` adds a guard for concurrent creators).
     def _insert_events(self, batch: str, tbl: pa.Table) -> set[str]:
         """Insert the registered batch's events whose key no stored row holds, once each; the
-        keys that were new. An event's key derives from its own time (`event_key`), so the
-        check reads only rows whose ``ts`` is in the batch's range (zone maps skip the rest)
-        and, for events without a time, rows without one."""
-        stamps = tbl.column("ts").to_pylist()
-        timed = [t for t in stamps if t is not None]
+        keys that were new. The check reads only rows where the batch's keys can be: the
+        batch's time range, and rows without a time for events without one (`key_time_filter`)."""
+        ts = tbl.column("ts")
+        span = pc.min_max(ts)
+        parts = []  # (which of the batch's events, where a stored twin of theirs can be)
+        if ts.null_count < len(ts):
+            parts.append(("b.ts IS NOT NULL",
+                          key_time_filter("e.ts", span["min"].as_py(), span["max"].as_py())))
+        if ts.null_count:
+            parts.append(("b.ts IS NULL", key_time_filter("e.ts", None)))
         new: set[str] = set()
-        exists = (f"SELECT DISTINCT b.event_key FROM {batch} b WHERE b.ts {{}} AND NOT EXISTS "
-                  "(SELECT 1 FROM events e WHERE e.event_key = b.event_key AND e.ts {})")
-        if timed:
-            lo, hi = min(timed) - KEY_TIME_SLACK, max(timed) + KEY_TIME_SLACK
+        for mine, (theirs, params) in parts:
             new |= {r[0] for r in self._run(
-                exists.format("IS NOT NULL", "BETWEEN ? AND ?"), [lo, hi])}
-        if len(timed) < len(stamps):
-            new |= {r[0] for r in self._run(exists.format("IS NULL", "IS NULL"))}
+                f"SELECT DISTINCT b.event_key FROM {batch} b WHERE {mine} AND NOT EXISTS "
+                f"(SELECT 1 FROM events e WHERE e.event_key = b.event_key AND {theirs})", params)}
         cols = ", ".join(EVENT_COLUMNS)
         if len(new) == tbl.num_rows:  # the usual batch: every key new, none twice
             self._run(f"INSERT INTO events ({cols}) SELECT {cols} FROM {batch}")

@@ -22,6 +22,17 @@ from plugin.normalize.normalizer import NormalizedEvent
 #: millisecond (`plugin.normalize.event.event_key`), the stored ``ts`` may be finer
 KEY_TIME_SLACK = timedelta(milliseconds=1)
 
+
+def key_time_filter(column: str, lo: datetime | None,
+                    hi: datetime | None = None) -> tuple[str, list]:
+    """Where a stored event of key time ``lo`` (.. ``hi``) can be: an event's key derives from
+    its own time (`plugin.normalize.event.event_key`) and `events` has no key index, so a key
+    lookup reads only ``column`` in that range (zone maps skip the rest), and for an event
+    without a time only rows without one. (SQL condition, its parameters.)"""
+    if lo is None:
+        return f"{column} IS NULL", []
+    return f"{column} BETWEEN ? AND ?", [lo - KEY_TIME_SLACK, (hi or lo) + KEY_TIME_SLACK]
+
 #: the columns of a NormalizedEvent that are read back (the raw record stays in the database)
 _READ_COLUMNS = ("event_key", "source", "position", "event_id", "computer", "user_name", "ts",
                  "record_id", "channel", "shape", "normalized", "text_hash", "fields")
@@ -159,12 +170,8 @@ class EventQueries:
         """How the store stands before an enrichment (`EnrichState`), in one snapshot and one
         round trip: asked before every request, so it must stay cheap (a count is table
         metadata, a rowid range skips row groups, and the event key is looked for only where
-        the event's time puts it: the key derives from that time, and `events` has no key
-        index)."""
-        if ts is None:
-            where, params = "ts IS NULL", []
-        else:
-            where, params = "ts BETWEEN ? AND ?", [ts - KEY_TIME_SLACK, ts + KEY_TIME_SLACK]
+        its time puts it: `key_time_filter`)."""
+        where, params = key_time_filter("ts", ts)
         row = self._run(
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM events WHERE rowid > ?), "
             "(SELECT count(*) FROM text_vectors), "
