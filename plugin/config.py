@@ -49,12 +49,13 @@ class Config:
                                 "models peaked at 2,411 MiB summed over the importer and its "
                                 "worker at 512MB, 2,166 at 256MB); a query that needs more says "
                                 "which key to raise.")
-    stream_db_memory_limit: str = _key("128MB", "`consume`: DuckDB's buffer pool. Smaller than "
-                                       "an import's, so DuckDB's share of a consumer that runs "
-                                       "for days stays bounded (cached table blocks are evicted, "
-                                       "not kept). Offline, one run each, the consumer's stages "
-                                       "took 127 s for 150,000 events with 128MB against 163 s "
-                                       "with 256MB, ~50 MB smaller.")
+    stream_db_memory_limit: str = _key("64MB", "`consume`: DuckDB's buffer pool. Smaller than "
+                                       "an import's: a consumer's writes and lookups touch one "
+                                       "batch's time range, and the pool fills to its limit over "
+                                       "the first minutes, so its size is growth a consumer shows "
+                                       "after start. Offline (the consumer's stages, 310,000 "
+                                       "simulated events), 64MB ran as fast as 128MB (287 s "
+                                       "against 285 s) and held DuckDB at ~46 MiB against ~97.")
     evtx_threads: int = _key(0, "pyevtx-rs worker threads for .evtx files; 0 lets it choose.")
     log_format: str = _key("auto", "`auto` (console on a terminal, JSON elsewhere), `console` or "
                            "`json`.")
@@ -63,6 +64,13 @@ class Config:
                                      "always in or always out: 1.0 every event, 0.25 a quarter, "
                                      "0 shadow off.")
     stream_batch_size: int = _key(256, "`consume`: events per micro-batch.")
+    stream_cache_texts: int = _key(10000, "`consume`: distinct canonical texts whose vectors and "
+                                   "scores each model keeps in memory, and masked field values "
+                                   "the normalizer keeps, least recently used out (an import "
+                                   "keeps 200,000). A text seen again after it left is read "
+                                   "back from the database and scored again; routine texts stay. "
+                                   "About 3 KB per text for both models: the bound is what keeps "
+                                   "a consumer's memory from growing with every new text.")
     stream_batch_ms: int = _key(100, "`consume`: how long (milliseconds) a micro-batch may wait "
                                 "to fill; latency from produce to alert is about this plus the "
                                 "models' time for one batch.")
@@ -150,6 +158,8 @@ class Config:
             raise UsageError(f"{origin}: shadow_sample_rate must be between 0 and 1")
         if not isinstance(self.stream_batch_size, int) or self.stream_batch_size < 1:
             raise UsageError(f"{origin}: stream_batch_size must be a positive integer")
+        if not isinstance(self.stream_cache_texts, int) or self.stream_cache_texts < 1000:
+            raise UsageError(f"{origin}: stream_cache_texts must be an integer >= 1000")
         if not isinstance(self.stream_batch_ms, int) or self.stream_batch_ms < 1:
             raise UsageError(f"{origin}: stream_batch_ms must be a positive integer")
         if not isinstance(self.alert_quiet_minutes, int) or self.alert_quiet_minutes < 0:

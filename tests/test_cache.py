@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import plugin.pipeline.cache as cache_mod
 from plugin.pipeline.cache import EmbeddingCache
 from plugin.store import VectorRows, open_store
 
@@ -100,8 +99,7 @@ def test_remembered_vectors_need_no_query(store, monkeypatch):
 
 
 def test_the_memory_bound_keeps_vectors_correct(store, monkeypatch):
-    monkeypatch.setattr(cache_mod, "MAX_IN_MEMORY", 3)
-    c = EmbeddingCache(store, MODEL, VERSION)
+    c = EmbeddingCache(store, MODEL, VERSION, max_in_memory=3)
     ids = list(range(10, 20))
     for start in range(0, len(ids), 2):  # as the embed stage does: write, then remember
         batch = ids[start:start + 2]
@@ -115,3 +113,34 @@ def test_the_memory_bound_keeps_vectors_correct(store, monkeypatch):
         assert set(got) == set(want)
         for i in [1, 2] + ids:
             np.testing.assert_array_equal(got[h(i)], vec(i))
+
+
+def test_routine_texts_stay_in_memory_and_texts_seen_once_go_first(store, monkeypatch):
+    """Least recently used out: a text used batch after batch keeps its vector in memory however
+    many new texts pass (the clear-when-full before it sent every routine text back to the
+    database at once)."""
+    c = EmbeddingCache(store, MODEL, VERSION, max_in_memory=3)
+    reads = count_reads(monkeypatch, store)
+    c.vectors([h(1)])  # the routine text: read once
+    for i in range(30, 40):  # ten texts seen once each, the routine one between them
+        c.missing({h(i): str(i)})
+        write(store, [i])
+        c.remember([h(i)], vec(i)[None, :])
+        np.testing.assert_array_equal(c.vectors([h(1)])[h(1)], vec(1))
+    assert reads == [[h(1)]]
+    assert len(c._vectors) == 3 and h(1) in c._vectors and h(30) not in c._vectors
+
+
+def test_a_batch_with_more_new_texts_than_the_bound_hands_every_vector_on(store, monkeypatch):
+    """The batch's own new vectors are not stored yet when scoring asks for them: they come from
+    the pass itself, not from the memory they no longer fit in."""
+    c = EmbeddingCache(store, MODEL, VERSION, max_in_memory=2)
+    ids = list(range(50, 55))
+    new = c.missing({h(i): str(i) for i in ids})
+    vecs = np.stack([vec(i) for i in ids])
+    c.remember(list(new), vecs)
+    reads = count_reads(monkeypatch, store)
+    got = c.vectors([h(i) for i in ids], dict(zip(new, vecs)))
+    assert reads == [] and set(got) == {h(i) for i in ids}
+    for i in ids:
+        np.testing.assert_array_equal(got[h(i)], vec(i))

@@ -277,6 +277,17 @@ def test_kafka_settings_come_from_the_environment_with_dots():
     assert redacted(cfg.kafka) == {"sasl.password": "***", "security.protocol": "SASL_SSL"}
 
 
+def test_the_consumers_cache_bound_is_checked():
+    from plugin.config import load_config
+    from plugin.errors import UsageError
+
+    assert load_config(None, {}, environ={}).stream_cache_texts == 10000
+    assert load_config(None, {}, environ={"SYSMON_BLT_STREAM_CACHE_TEXTS": "50000"}
+                       ).stream_cache_texts == 50000
+    with pytest.raises(UsageError, match="stream_cache_texts"):
+        load_config(None, {}, environ={"SYSMON_BLT_STREAM_CACHE_TEXTS": "10"})
+
+
 def test_a_bad_suppression_rule_is_a_usage_error_naming_it(work, events):
     cfg = work / "rules-bad.yaml"
     cfg.write_text("suppress:\n  - text: '([unclosed'\n")

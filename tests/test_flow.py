@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import orjson
 import pytest
 
@@ -211,6 +212,47 @@ def test_an_outlier_text_is_explained_once_across_batches(store, normalizer):
     flow.drain()
     flow.close()
     assert stage.outliers == 3 and len(calls) == 1
+
+
+def test_per_text_bounds_smaller_than_a_batch_change_no_score(tmp_path, normalizer,
+                                                               micro_model_dir):
+    """A consumer bounds the vectors and scores it keeps (`stream_cache_texts`); a batch with more
+    new texts than that, and texts seen again after they left, are still embedded once, read
+    back and scored exactly as with room for everything."""
+    from plugin.models.embedder import BLTEmbedder
+    from plugin.pipeline.cache import EmbeddingCache
+    from plugin.pipeline.embed import EmbedStage
+    from plugin.pipeline.score import ScoreStage
+    from plugin.detect.outliers import CentroidScorer
+    from plugin.detect.kmeans import ClusterModel
+
+    emb = BLTEmbedder.from_dir(micro_model_dir)
+    clusters = ClusterModel(centroids=np.eye(2, emb.dim, dtype=np.float32),
+                            thresholds=np.full(2, 0.5, np.float32), sizes=np.ones(2, np.int64),
+                            quantile=0.99, medoid_index=np.full(2, -1, np.int64))
+
+    def run(name: str, bound: int) -> tuple[dict, int]:
+        st = open_store(tmp_path / f"{name}.duckdb")
+        st.register_model(emb.name, emb.version, emb.dim, str(micro_model_dir))
+        embed = EmbedStage(emb, EmbeddingCache(st, emb.name, emb.version, max_in_memory=bound))
+        score = ScoreStage(emb.name, 1, CentroidScorer(clusters), max_texts=bound)
+        flow = Flow(st, normalizer, [embed, score], batch_size=6)
+        for i in range(24):  # 8 texts, three rounds: the later rounds find them gone
+            data = orjson.loads(record(i).data)
+            data["Event"]["EventData"]["CommandLine"] = f"tool.exe /run {i % 8} {'x' * (i % 8)}"
+            flow.feed(RawRecord("t.json", i, orjson.dumps(data)))
+        flow.flush()
+        flow.drain()
+        flow.close()
+        rows = {k: (c, round(sc, 5)) for k, c, sc in st.con.execute(
+            "SELECT event_key, cluster, score FROM assignments").fetchall()}
+        st.close()
+        return rows, embed.texts_embedded
+
+    small, embedded_small = run("small", 2)
+    roomy, embedded_roomy = run("roomy", 1000)
+    assert len(small) == 24 and small == roomy
+    assert embedded_small == embedded_roomy == 8
 
 
 def test_a_durable_batch_knows_when_its_first_record_came(store, normalizer):

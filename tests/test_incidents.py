@@ -207,6 +207,33 @@ def test_memory_is_bounded():
     assert len(grouper._procs) <= 5 and grouper._pending <= 10
 
 
+@pytest.mark.parametrize("zone", [timezone.utc, None], ids=["utc", "no-zone"])
+def test_buffered_events_join_with_their_time_score_and_alert(zone):
+    """Events before the first outlier wait packed (a consumer buffers hundreds of thousands);
+    when the incident opens they join with the time, type, score and alert they came with,
+    to the microsecond, and a time without a zone stays without one."""
+    t0 = datetime(2024, 3, 5, 10, 0, 0, 123456, tzinfo=zone)
+    create_fields = {"ProcessGuid": g("payload"), "ParentProcessGuid": g("explorer"),
+                     "Image": PAYLOAD}
+    story = [observe("payload", HOST, t0, 1, create_fields, "eid=1 image=payload", 0.4, False),
+             observe("payload-odd", HOST, t0 + timedelta(seconds=30), 7,
+                     {"ProcessGuid": g("payload")}, "eid=7 image=payload odd", 1.7, True,
+                     suppressed=True, alert_id="alert-odd"),
+             observe("payload-undated", HOST, None, 11, {"ProcessGuid": g("payload")},
+                     "eid=11 image=payload", 0.2, False),
+             observe("cmd", HOST, t0 + timedelta(minutes=2), 1,
+                     {"ProcessGuid": g("cmd"), "ParentProcessGuid": g("payload"), "Image": CMD},
+                     "eid=1 image=cmd", 2.5, True, alert_id="alert-cmd")]
+    seen = frozenset({CMD.lower(), "x"})
+    out = IncidentGrouper("blt", ContextModel(seen, threshold=2.0)).add(story)
+    (inc,) = out.incidents.values()
+    assert set(out.links) == {"payload", "payload-odd", "payload-undated", "cmd"}
+    assert inc.first_seen == t0 and inc.first_seen.tzinfo is zone
+    assert inc.last_seen == t0 + timedelta(minutes=2)
+    assert inc.events == 4 and inc.event_types == {1, 7, 11} and inc.max_score == 2.5
+    assert inc.alert_ids == {"alert-odd", "alert-cmd"}
+
+
 # -- the stage, across batches ----------------------------------------------------------------
 def _event(key: str, ob_fields: dict, event_id: int, text: str, minutes: float):
     from plugin.normalize.normalizer import NormalizedEvent

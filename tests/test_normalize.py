@@ -168,3 +168,14 @@ def test_text_is_deterministic(text):
 
     doc = evtx_json()
     assert text.build(map_document(doc)) == CanonicalText(load_schemas()).build(map_document(doc))
+
+
+def test_the_masked_value_cache_stays_in_its_bound_and_changes_no_text(schemas):
+    """A consumer bounds the normalizer's cache (`stream_cache_texts`); texts are the same."""
+    from plugin.normalize.text import CanonicalText
+
+    small, roomy = CanonicalText(schemas, cache_entries=8), CanonicalText(schemas)
+    for i in range(40):
+        doc = evtx_json(dict(EVENT_DATA, CommandLine=f"tool{i}.exe /x {i % 3}"))
+        assert small.build(map_document(doc)) == roomy.build(map_document(doc))
+        assert len(small._cache) <= 8

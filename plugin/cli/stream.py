@@ -55,7 +55,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
                                cfg.suppress, pool=pool,
                                incident_window_minutes=cfg.incident_window_minutes,
-                               cold_start=cfg.cold_start)
+                               cold_start=cfg.cold_start, cache_texts=cfg.stream_cache_texts)
                   if embedder is not None else [])
         if args.dead_letter_topic or (args.alerts_topic and embedder is not None):
             from confluent_kafka import Producer
@@ -98,7 +98,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 watcher.on_switch(lambda model, old, new: enricher.use_latest_fit(
                     model_dir_of(cfg)) if model == embedder.name else None)
             stages.insert(0, watcher)
-        consumer = StreamConsumer(store, Normalizer(load_schemas(cfg.schemas_dir)), stages,
+        normalizer = Normalizer(load_schemas(cfg.schemas_dir), cfg.stream_cache_texts)
+        consumer = StreamConsumer(store, normalizer, stages,
                                   bootstrap=args.bootstrap, topics=args.topic, group=args.group,
                                   settings=cfg.kafka, batch_size=cfg.stream_batch_size,
                                   batch_ms=cfg.stream_batch_ms, producer=producer, metrics=metrics,

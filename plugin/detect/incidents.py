@@ -48,10 +48,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import deque
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from plugin.detect.context import ContextModel
@@ -128,13 +128,40 @@ def observe(event_key: str, computer: str | None, ts: datetime | None, event_id:
 
 @dataclass(slots=True)
 class _Process:
+    """A process as grouping remembers it: one per process of every host for as long as it is
+    kept, so small (its sets and lists made when first needed)."""
+
     parent: str | None = None
     image: str | None = None
     flagged: bool = False
-    novel: set[str] = field(default_factory=set)
-    children: list[str] = field(default_factory=list)
-    # events before its tree's first outlier: (event_key, ts, event_id, score, is_outlier, alert_id)
-    pending: deque | None = None
+    novel: set[str] | None = None
+    children: list[str] | None = None
+    #: events before its tree's first outlier, packed (`_pack`): a consumer buffers hundreds of
+    #: thousands, and as tuples of str, datetime and float each took ~250 bytes against ~90
+    pending: list[bytes] | None = None
+
+
+#: a buffered event's fixed part: its time (microseconds since the epoch), whether that time
+#: has a zone, whether it has one at all, event id, score, outlier; then its key, NUL, alert id
+_PENDING = struct.Struct("<q??id?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_US = timedelta(microseconds=1)
+
+
+def _pack(key: str, ts: datetime | None, event_id: int, score: float, is_outlier: bool,
+          alert_id: str | None) -> bytes:
+    aware = ts is not None and ts.tzinfo is not None
+    us = 0 if ts is None else (ts - (_EPOCH if aware else _EPOCH_NAIVE)) // _US
+    return (_PENDING.pack(us, aware, ts is not None, event_id, float(score), bool(is_outlier))
+            + key.encode() + b"\0" + (alert_id or "").encode())
+
+
+def _unpack(packed: bytes) -> tuple[str, datetime | None, int, float, bool, str | None]:
+    us, aware, has_ts, event_id, score, is_outlier = _PENDING.unpack_from(packed)
+    key, _, alert = packed[_PENDING.size:].decode().partition("\0")
+    ts = ((_EPOCH if aware else _EPOCH_NAIVE) + us * _US) if has_ts else None
+    return key, ts, event_id, score, is_outlier, alert or None
 
 
 @dataclass
@@ -253,7 +280,9 @@ class IncidentGrouper:
             self._newest[host] = ob.ts
         proc = self._process(host, ob)
         novel = self._novel_paths(ob.text)
-        if novel and len(proc.novel) < MAX_NOVEL:
+        if novel and len(proc.novel or ()) < MAX_NOVEL:
+            if proc.novel is None:
+                proc.novel = set()
             proc.novel.update(novel[:MAX_NOVEL - len(proc.novel)])
         chain = self._chain(host, ob.process)
         enclosing = self._enclosing(host, chain, ob.ts)
@@ -272,7 +301,7 @@ class IncidentGrouper:
         self._join(inc, out, ob.event_key, ob.ts, ob.event_id, ob.score, ob.is_outlier,
                    ob.opens, ob.text, ob.alert_id)
         if ob.process == inc.root_guid:
-            inc.root_novel = max(inc.root_novel, len(proc.novel))
+            inc.root_novel = max(inc.root_novel, len(proc.novel or ()))
 
     def _process(self, host: str, ob: Observed) -> _Process:
         key = (host, ob.process)
@@ -286,7 +315,9 @@ class IncidentGrouper:
             if ob.parent is not None and proc.parent is None:
                 proc.parent = ob.parent
                 parent = self._procs.get((host, ob.parent))
-                if parent is not None and len(parent.children) < MAX_SUBTREE:
+                if parent is not None and len(parent.children or ()) < MAX_SUBTREE:
+                    if parent.children is None:
+                        parent.children = []
                     parent.children.append(ob.process)
             proc.image = ob.image or proc.image or _own_image(ob.text)
             proc.flagged = proc.flagged or ob.opens or self._novel_image(ob.text)
@@ -330,7 +361,7 @@ class IncidentGrouper:
         proc = self._procs.get((host, root))
         inc = Incident(incident_id(self.model, ob.computer, root, opened), self.model, ob.computer,
                        root, proc.image if proc is not None else None,
-                       root_novel=len(proc.novel) if proc is not None else 0, tree=tree)
+                       root_novel=len(proc.novel or ()) if proc is not None else 0, tree=tree)
         self._open.pop((host, root), None)
         self._open[(host, root)] = inc
         if len(self._open) > self.max_open:
@@ -348,14 +379,14 @@ class IncidentGrouper:
             proc = self._procs.get((host, g))
             if proc is None:
                 continue
-            for c in proc.children if inc.tree else ():
+            for c in (proc.children or ()) if inc.tree else ():
                 if c not in seen:
                     seen.add(c)
                     todo.append(c)
             if not proc.pending:
                 continue
             self._pending -= len(proc.pending)
-            for key, t, event_id, score, is_outlier, alert_id in proc.pending:
+            for key, t, event_id, score, is_outlier, alert_id in map(_unpack, proc.pending):
                 if ts is None or t is None or ts - t < self.window:
                     self._join(inc, out, key, t, event_id, score, is_outlier, False, None, alert_id)
             proc.pending = None
@@ -371,11 +402,12 @@ class IncidentGrouper:
 
     def _buffer(self, proc: _Process, ob: Observed) -> None:
         if proc.pending is None:
-            proc.pending = deque(maxlen=MAX_PENDING_PER_PROCESS)
-        if len(proc.pending) == proc.pending.maxlen:
+            proc.pending = []
+        if len(proc.pending) >= MAX_PENDING_PER_PROCESS:  # its oldest out
+            del proc.pending[0]
             self._pending -= 1
-        proc.pending.append((ob.event_key, ob.ts, ob.event_id, ob.score, ob.is_outlier,
-                             ob.alert_id))
+        proc.pending.append(_pack(ob.event_key, ob.ts, ob.event_id, ob.score, ob.is_outlier,
+                                  ob.alert_id))
         self._pending += 1
         if self._pending > self.max_pending:
             self._forget_pending()

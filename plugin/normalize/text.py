@@ -21,6 +21,8 @@ _DEFAULT_DROP = frozenset({
     "targetprocessguid", "targetprocessid", "sourcethreadid", "creationutctime",
     "previouscreationutctime", "newthreadid", "sysmon_blt_sim",
 })
+#: masked field values kept (~0.3 KB each); emptied when full (a refill is a regex pass per
+#: value, cheap beside the lookups an LRU would add to every field of every event)
 _CACHE_LIMIT = 200_000
 
 
@@ -39,8 +41,9 @@ def _as_text(value: Any) -> str | None:
 class CanonicalText:
     """Builds canonical texts; caches masked field values (they repeat heavily in real logs)."""
 
-    def __init__(self, schemas: SchemaSet) -> None:
+    def __init__(self, schemas: SchemaSet, cache_entries: int = _CACHE_LIMIT) -> None:
         self.schemas = schemas
+        self.cache_entries = cache_entries
         self._cache: dict[tuple[str, str], str] = {}
 
     def _mask_field(self, lname: str, value: str, schema: EventSchema | None) -> str:
@@ -59,7 +62,7 @@ class CanonicalText:
             out = " ".join(out.split()).lower()
             if len(out) > s.max_field_chars:
                 out = out[: s.max_field_chars] + "<cut>"
-        if len(self._cache) >= _CACHE_LIMIT:
+        if len(self._cache) >= self.cache_entries:
             self._cache.clear()
         self._cache[key] = out
         return out

@@ -27,7 +27,7 @@ from plugin.models.checkpoint import ModelDirError
 from plugin.models.embedder import BLTEmbedder
 from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
 from plugin.pipeline.batch import BatchStage
-from plugin.pipeline.cache import EmbeddingCache
+from plugin.pipeline.cache import MAX_IN_MEMORY, EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
 from plugin.pipeline.fitwatch import FitWatcher
 from plugin.pipeline.incidents import IncidentStage
@@ -76,12 +76,13 @@ def load_shadow(cfg: Config) -> LinformerEmbedder | None:
 
 
 def embed_stage(store: Store, embedder, model_dir: str | None, sample_rate: float = 1.0,
-                pool: WorkerPool | None = None) -> EmbedStage:
+                pool: WorkerPool | None = None, cache_texts: int = MAX_IN_MEMORY) -> EmbedStage:
     """An embed stage whose cache is seeded from the database (the model version registered);
-    its texts are embedded on the pool's workers when there is one, else in this process."""
+    its texts are embedded on the pool's workers when there is one, else in this process.
+    ``cache_texts``: vectors kept in memory (`plugin.pipeline.cache`)."""
     store.register_model(embedder.name, embedder.version, embedder.dim, model_dir)
     runs = pool.embedder(embedder) if pool is not None else embedder
-    return EmbedStage(runs, EmbeddingCache(store, embedder.name, embedder.version),
+    return EmbedStage(runs, EmbeddingCache(store, embedder.name, embedder.version, cache_texts),
                       sample_rate=sample_rate)
 
 
@@ -107,15 +108,18 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
                  shadow_rate: float = 1.0, suppress: list | None = None,
                  pool: WorkerPool | None = None,
                  incident_window_minutes: float = 60.0,
-                 cold_start: str = "case") -> list[BatchStage]:
+                 cold_start: str = "case", cache_texts: int = MAX_IN_MEMORY) -> list[BatchStage]:
     """Embed, then score with the database's latest fit (or the shipped reference clusters),
     then apply the suppression rules to its alerts, then group its outliers into incidents
     (``incident_window_minutes``: see `plugin.detect.incidents`); without a fit, ``cold_start``
     "case" calibrates the shipped scores on this run's events, "shipped" keeps the corpus's
     threshold as it is; then the same for the shadow
     model, if any, whose flags never become alerts or incidents. ``pool``: embedding workers
-    (`open_pool`); the models loaded here still explain outliers."""
-    stages: list[BatchStage] = [embed_stage(store, embedder, model_dir, pool=pool)]
+    (`open_pool`); the models loaded here still explain outliers. ``cache_texts``: distinct texts
+    whose vectors and scores each model keeps in memory (a consumer's budget; an import keeps
+    more)."""
+    stages: list[BatchStage] = [embed_stage(store, embedder, model_dir, pool=pool,
+                                            cache_texts=cache_texts)]
     loaded = _scorer(store, embedder, model_dir, embedder=embedder)
     if loaded is None:
         log.warning("no_scorer", reason="the model directory has no reference clusters and the "
@@ -124,27 +128,30 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
         explain = make_explainer(loaded, embedder, store.texts_by_hash)
         stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
                                  context=loaded.context,
-                                 case=case_calibration(loaded) if cold_start == "case" else None))
+                                 case=case_calibration(loaded) if cold_start == "case" else None,
+                                 max_texts=cache_texts))
         rules = SuppressRules.parse(suppress or [], "configuration: suppress")
         if rules:
             stages.append(SuppressStage(rules, embedder.name))
         stages.append(IncidentStage(embedder.name, loaded.context,
                                     timedelta(minutes=incident_window_minutes)))
     if shadow is not None:
-        stages += shadow_stages(store, shadow, model_dir, shadow_rate, pool)
+        stages += shadow_stages(store, shadow, model_dir, shadow_rate, pool, cache_texts)
     return stages
 
 
 def shadow_stages(store: Store, shadow: LinformerEmbedder, model_dir: str | None,
-                  rate: float, pool: WorkerPool | None = None) -> list[BatchStage]:
+                  rate: float, pool: WorkerPool | None = None,
+                  cache_texts: int = MAX_IN_MEMORY) -> list[BatchStage]:
     """The shadow's embed and score stages: same batches, its own vectors, clusters and scores."""
-    stages: list[BatchStage] = [embed_stage(store, shadow, model_dir, rate, pool)]
+    stages: list[BatchStage] = [embed_stage(store, shadow, model_dir, rate, pool, cache_texts)]
     loaded = _scorer(store, shadow, model_dir)
     if loaded is None:
         log.warning("no_shadow_scorer", model=shadow.name, reason="no reference clusters and no "
                     "fit: the shadow's vectors are stored but not scored")
         return stages
-    stages.append(ScoreStage(shadow.name, loaded.version, loaded.scorer, alerts=False))
+    stages.append(ScoreStage(shadow.name, loaded.version, loaded.scorer, alerts=False,
+                             max_texts=cache_texts))
     return stages
 
 

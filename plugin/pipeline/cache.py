@@ -2,28 +2,31 @@
 
 Real logs repeat the same canonical text many times (OTRF about 7x), so each distinct text is
 embedded once per model version, ever: the cache is seeded from the database (text_vectors),
-and keeps this run's vectors in memory so scoring can read any text's vector without a query.
-Vectors of texts embedded by earlier runs are read back from the database when a batch needs them.
+and keeps the vectors of the texts used most recently in memory, so scoring reads a routine
+text's vector without a query. Vectors of other texts (embedded by earlier runs, or used long
+ago) are read back from the database when a batch needs them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from plugin.memory import LRU
 from plugin.store import Store
 
-# about 100 MB at d=128; beyond it, older vectors are re-read from the database (a consumer runs
-# for days: the cache stays well inside its memory budget)
+#: vectors kept in memory, least recently used out: ~0.7 KB each at d=128 (an import's default;
+#: a consumer passes its smaller ``stream_cache_texts``)
 MAX_IN_MEMORY = 200_000
 
 
 class EmbeddingCache:
-    def __init__(self, store: Store, model: str, version: str) -> None:
+    def __init__(self, store: Store, model: str, version: str,
+                 max_in_memory: int = MAX_IN_MEMORY) -> None:
         self.store = store
         self.model = model
         self.version = version
         self._known = store.vector_hashes(model, version)
-        self._vectors: dict[str, np.ndarray] = {}
+        self._vectors: LRU[str, np.ndarray] = LRU(max_in_memory)
         self.hits = 0
         self.misses = 0
 
@@ -36,14 +39,17 @@ class EmbeddingCache:
         return out
 
     def remember(self, hashes: list[str], vectors: np.ndarray) -> None:
-        if len(self._vectors) + len(hashes) > MAX_IN_MEMORY:
-            self._vectors.clear()
         for h, v in zip(hashes, vectors):
-            self._vectors[h] = v
+            # a copy: a row would keep its whole batch's array alive after the others are out
+            self._vectors[h] = v.copy()
 
-    def vectors(self, hashes: list[str]) -> dict[str, np.ndarray]:
-        """Vectors for known hashes: from memory, else from the database."""
-        out = {h: self._vectors[h] for h in hashes if h in self._vectors}
+    def vectors(self, hashes: list[str],
+                fresh: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Vectors for known hashes: ``fresh`` (this batch's, not stored yet), else from memory,
+        else from the database."""
+        fresh = fresh or {}
+        out = {h: fresh[h] if h in fresh else self._vectors[h] for h in hashes
+               if h in fresh or h in self._vectors}
         rest = [h for h in hashes if h not in out]
         if rest:
             got = self.store.read_vectors(self.model, self.version, rest)

@@ -80,11 +80,15 @@ class EmbedStage:
         distinct, todo, vecs, surprisal = batch.prepared.pop(self.name)
         if surprisal is not None:  # the embedding pass's surprisal, for scoring on this thread
             self._surprisal_of.last_surprisal = surprisal
+        fresh = {}
         if todo:
             self.cache.remember(todo, vecs)
+            fresh = dict(zip(todo, vecs))
             batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, todo, vecs))
-        # every distinct text of the batch, for the stages after this one (scoring)
-        batch.text_vectors[self.embedder.name] = self.cache.vectors(distinct)
+        # every distinct text of the batch, for the stages after this one (scoring); the new
+        # ones from this pass (a batch with more new texts than the cache holds pushes some out
+        # before they are stored)
+        batch.text_vectors[self.embedder.name] = self.cache.vectors(distinct, fresh)
 
     def stats(self) -> dict:
         rate = self.texts_embedded / self.seconds if self.seconds else 0.0

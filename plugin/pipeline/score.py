@@ -32,18 +32,22 @@ from plugin.detect.calibration import CaseCalibration
 from plugin.detect.context import ContextScorer, process_fields
 from plugin.detect.lineage import ProcessIndex
 from plugin.detect.scoring import TextScore, event_score, explanation, score_texts
+from plugin.memory import LRU
 from plugin.pipeline.batch import Batch
 
 log = structlog.get_logger(__name__)
 
-MAX_CACHED_TEXTS = 200_000  # ~0.5 KB each: a bound a consumer reaches in hours, not one it grows into
+#: texts whose scores are kept, least recently used out (~0.5 KB each): an import's default; a
+#: consumer passes its smaller ``stream_cache_texts``. A text out and seen again is scored again.
+MAX_CACHED_TEXTS = 200_000
 MAX_CACHED_EXPLANATIONS = 50_000
 
 
 class ScoreStage:
     def __init__(self, model: str, version: int, scorer, *,
                  explain: Callable[[str, TextScore], dict] | None = None,
-                 alerts: bool = True, context=None, case: CaseCalibration | None = None) -> None:
+                 alerts: bool = True, context=None, case: CaseCalibration | None = None,
+                 max_texts: int = MAX_CACHED_TEXTS) -> None:
         self.model = model
         self.case = case
         self.alerts = alerts
@@ -55,10 +59,10 @@ class ScoreStage:
         #: per-event context on top of the per-text content score (None: content only)
         self.context = ContextScorer(context) if context is not None else None
         self.name = f"score:{model}"
-        self._cache: dict[str, TextScore] = {}
+        self._cache: LRU[str, TextScore] = LRU(max_texts)
         # per-text part of outliers' explanations (an entropy-model pass each), across batches:
         # a stream repeats its outlier texts, and recomputing them grew with the stream
-        self._explained: dict[str, dict] = {}
+        self._explained: LRU[str, dict] = LRU(min(max_texts, MAX_CACHED_EXPLANATIONS))
         self.outliers = 0
         self.scored = 0
         #: the score an outlier needs to become an alert: 1.0, or higher during a consumer's
@@ -80,30 +84,31 @@ class ScoreStage:
         self._cache.clear()
         self._explained.clear()
 
-    def _score_texts(self, vectors: dict[str, np.ndarray], texts: dict[str, str]) -> None:
-        todo = [h for h in vectors if h not in self._cache]
-        if not todo:
-            return
-        if len(self._cache) + len(todo) > MAX_CACHED_TEXTS:  # bound memory, before this batch
-            self._cache.clear()
-        scored = score_texts(self.scorer, np.stack([vectors[h] for h in todo]),
-                             [texts[h] for h in todo])
-        self._cache.update(zip(todo, scored))
+    def _score_texts(self, vectors: dict[str, np.ndarray],
+                     texts: dict[str, str]) -> dict[str, TextScore]:
+        """The batch's texts' scores: cached, or scored now (and cached). Returned whole, as a
+        batch with more new texts than the cache holds pushes some of its own out."""
+        out = {h: self._cache[h] for h in vectors if h in self._cache}
+        todo = [h for h in vectors if h not in out]
+        if todo:
+            scored = score_texts(self.scorer, np.stack([vectors[h] for h in todo]),
+                                 [texts[h] for h in todo])
+            out.update(zip(todo, scored))
+            self._cache.update(zip(todo, scored))
+        return out
 
     def __call__(self, batch: Batch) -> None:
         vectors = batch.text_vectors.get(self.model)
         if not vectors:
             return
-        self._score_texts(vectors, {e.text_hash: e.normalized for e in batch.events})
+        scores = self._score_texts(vectors, {e.text_hash: e.normalized for e in batch.events})
         if self.processes is not None:
             self.processes.add(batch.events)
-        if len(self._explained) > MAX_CACHED_EXPLANATIONS:
-            self._explained.clear()
-        recalibrated = self._case_scores(batch, vectors) if self.case is not None else {}
+        recalibrated = self._case_scores(batch, scores) if self.case is not None else {}
         for e in batch.events:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
-            ts = recalibrated.get(e.event_key) or self._cache[e.text_hash]
+            ts = recalibrated.get(e.event_key) or scores[e.text_hash]
             cs = (self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
                   if self.context is not None else None)
             ev = event_score(ts, self.context.model if self.context is not None else None, cs)
@@ -130,20 +135,20 @@ class ScoreStage:
             })
             self.scored += 1
 
-    def _case_scores(self, batch: Batch, vectors: dict) -> dict[str, TextScore]:
+    def _case_scores(self, batch: Batch, scores: dict[str, TextScore]) -> dict[str, TextScore]:
         """Per event (by key): its text's score against the case threshold, after stacking (how
         often this case has shown the text so far) and after adding the batch's events to the
         case's quantile (so a first batch calibrates itself)."""
-        events = [e for e in batch.events if e.text_hash in vectors
-                  and self._cache[e.text_hash].detail.get("window_bits_per_byte") is not None]
-        bits = np.array([self._cache[e.text_hash].detail["window_bits_per_byte"] for e in events],
+        events = [e for e in batch.events if e.text_hash in scores
+                  and scores[e.text_hash].detail.get("window_bits_per_byte") is not None]
+        bits = np.array([scores[e.text_hash].detail["window_bits_per_byte"] for e in events],
                         dtype=np.float64)
         values = self.case.stacked([e.text_hash for e in events], bits)
         self.case.observe(values)
         threshold, bar = self.case.threshold(), self.case.outlier_bar()
         out = {}
         for e, v in zip(events, values):
-            ts = self._cache[e.text_hash]
+            ts = scores[e.text_hash]
             score = float(v) / threshold
             out[e.event_key] = TextScore(ts.cluster, ts.distance, score, score >= bar,
                                          {**ts.detail, "surprisal_threshold": round(threshold, 4),
