@@ -309,3 +309,22 @@ CREATE TABLE assignments_keyless (
 INSERT INTO assignments_keyless SELECT * FROM assignments;
 DROP TABLE assignments;
 ALTER TABLE assignments_keyless RENAME TO assignments;
+
+
+-- migration: 10
+-- file only
+-- `text_vectors` without its primary key, for the reason of migration 9: the key index of one row
+-- per model and distinct text lives whole in DuckDB's pool, and a store of both models ran out of
+-- a 64 MB pool at 175,000 distinct texts (measured; a consumer meeting ~50 new texts a second
+-- gets there within an hour, and a large import's pool later). The writer keeps one vector per
+-- (model, version, text).
+CREATE TABLE text_vectors_keyless (
+    model         VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    text_hash     VARCHAR NOT NULL,
+    vector        FLOAT[] NOT NULL,
+    created       TIMESTAMPTZ NOT NULL
+);
+INSERT INTO text_vectors_keyless SELECT * FROM text_vectors;
+DROP TABLE text_vectors;
+ALTER TABLE text_vectors_keyless RENAME TO text_vectors;

@@ -288,6 +288,40 @@ def test_a_small_pool_takes_more_events_than_a_key_index_would_fit(tmp_path):
     s.close()
 
 
+def test_a_small_pool_takes_more_texts_than_a_vector_key_index_would_fit(tmp_path):
+    """`text_vectors` kept a key index of one row per model and distinct text whole in the pool:
+    a 64 MB pool ran out at 175,000 texts of two models (measured), a 32 MB one fails this test.
+    The writer keeps one vector per (model, version, text) without it: a replayed batch and a
+    text twice in one batch store nothing twice."""
+    import hashlib
+
+    s = open_store(tmp_path / "vectors.duckdb", memory_limit="32MB")
+    assert not s._run("SELECT 1 FROM duckdb_constraints() WHERE table_name = 'text_vectors' "
+                      "AND constraint_type = 'PRIMARY KEY'")
+    for m in ("blt", "linformer"):
+        s.register_model(m, "v1", 8, None)
+    rng = np.random.default_rng(0)
+    n, per = 120_000, 5_000
+    batch = []
+    for b in range(n // per):
+        hashes = [hashlib.sha256(f"{b}-{i}".encode()).hexdigest() for i in range(per)]
+        vecs = rng.standard_normal((per, 8)).astype(np.float32)
+        batch = [VectorRows(m, "v1", hashes, vecs) for m in ("blt", "linformer")]
+        s.write_batch({}, [], batch)
+    assert s._run("SELECT count(*) FROM text_vectors")[0][0] == 2 * n
+    s.write_batch({}, [], batch)  # a replay of the last batch
+    twice = VectorRows("blt", "v1", ["new", "new", batch[0].text_hashes[0]],
+                       np.ones((3, 8), np.float32))
+    s.write_batch({}, [], [twice])
+    assert s._run("SELECT count(*) FROM text_vectors")[0][0] == 2 * n + 1
+    assert s._run("SELECT count(*) FROM text_vectors WHERE text_hash IN (SELECT unnest(?))",
+                  [batch[0].text_hashes + ["new"]])[0][0] == 2 * per + 1
+    np.testing.assert_array_equal(
+        s.read_vectors("blt", "v1", [batch[0].text_hashes[0]])[batch[0].text_hashes[0]],
+        batch[0].vectors[0])  # the first vector stays
+    s.close()
+
+
 def test_a_file_with_keyed_tables_is_migrated_to_keyless_ones(tmp_path, events):
     """A database written before migration 9 (keys indexed) keeps every row and column, and a
     replay into it after the upgrade stores nothing."""
@@ -303,15 +337,24 @@ def test_a_file_with_keyed_tables_is_migrated_to_keyless_ones(tmp_path, events):
         {"event_key": e.event_key, "model": "blt", "version": 0, "cluster": 1, "distance": 0.1,
          "score": 0.2, "is_outlier": False, "detail": "{}", "explanation": None}
         for e in events])
+    old.register_model("blt", "v1", 4, None)
+    vectors = VectorRows("blt", "v1", [e.text_hash for e in events[:2]],
+                         np.arange(8, dtype=np.float32).reshape(2, 4))
+    old.write_batch({}, [], [vectors])
     assert old.schema_version() == 8
     before = old._run("SELECT * FROM events ORDER BY event_key")
+    stored_vectors = old._run("SELECT * FROM text_vectors ORDER BY text_hash")
     old.close()
     s = open_store(db)
     assert s.schema_version() == load_migrations()[-1][0]
     assert s._run("SELECT * FROM events ORDER BY event_key") == before
+    assert s._run("SELECT * FROM text_vectors ORDER BY text_hash") == stored_vectors
+    assert not s._run("SELECT 1 FROM duckdb_constraints() WHERE table_name IN ('events', "
+                      "'assignments', 'text_vectors') AND constraint_type = 'PRIMARY KEY'")
     assert s._run("SELECT count(*) FROM assignments")[0][0] == 5
-    assert s.write_batch(event_rows(events, utcnow()), []) == 0
-    assert s._run("SELECT count(*) FROM event_vectors")[0][0] == 0  # the view still binds
+    assert s.write_batch(event_rows(events, utcnow()), [], [vectors]) == 0
+    assert s._run("SELECT count(*) FROM text_vectors")[0][0] == len(stored_vectors)
+    assert s._run("SELECT count(*) FROM event_vectors")[0][0] == 2  # the view still binds
     s.close()
 
 

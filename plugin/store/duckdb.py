@@ -306,9 +306,22 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
             "created": pa.array([utcnow()] * len(mat), pa.timestamp("us", tz="UTC")),
         })
         self.con.register("_batch_vectors", tbl)
-        self._insert_new("text_vectors", "SELECT * FROM _batch_vectors",
-                         ("model", "model_version", "text_hash"))
+        self._insert_new_vectors()
         self.con.unregister("_batch_vectors")
+
+    def _insert_new_vectors(self) -> None:
+        """Insert the rows of ``_batch_vectors`` whose (model, version, text) has no vector yet.
+        `text_vectors` has no key index (migration 10): the embedding cache hands each text out
+        once per process, and this check keeps a second copy out all the same. An inner join,
+        so DuckDB builds its hash table on the batch and streams the stored rows past it (an
+        anti-join would hash the whole table)."""
+        stored = [r[0] for r in self._run(
+            "SELECT n.text_hash FROM _batch_vectors n JOIN text_vectors t ON t.model = n.model "
+            "AND t.model_version = n.model_version AND t.text_hash = n.text_hash")]
+        where = " WHERE text_hash NOT IN (SELECT unnest(?::VARCHAR[]))" if stored else ""
+        self._run("INSERT INTO text_vectors BY NAME SELECT * FROM _batch_vectors" + where
+                  + " QUALIFY row_number() OVER (PARTITION BY model, model_version, text_hash) = 1",
+                  [stored] if stored else None)
 
     def _upsert_assignments(self, rows: Sequence[dict], inserted: set[str] | None) -> None:
         """One row per event and model: scores of events this batch stored new are appended

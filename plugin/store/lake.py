@@ -226,6 +226,10 @@ class LakeStore(DuckDBStore):
         self._run(f"INSERT INTO {table} BY NAME {missing} "
                   f"QUALIFY row_number() OVER (PARTITION BY {partition}) = 1", params)
 
+    def _insert_new_vectors(self) -> None:
+        self._insert_new("text_vectors", "SELECT * FROM _batch_vectors",
+                         ("model", "model_version", "text_hash"))
+
     def _upsert(self, table: str, select: str, keys: Sequence[str], sets: Sequence[str],
                 params: list | None = None) -> None:
         """DuckLake enforces no key: every upsert is a guarded MERGE."""
