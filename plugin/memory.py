@@ -32,7 +32,6 @@ def release_freed_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-
 class LRU(OrderedDict[K, V]):
     """A mapping that keeps its ``max_entries`` most recently used entries.
 
