@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,7 +52,7 @@ import structlog
 from plugin.detect.lineage import guid
 from plugin.detect.lineage import lineage as walk_lineage
 from plugin.detect.scoring import TextScore, event_score, explanation, score_texts
-from plugin.memory import release_freed_heap
+from plugin.memory import LRU, release_freed_heap
 from plugin.normalize.shapes import BadRecord, map_document, parse_and_map
 from plugin.normalize.schema import SchemaSet
 from plugin.normalize.text import CanonicalText
@@ -153,8 +152,7 @@ class _TextCache:
     largest share of CPU in such a burst."""
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[str, _Known] = OrderedDict()
+        self._items: LRU[str, _Known] = LRU(max_entries)
         self._pending: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -163,9 +161,8 @@ class _TextCache:
         """The text's entry, computed by ``compute`` when no thread has it or is computing it."""
         while True:
             with self._lock:
-                hit = self._items.get(text)
+                hit = self._items.get(text)  # a use: it moves to the back of the line
                 if hit is not None:
-                    self._items.move_to_end(text)
                     self.hits += 1
                     return hit
                 pending = self._pending.get(text)
@@ -178,8 +175,6 @@ class _TextCache:
             known = compute()
             with self._lock:
                 self._items[text] = known
-                while len(self._items) > self.max_entries:
-                    self._items.popitem(last=False)
         finally:
             with self._lock:
                 self._pending.pop(text).set()
