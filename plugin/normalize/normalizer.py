@@ -52,8 +52,7 @@ def _default(obj: Any) -> Any:
 class Normalizer:
     def __init__(self, schemas: SchemaSet, cache_entries: int | None = None) -> None:
         """``cache_entries``: masked field values kept (`CanonicalText`; None: its default)."""
-        self.text = (CanonicalText(schemas) if cache_entries is None
-                     else CanonicalText(schemas, cache_entries))
+        self.text = CanonicalText(schemas, cache_entries)
 
     def __call__(self, rec: RawRecord) -> NormalizedEvent | NotSysmon:
         """Raises BadRecord for a record that must be dead-lettered."""

@@ -41,9 +41,10 @@ def _as_text(value: Any) -> str | None:
 class CanonicalText:
     """Builds canonical texts; caches masked field values (they repeat heavily in real logs)."""
 
-    def __init__(self, schemas: SchemaSet, cache_entries: int = _CACHE_LIMIT) -> None:
+    def __init__(self, schemas: SchemaSet, cache_entries: int | None = None) -> None:
+        """``cache_entries``: masked field values kept (None: `_CACHE_LIMIT`)."""
         self.schemas = schemas
-        self.cache_entries = cache_entries
+        self.cache_entries = cache_entries if cache_entries is not None else _CACHE_LIMIT
         self._cache: dict[tuple[str, str], str] = {}
 
     def _mask_field(self, lname: str, value: str, schema: EventSchema | None) -> str:

@@ -13,11 +13,12 @@ written); while they are all taken the consumer keeps filling the next batch, up
 batch size) and the next one is ready the moment a slot frees. With that batch full too, it stops
 taking messages and waits; stopped for longer than `PAUSE_AFTER_S` (5 s), it pauses its
 partitions (it keeps polling, so the group sees it alive and rebalances still run) and resumes
-them once a batch is written. A pause drops what librdkafka had prefetched for those partitions (fetched again on
-resume): pausing for every short stall once cost ~400 ms per batch and capped a consumer at ~600
-events/s with idle cores, and stopping at every taken slot (without filling the next batch)
-left the worker idle half the time at 1,000 events/s. librdkafka's own fetch queue is bounded too
-(`queued.max.messages.kbytes`), so memory does not grow with the input rate or the lag. Retention (`retention_days`) runs on the same thread as the writes, between batches.
+them once a batch is written. A pause drops what librdkafka had prefetched for those partitions
+(fetched again on resume): pausing for every short stall once cost ~400 ms per batch and capped
+a consumer at ~600 events/s with idle cores, and stopping at every taken slot (without filling
+the next batch) left the worker idle half the time at 1,000 events/s. librdkafka's own fetch
+queue is bounded too (`queued.max.messages.kbytes`), so memory does not grow with the input rate
+or the lag. Retention (`retention_days`) runs on the same thread as the writes, between batches.
 """
 
 from __future__ import annotations
