@@ -34,7 +34,7 @@ def test_a_quiet_case_keeps_the_shipped_threshold():
 def test_values_beyond_the_histogram_are_counted_not_lost():
     c = CaseCalibration(1.0, quantile=0.5, min_events=1)
     c.observe(np.array([40.0, 50.0, -1.0]))
-    assert c.events == 3 and c.counts.sum() == 3
+    assert c.events == 3 and c.hist.counts.sum() == 3
 
 
 def test_stacking_lowers_a_text_each_time_the_case_repeats_it():

@@ -184,3 +184,80 @@ def test_zero_guid_carries_nothing_between_unrelated_processes():
                    f"eid=10 sourceimage={CMD} targetimage={CMD}", content=0.1)
     assert acc.lineage == 0.0
     assert zero not in sc.carry._carry
+
+
+def test_case_context_flags_a_binary_new_to_the_case_once_its_routine_is_seen():
+    from plugin.detect.context import CaseContext
+
+    cc = CaseContext(min_events=2)
+    # before the case has shown min_events events, nothing is new: its routine is still arriving
+    assert cc.walk(*create("p1", "p0", "c:\\early.exe"), content=0.1)[1] == []
+    cc.walk(7, {"ProcessGuid": "{p1}"}, LOAD, content=0.1)  # names conhost and kernel32
+    raw, novel, carry = cc.walk(*create("p2", "p1", PAYLOAD), content=0.5)
+    # own = content + novelty; its parent's own suspicion (0.1) comes with half its weight
+    assert novel == [PAYLOAD] and carry == pytest.approx(0.1)
+    assert raw == pytest.approx(0.5 + 1.0 + 0.5 * 0.1)
+    # an image the case named before (here as a loading process) is not new, nor is a second run
+    assert cc.walk(*create("p3", "p2", CONHOST), content=0.1)[1] == []
+    assert cc.walk(*create("p4", "p1", PAYLOAD), content=0.1)[1] == []
+    # the payload's child carries its suspicion: raw = own + 0.5 * carry
+    raw, _, carry = cc.walk(7, {"ProcessGuid": "{p3}"}, LOAD, content=0.1)
+    assert carry == pytest.approx(1.5) and raw == pytest.approx(0.1 + 0.75)
+    assert cc.describe()["novel_creations"] == 1
+
+
+def test_case_context_threshold_is_its_quantile_and_never_below_one():
+    from plugin.detect.context import CaseContext
+
+    quiet = CaseContext(quantile=0.99)
+    quiet.observe(np.full(1000, 0.3))
+    assert quiet.threshold() == 1.0
+    noisy = CaseContext(quantile=0.99)
+    values = np.random.default_rng(1).uniform(0.0, 4.0, 20_000)
+    noisy.observe(values)
+    assert abs(noisy.threshold() - np.quantile(values, 0.99)) < 0.01
+
+
+def test_cold_start_stage_lifts_a_new_binarys_tree_but_not_its_twins_elsewhere():
+    """Without a fit the score stage learns the context from the case: the new binary's creation
+    and its child's ordinary module load are outliers; the same load in a routine process is not."""
+    from plugin.detect.calibration import CaseCalibration
+    from plugin.normalize.normalizer import NormalizedEvent
+    from plugin.pipeline.batch import Batch
+    from plugin.pipeline.score import ScoreStage
+
+    rows = []
+    for i in range(500):  # the case's routine: cmd.exe runs, each loading kernel32
+        rows += [create(f"r{i}", "e0", CMD), (7, {"ProcessGuid": f"{{r{i}}}"}, LOAD)]
+    rows += [create("a1", "e0", PAYLOAD), create("a2", "a1", CONHOST),
+             (7, {"ProcessGuid": "{a2}"}, LOAD), create("z1", "e0", CMD),
+             (7, {"ProcessGuid": "{z1}"}, LOAD)]
+    bits = {rows[0][2]: 0.3, LOAD: 0.5, rows[-5][2]: 0.6, rows[-4][2]: 0.3}
+    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    events = [NormalizedEvent(f"k{i}", "s", i, eid, "host", None, ts, i, None, "test", text,
+                              hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
+              for i, (eid, f, text) in enumerate(rows)]
+    batch = Batch(events, [])
+    batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
+
+    class Bits(_Scorer):  # a content scorer that reports its measure as the surprisal scorer does
+        def score(self, vectors, texts):
+            res = super().score(vectors, texts)
+            res.detail[:] = [{"window_bits_per_byte": self.scores[t]} for t in texts]
+            return res
+
+    stage = ScoreStage("blt", 0, Bits(bits), case=CaseCalibration(1.0, min_events=100))
+    stage(batch)
+    by_key = {a["event_key"]: a for a in batch.assignments}
+    n = len(rows)
+    payload, child, child_load, twin_load = (by_key[f"k{n - 5}"], by_key[f"k{n - 4}"],
+                                             by_key[f"k{n - 3}"], by_key[f"k{n - 1}"])
+    assert json.loads(payload["detail"])["novel_images"] == [PAYLOAD]
+    assert payload["is_outlier"] and child["is_outlier"] and child_load["is_outlier"]
+    assert json.loads(child_load["detail"])["lineage_context"] > 1.0
+    assert not twin_load["is_outlier"]
+    assert sum(a["is_outlier"] for a in batch.assignments) == 3
+    assert all((a["score"] >= 1.0) == a["is_outlier"] for a in batch.assignments)
+    assert stage.stats()["calibration"]["novel_creations"] == 1
+    stage.use_fit(1, Bits(bits))  # a fit replaces the case's calibration and its context
+    assert stage.case is None and stage.case_context is None

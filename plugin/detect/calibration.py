@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["weighted_quantile", "THRESHOLD_FLOOR", "CaseCalibration"]
+__all__ = ["weighted_quantile", "THRESHOLD_FLOOR", "StreamingQuantile", "CaseCalibration"]
 
 #: Smallest threshold ever used, so identical baselines (all distances 0) never divide by zero.
 THRESHOLD_FLOOR = 1e-6
@@ -32,6 +32,30 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray | None, q: float) 
     v, cw = v[order], np.cumsum(w[order])
     idx = int(np.searchsorted(cw, float(q) * cw[-1], side="left"))
     return float(v[min(idx, v.size - 1)])
+
+
+class StreamingQuantile:
+    """An event-weighted quantile of a stream of values in a fixed histogram: constant memory
+    for a run of any length, to a bin's width (``high / bins``). Values outside ``[0, high)`` count
+    in the edge bins."""
+
+    def __init__(self, high: float, bins: int) -> None:
+        self.high = float(high)
+        self.bins = bins
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.n = 0
+
+    def observe(self, values: np.ndarray) -> None:
+        v = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0.0, self.high - 1e-9)
+        np.add.at(self.counts, (v / self.high * self.bins).astype(np.int64), 1)
+        self.n += v.size
+
+    def quantile(self, q: float) -> float:
+        """The values' ``q`` quantile so far (the upper edge of its bin); 0.0 before any value."""
+        if self.n == 0:
+            return 0.0
+        idx = int(np.searchsorted(np.cumsum(self.counts), q * self.n, side="left"))
+        return (min(idx, self.bins - 1) + 1) * self.high / self.bins
 
 
 class CaseCalibration:
@@ -63,8 +87,7 @@ class CaseCalibration:
         self.quantile = quantile
         self.min_events = min_events
         self.bar = bar
-        self.counts = np.zeros(self.BINS, dtype=np.int64)
-        self.events = 0
+        self.hist = StreamingQuantile(self.BITS_MAX, self.BINS)
         self.text_events: dict[str, int] = {}  # text hash -> events of this case so far
 
     def stacked(self, text_hashes: list[str], bits: np.ndarray) -> np.ndarray:
@@ -81,9 +104,11 @@ class CaseCalibration:
 
     def observe(self, bits: np.ndarray) -> None:
         """Add events' content measures (one value per event, twins included)."""
-        b = np.clip(np.asarray(bits, dtype=np.float64), 0.0, self.BITS_MAX - 1e-9)
-        np.add.at(self.counts, (b / self.BITS_MAX * self.BINS).astype(np.int64), 1)
-        self.events += b.size
+        self.hist.observe(bits)
+
+    @property
+    def events(self) -> int:
+        return self.hist.n
 
     @property
     def warm(self) -> bool:
@@ -91,10 +116,7 @@ class CaseCalibration:
 
     def case_quantile(self) -> float:
         """The events' ``quantile`` of bits per byte so far (the upper edge of its bin)."""
-        if self.events == 0:
-            return 0.0
-        idx = int(np.searchsorted(np.cumsum(self.counts), self.quantile * self.events, side="left"))
-        return (min(idx, self.BINS - 1) + 1) * self.BITS_MAX / self.BINS
+        return self.hist.quantile(self.quantile)
 
     def threshold(self) -> float:
         return max(self.shipped, self.case_quantile()) if self.warm else self.shipped

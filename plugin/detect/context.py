@@ -24,7 +24,11 @@ input, ever named it). Otherwise a baseline would never see a new path, and ever
 software would cross the threshold.
 
 The weights (1.0, 0.5) were chosen by the LSASS leave-one-capture-out evaluation (README, with
-the neighbouring values); the context needs a fitted baseline, so the cold start is content only.
+the neighbouring values).
+
+Without a fit there is no baseline to say which paths are new, so the cold start learns it from
+the case itself (`CaseContext`): the same formula, with "never seen" meaning "a process creation
+whose image no earlier event of this case named", once the case has shown its routine.
 """
 
 from __future__ import annotations
@@ -35,23 +39,33 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from plugin.detect.calibration import THRESHOLD_FLOOR
+from plugin.detect.calibration import THRESHOLD_FLOOR, StreamingQuantile
 from plugin.detect.lineage import guid
+from plugin.memory import LRU
 
 NOVELTY_WEIGHT = 1.0
 LINEAGE_WEIGHT = 0.5
 MAX_PROCESSES = 500_000
 MAX_PATHS_SHOWN = 5
 MAX_CACHED_TEXTS = 200_000  # texts whose never-seen paths are kept
+MAX_CASE_PATHS = 1_000_000  # paths a case remembers having seen (least recently named out)
 
 #: canonical-text keys whose values are executable or module paths
 IMAGE_KEYS = ("image", "parentimage", "sourceimage", "targetimage", "imageloaded")
 _IMAGE_VALUE = re.compile(r"(?:^| )(?:" + "|".join(IMAGE_KEYS) + r")=(.*?)(?= [a-z0-9_]+=|$)")
+#: the acting process's own image (``image=...``), not its parent's, target's or a module
+_OWN_IMAGE = re.compile(r"(?:^| )image=(.*?)(?= [a-z0-9_]+=|$)")
 
 
 def image_paths(text: str) -> set[str]:
     """The image and module paths a canonical text names (``image=...``, ``imageloaded=...``)."""
     return {v for v in _IMAGE_VALUE.findall(text) if v and v != "-"}
+
+
+def own_image(text: str) -> str | None:
+    """The acting process's own image path in a canonical text, None when it names none."""
+    m = _OWN_IMAGE.search(text)
+    return m.group(1) if m and m.group(1) and m.group(1) != "-" else None
 
 
 @dataclass
@@ -169,6 +183,82 @@ class ContextScorer:
         novel = self.novel(text)
         carry = self.carry.step(event_id, fields, self.model.own(content, novel))
         return self.model.combine(content, novel, carry)
+
+
+class CaseContext:
+    """The context terms of a run without a fit, learned from the case without trusting it.
+
+    A first import of a case, or a consumer's first events, has no baseline, yet the two terms
+    that lift an attack's quiet events above the host's noise need none to work: a binary this
+    case had not run before, and the suspicion its process tree carries. So, per event in arrival
+    order, the fitted formula (module docstring) with two changes:
+
+    - **never seen** means a process creation (event 1) whose own image no earlier event of this
+      case named (as actor, parent, target or module), counted once the case has shown
+      ``min_events`` events: before that everything is new, and the case's routine is still
+      arriving. What the case names is remembered least recently named first out, so a path in
+      daily use never ages out;
+    - **the threshold** is the ``quantile`` of this case's own raw scores so far (a streaming
+      histogram), and at least 1.0, the content score's own bar: a quiet case keeps the content
+      threshold, a noisy one flags about ``1 - quantile`` of its events.
+
+    The content score is the case-calibrated one (`plugin.detect.calibration.CaseCalibration`).
+    The weights are the fitted context's (chosen by the LSASS evaluation): nothing here was
+    tuned on its own.
+    """
+
+    HIGH = 32.0  # raw scores are clipped here in the histogram (a content score of 30 is rare)
+    BINS = 6400
+
+    def __init__(self, min_events: int = 1000, quantile: float = 0.99,
+                 novelty_weight: float = NOVELTY_WEIGHT, lineage_weight: float = LINEAGE_WEIGHT,
+                 max_paths: int = MAX_CASE_PATHS, max_processes: int = MAX_PROCESSES) -> None:
+        self.min_events = min_events
+        self.quantile = quantile
+        self.novelty_weight = novelty_weight
+        self.lineage_weight = lineage_weight
+        self.events = 0
+        self.novel_creations = 0
+        self._seen: LRU[str, None] = LRU(max_paths)
+        self._carry = ProcessCarry(max_processes)
+        self._raw = StreamingQuantile(self.HIGH, self.BINS)
+
+    def walk(self, event_id: int, fields: dict, text: str,
+             content: float) -> tuple[float, list[str], float]:
+        """This event's raw score, its never-seen image (a list of at most one) and its lineage
+        carry; the case remembers the event's paths and its process's suspicion."""
+        novel: list[str] = []
+        if event_id == 1 and self.events >= self.min_events:
+            image = own_image(text)
+            if image is not None and image not in self._seen:
+                novel = [image]
+                self.novel_creations += 1
+        for path in image_paths(text):
+            self._seen[path] = None
+        self.events += 1
+        own = content + (self.novelty_weight if novel else 0.0)
+        carry = self._carry.step(event_id, fields, own)
+        return own + self.lineage_weight * carry, novel, carry
+
+    def observe(self, raws: np.ndarray) -> None:
+        """Add a batch's raw scores to the case's quantile (before they are judged, so a first
+        batch calibrates itself)."""
+        self._raw.observe(raws)
+
+    def threshold(self) -> float:
+        return max(1.0, self._raw.quantile(self.quantile))
+
+    def detail(self, raw: float, content: float, novel: list[str], carry: float,
+               threshold: float) -> dict:
+        return {"context_score": round(raw / threshold, 4), "content_score": round(content, 4),
+                "novel_images": novel, "novel_in": "case", "lineage_context": round(carry, 4),
+                "context_threshold": round(threshold, 4),
+                "novelty_weight": self.novelty_weight, "lineage_weight": self.lineage_weight}
+
+    def describe(self) -> dict:
+        return {"context": "case", "context_quantile": self.quantile,
+                "context_threshold": round(self.threshold(), 4),
+                "novel_creations": self.novel_creations}
 
 
 def calibration_groups(computers: Sequence[str | None], sources: Sequence[str]) -> tuple[list, str]:

@@ -47,14 +47,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from plugin.detect.context import ContextModel
+from plugin.detect.context import ContextModel, own_image
 from plugin.detect.lineage import guid
 
 INCIDENT_WINDOW = timedelta(hours=1)
@@ -75,9 +74,6 @@ W_TYPES = 0.25
 MAX_TYPES = 6
 W_NOVEL = 0.5
 MAX_NOVEL_COUNTED = 4
-
-#: the acting process's own image in a canonical text (``image=...`` up to the next key)
-_OWN_IMAGE = re.compile(r"(?:^| )image=(.*?)(?= [a-z0-9_]+=|$)")
 
 
 def incident_id(model: str, computer: str | None, root_guid: str, opened: str = "") -> str:
@@ -319,7 +315,7 @@ class IncidentGrouper:
                     if parent.children is None:
                         parent.children = []
                     parent.children.append(ob.process)
-            proc.image = ob.image or proc.image or _own_image(ob.text)
+            proc.image = ob.image or proc.image or own_image(ob.text)
             proc.flagged = proc.flagged or ob.opens or self._novel_image(ob.text)
         elif proc.image is None:  # its creation is not in the logs: any event names it too
             proc.image = ob.image
@@ -438,13 +434,8 @@ class IncidentGrouper:
         """Whether a creation runs an image the baseline never saw (its own, not its parent's)."""
         if self.context is None:
             return False
-        image = _own_image(text)
+        image = own_image(text)
         return image is not None and image not in self.context.images
-
-
-def _own_image(text: str) -> str | None:
-    m = _OWN_IMAGE.search(text)
-    return m.group(1) if m and m.group(1) and m.group(1) != "-" else None
 
 
 def ranked(incidents: Iterable[Incident]) -> list[Incident]:

@@ -12,7 +12,9 @@ lineage to reach (sources and `rescore` keep it).
 
 Without a fit, a ``case`` calibration (`plugin.detect.calibration.CaseCalibration`) rescales the
 cold start's content score by what this run's own events show is rare, so a first import of a
-fleet the shipped model never saw does not flag a fifth of it.
+fleet the shipped model never saw does not flag a fifth of it; and the context terms are learned
+from the case too (`plugin.detect.context.CaseContext`: binaries this case had not run before,
+and the process tree's carried suspicion).
 
 A shadow model's stage runs with ``alerts=False``: its scores and flags are stored beside the
 primary's for comparison, but only the primary's flags reach users as alerts. Events whose text
@@ -29,9 +31,9 @@ import orjson
 import structlog
 
 from plugin.detect.calibration import CaseCalibration
-from plugin.detect.context import ContextScorer, process_fields
+from plugin.detect.context import CaseContext, ContextScorer, process_fields
 from plugin.detect.lineage import ProcessIndex
-from plugin.detect.scoring import TextScore, event_score, explanation, score_texts
+from plugin.detect.scoring import EventScore, TextScore, event_score, explanation, score_texts
 from plugin.memory import LRU
 from plugin.pipeline.batch import Batch
 
@@ -50,6 +52,9 @@ class ScoreStage:
                  max_texts: int = MAX_CACHED_TEXTS) -> None:
         self.model = model
         self.case = case
+        #: the cold start's context terms, learned from the case (None after a fit)
+        self.case_context = (CaseContext(min_events=case.min_events)
+                             if case is not None and context is None else None)
         self.alerts = alerts
         # process creations seen so far, for the lineage in outliers' explanations
         self.processes = ProcessIndex() if explain is not None else None
@@ -80,6 +85,7 @@ class ScoreStage:
         self.explain = explain if explain is not None else self.explain
         self.context = ContextScorer(context) if context is not None else None
         self.case = None
+        self.case_context = None
         self.alert_bar = 1.0
         self._cache.clear()
         self._explained.clear()
@@ -105,13 +111,17 @@ class ScoreStage:
         if self.processes is not None:
             self.processes.add(batch.events)
         recalibrated = self._case_scores(batch, scores) if self.case is not None else {}
+        in_case = (self._case_context(batch, vectors, scores, recalibrated)
+                   if self.case_context is not None else {})
         for e in batch.events:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
             ts = recalibrated.get(e.event_key) or scores[e.text_hash]
-            cs = (self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
-                  if self.context is not None else None)
-            ev = event_score(ts, self.context.model if self.context is not None else None, cs)
+            ev = in_case.get(e.event_key)
+            if ev is None:
+                cs = (self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
+                      if self.context is not None else None)
+                ev = event_score(ts, self.context.model if self.context is not None else None, cs)
             text_explanation = None
             if ev.is_outlier:
                 self.outliers += 1
@@ -157,11 +167,36 @@ class ScoreStage:
                                           "outlier_bar": bar})
         return out
 
+    def _case_context(self, batch: Batch, vectors: dict, scores: dict[str, TextScore],
+                      recalibrated: dict[str, TextScore]) -> dict[str, EventScore]:
+        """Per event (by key): its score with the case's context terms, walked in log order,
+        judged against the case's threshold after the batch's raw scores joined it."""
+        walked = []
+        for e in batch.events:
+            if e.text_hash not in vectors:
+                continue
+            ts = recalibrated.get(e.event_key) or scores[e.text_hash]
+            walked.append((e.event_key, ts, *self.case_context.walk(
+                e.event_id, _fields(e.fields), e.normalized, ts.score)))
+        if not walked:
+            return {}
+        self.case_context.observe(np.array([w[2] for w in walked], dtype=np.float64))
+        threshold = self.case_context.threshold()
+        bar = self.case.outlier_bar() if self.case is not None else 1.0
+        out = {}
+        for key, ts, raw, novel, carry in walked:
+            parts = self.case_context.detail(raw, ts.score, novel, carry, threshold)
+            score = raw / threshold
+            out[key] = EventScore(score, score >= bar, {**ts.detail, **parts}, parts)
+        return out
+
     def stats(self) -> dict:
         return {"name": self.name, "version": self.version, "scored": self.scored,
                 "outliers": self.outliers, "alerts": self.alerts, "scorer": type(self.scorer).__name__,
                 "context": self.context is not None,
-                "calibration": (self.case.describe() if self.case is not None else
+                "calibration": ({**self.case.describe(), **(self.case_context.describe()
+                                                             if self.case_context else {})}
+                                if self.case is not None else
                                 {"calibration": "shipped" if self.version == 0 else f"fit {self.version}"})}
 
 
