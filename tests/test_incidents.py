@@ -530,3 +530,45 @@ def test_incidents_help_teaches_and_bad_input_is_a_usage_error(tmp_path):
     missing = run("incidents", "--db", str(tmp_path / "none.duckdb"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert not (tmp_path / "none.duckdb").exists()
+
+
+CSRSS = "C:\\Windows\\System32\\csrss.exe"
+SVCHOST = "C:\\Windows\\System32\\svchost.exe"
+
+
+def access(key: str, source: str, target: str, minutes: float = 0.0, outlier: bool = False,
+           score: float | None = None):
+    """A ProcessAccess of ``target`` by ``source`` (the actor is the SourceProcessGuid)."""
+    return _observe(key, HOST, minutes, 10,
+                    {"SourceProcessGuid": g(source), "TargetProcessGuid": g(target)},
+                    f"eid=10 sourceimage=x targetimage=y detail={key}",
+                    score if score is not None else (1.5 if outlier else 0.2), outlier)
+
+
+def test_processes_acting_on_an_incidents_tree_join_its_story():
+    """csrss and svchost opening the payload belong to the payload's incident, outlier or not,
+    before its first outlier (buffered under the payload) or after; an access to a process in no
+    incident stays out, and an actor with a flagged tree of its own keeps its own incident."""
+    known = frozenset(p.lower() for p in (CSRSS, SVCHOST, CMD, EXPLORER, "x"))
+    grouper = IncidentGrouper("blt", ContextModel(known, 2.0))  # the payload's image is new
+    got = grouper.add([
+        create("csrss", "csrss", "smss", CSRSS, 0),
+        create("svchost", "svchost", "services", SVCHOST, 0),
+        create("payload", "payload", "explorer", PAYLOAD, 1),
+        access("csrss-opens-payload", "csrss", "payload", 1.1),
+        create("cmd", "cmd", "payload", CMD, 2),
+        act("payload-odd", 13, "payload", 3, outlier=True),
+        access("svchost-opens-cmd", "svchost", "cmd", 4, outlier=True),
+        access("svchost-opens-payload", "svchost", "payload", 5),
+        access("svchost-opens-lsass", "svchost", "lsass", 6),
+        create("dropper", "dropper", "explorer", PAYLOAD + "2", 7, outlier=True),
+        access("dropper-opens-payload", "dropper", "payload", 8),
+    ])
+    payload = incident_id("blt", HOST, guid(g("payload")))
+    dropper = incident_id("blt", HOST, guid(g("dropper")))
+    assert {k for k, i in got.links.items() if i == payload} == {
+        "payload", "payload-odd", "csrss-opens-payload", "cmd", "svchost-opens-cmd", "svchost-opens-payload"}
+    assert got.links["dropper-opens-payload"] == dropper
+    assert "svchost-opens-lsass" not in got.links
+    assert set(got.incidents) == {payload, dropper}
+    assert got.incidents[payload].outliers == 2

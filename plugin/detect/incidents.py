@@ -18,6 +18,12 @@ Rules, per event in log order (Sysmon logs a parent's creation before its childr
   outlier status only). An outlier event's incident is rooted at the earliest (topmost) flagged
   ancestor of its process, itself included, and holds that root's whole process tree. Not the
   topmost ancestor: services.exe or explorer.exe would make one incident per host.
+* **Acted upon.** An event that acts on another process (ProcessAccess, CreateRemoteThread: its
+  TargetProcessGuid) and whose own process is in no live incident and has no flagged ancestor
+  joins the live incident holding its target: csrss, svchost or lsass opening a dropped payload
+  is part of the payload's story (the attack labels count it so too), not an incident of
+  csrss's own. Before the target's tree has an incident, such an event waits in the target's
+  buffer.
 * **No flagged ancestor.** An outlier in a process whose creation, and every ancestor's, looked
   ordinary (explorer.exe loading an odd module) roots an incident at its own process that holds
   that process's events only: its descendants were not started by anything suspicious, and
@@ -98,6 +104,7 @@ class Observed:
     is_outlier: bool
     suppressed: bool = False  # an outlier whose alert a rule suppressed: it opens nothing
     alert_id: str | None = None  # the alert an outlier folds into
+    target: str | None = None  # the GUID of the process it acts on (ProcessAccess and the like)
 
     @property
     def opens(self) -> bool:
@@ -118,8 +125,10 @@ def observe(event_key: str, computer: str | None, ts: datetime | None, event_id:
     else:  # the actor of a ProcessAccess or CreateRemoteThread
         process, parent, image = guid(low.get("sourceprocessguid")), None, low.get("sourceimage")
     image = image if isinstance(image, str) and image else None
+    target = guid(low.get("targetprocessguid"))
     return Observed(event_key, computer, ts, int(event_id), process, parent, image, text,
-                    float(score), bool(is_outlier), suppressed, alert_id)
+                    float(score), bool(is_outlier), suppressed, alert_id,
+                    target if target != process else None)
 
 
 @dataclass(slots=True)
@@ -282,8 +291,13 @@ class IncidentGrouper:
             proc.novel.update(novel[:MAX_NOVEL - len(proc.novel)])
         chain = self._chain(host, ob.process)
         enclosing = self._enclosing(host, chain, ob.ts)
-        if ob.opens:
-            flagged = [i for i, g in enumerate(chain) if self._flagged(host, g)]
+        flagged = ([i for i, g in enumerate(chain) if self._flagged(host, g)]
+                   if ob.opens or enclosing is None else [])
+        acted_on = (self._enclosing(host, self._chain(host, ob.target), ob.ts)
+                    if ob.target is not None and enclosing is None and not flagged else None)
+        if acted_on is not None:
+            inc = acted_on[1]
+        elif ob.opens:
             root = flagged[-1] if flagged else 0
             if enclosing is not None and enclosing[0] >= root:
                 inc = enclosing[1]
@@ -292,7 +306,9 @@ class IncidentGrouper:
         elif enclosing is not None:
             inc = enclosing[1]
         else:
-            self._buffer(proc, ob)
+            target = (self._procs.get((host, ob.target)) if ob.target is not None and not flagged
+                      else None)
+            self._buffer(target if target is not None else proc, ob)
             return
         self._join(inc, out, ob.event_key, ob.ts, ob.event_id, ob.score, ob.is_outlier,
                    ob.opens, ob.text, ob.alert_id)
