@@ -69,3 +69,16 @@ def test_outlier_explanations_name_the_injected_span(tmp_path):
         if chain and chain[0]["image"]:  # the parent's creation was imported too
             with_lineage += 1
     assert len(rows) == outliers and checked >= 10 and with_lineage >= 1
+
+
+def test_reasons_say_where_a_binary_was_never_seen():
+    """After a fit a never-seen binary is new to the baseline; before one, new to the case: the
+    analyst must not read "no baseline host ran" where nobody vouched for a baseline."""
+    from plugin.detect.explain import reasons
+
+    ctx = {"content_score": 0.4, "novel_images": ["c:\\x.exe"], "novelty_weight": 1.0,
+           "lineage_context": 0.0, "lineage_weight": 0.5}
+    fitted = reasons({"context": ctx})
+    cold = reasons({"context": {**ctx, "novel_in": "case"}})
+    assert fitted[0] == "it names a binary no baseline host ran: c:\\x.exe (+1.00)"
+    assert cold[0] == "it runs a binary no earlier event of this case named (no fit yet): c:\\x.exe (+1.00)"

@@ -309,7 +309,11 @@ def incident_metrics(model: str, test: _Events, scores: np.ndarray, is_attack: n
         "window_minutes": window.total_seconds() / 60,
         "top": [{"root_image": inc.root_image, "computer": inc.computer,
                  "score": round(inc.score, 3), "events": inc.events, "outliers": inc.outliers, "alerts": len(inc.alert_ids),
-                 "attack_events": len(members[inc.incident_id] & attack)} for inc in order[:top]],
+                 "attack_events": len(members[inc.incident_id] & attack),
+                 # what the ranking score is made of (`Incident.score`)
+                 "max_score": round(inc.max_score, 3), "distinct_texts": inc.distinct_texts,
+                 "event_types": sorted(inc.event_types), "root_novel": inc.root_novel}
+                for inc in order[:top]],
     }
 
 

@@ -96,8 +96,9 @@ def reasons(explanation: dict) -> list[str]:
     novel = ctx.get("novel_images") or []
     if novel:
         weight = float(ctx.get("novelty_weight", 1.0))
-        parts.append((weight, f"it names a binary no baseline host ran: {', '.join(novel)} "
-                      f"(+{weight:.2f})"))
+        what = ("it runs a binary no earlier event of this case named (no fit yet)"
+                if ctx.get("novel_in") == "case" else "it names a binary no baseline host ran")
+        parts.append((weight, f"{what}: {', '.join(novel)} (+{weight:.2f})"))
     lineage_term = float(ctx.get("lineage_context") or 0.0) * float(ctx.get("lineage_weight", 0.5))
     if lineage_term > 0:
         parts.append((lineage_term, "its process tree is already suspicious: an ancestor's "
