@@ -191,19 +191,23 @@ def test_case_context_flags_a_binary_new_to_the_case_once_its_routine_is_seen():
 
     cc = CaseContext(min_events=2)
     # before the case has shown min_events events, nothing is new: its routine is still arriving
-    assert cc.walk(*create("p1", "p0", "c:\\early.exe"), content=0.1)[1] == []
-    cc.walk(7, {"ProcessGuid": "{p1}"}, LOAD, content=0.1)  # names conhost and kernel32
-    raw, novel, carry = cc.walk(*create("p2", "p1", PAYLOAD), content=0.5)
+    assert cc.walk("h", *create("p1", "p0", "c:\\early.exe"), content=0.1)[1] == []
+    cc.walk("h", 7, {"ProcessGuid": "{p1}"}, LOAD, content=0.1)  # names conhost and kernel32
+    raw, novel, carry = cc.walk("h", *create("p2", "p1", PAYLOAD), content=0.5)
     # own = content + novelty; its parent's own suspicion (0.1) comes with half its weight
     assert novel == [PAYLOAD] and carry == pytest.approx(0.1)
     assert raw == pytest.approx(0.5 + 1.0 + 0.5 * 0.1)
     # an image the case named before (here as a loading process) is not new, nor is a second run
-    assert cc.walk(*create("p3", "p2", CONHOST), content=0.1)[1] == []
-    assert cc.walk(*create("p4", "p1", PAYLOAD), content=0.1)[1] == []
+    assert cc.walk("h", *create("p3", "p2", CONHOST), content=0.1)[1] == []
+    assert cc.walk("h", *create("p4", "p1", PAYLOAD), content=0.1)[1] == []
     # the payload's child carries its suspicion: raw = own + 0.5 * carry
-    raw, _, carry = cc.walk(7, {"ProcessGuid": "{p3}"}, LOAD, content=0.1)
+    raw, _, carry = cc.walk("h", 7, {"ProcessGuid": "{p3}"}, LOAD, content=0.1)
     assert carry == pytest.approx(1.5) and raw == pytest.approx(0.1 + 0.75)
-    assert cc.describe()["novel_creations"] == 1
+    # a host is judged once it has shown its own routine, however many events the case holds
+    assert cc.walk("other", *create("q1", "q0", "c:\\other.exe"), content=0.1)[1] == []
+    cc.walk("other", 7, {"ProcessGuid": "{q1}"}, LOAD, content=0.1)
+    assert cc.walk("other", *create("q2", "q1", "c:\\new.exe"), content=0.1)[1] == ["c:\\new.exe"]
+    assert cc.describe()["novel_creations"] == 2
 
 
 def test_case_context_threshold_is_its_quantile_and_never_below_one():
@@ -212,6 +216,11 @@ def test_case_context_threshold_is_its_quantile_and_never_below_one():
     quiet = CaseContext(quantile=0.99)
     quiet.observe(np.full(1000, 0.3))
     assert quiet.threshold() == 1.0
+    early = CaseContext(quantile=0.99, min_events=1000)
+    early.observe(np.full(999, 3.0))  # too few events for a quantile: the content bar stands
+    assert early.threshold() == 1.0
+    early.observe(np.array([3.0]))
+    assert early.threshold() == pytest.approx(3.0, abs=0.01)
     noisy = CaseContext(quantile=0.99)
     values = np.random.default_rng(1).uniform(0.0, 4.0, 20_000)
     noisy.observe(values)

@@ -49,6 +49,7 @@ MAX_PROCESSES = 500_000
 MAX_PATHS_SHOWN = 5
 MAX_CACHED_TEXTS = 200_000  # texts whose never-seen paths are kept
 MAX_CASE_PATHS = 1_000_000  # paths a case remembers having seen (least recently named out)
+MAX_CASE_HOSTS = 100_000  # hosts whose event counts a case keeps
 
 #: canonical-text keys whose values are executable or module paths
 IMAGE_KEYS = ("image", "parentimage", "sourceimage", "targetimage", "imageloaded")
@@ -194,13 +195,18 @@ class CaseContext:
     order, the fitted formula (module docstring) with two changes:
 
     - **never seen** means a process creation (event 1) whose own image no earlier event of this
-      case named (as actor, parent, target or module), counted once the case has shown
-      ``min_events`` events: before that everything is new, and the case's routine is still
-      arriving. What the case names is remembered least recently named first out, so a path in
-      daily use never ages out;
+      case named (as actor, parent, target or module, on any host), counted once the event's
+      host has shown ``min_events`` events: before that everything the host runs is new to the
+      case, its routine still arriving. A case of many small captures (one per technique, one
+      host each) therefore gets no novelty term, only the lineage; a capture per host of a
+      day's logs gets both. What the case names is remembered least recently named first out,
+      so a path in daily use never ages out;
     - **the threshold** is the ``quantile`` of this case's own raw scores so far (a streaming
       histogram), and at least 1.0, the content score's own bar: a quiet case keeps the content
-      threshold, a noisy one flags about ``1 - quantile`` of its events.
+      threshold, a noisy one flags about ``1 - quantile`` of its events. The context's scores
+      count once the case calibration is warm (before, the shipped threshold's content scores
+      are too loose to carry down a tree); until ``min_events`` of them are observed the
+      threshold is 1.0 and the context only adds outliers, at ``bar``, to the content's own.
 
     The content score is the case-calibrated one (`plugin.detect.calibration.CaseCalibration`).
     The weights are the fitted context's (chosen by the LSASS evaluation): nothing here was
@@ -210,25 +216,30 @@ class CaseContext:
     HIGH = 32.0  # raw scores are clipped here in the histogram (a content score of 30 is rare)
     BINS = 6400
 
-    def __init__(self, min_events: int = 1000, quantile: float = 0.99,
+    def __init__(self, min_events: int = 1000, quantile: float = 0.99, bar: float = 2.0,
                  novelty_weight: float = NOVELTY_WEIGHT, lineage_weight: float = LINEAGE_WEIGHT,
                  max_paths: int = MAX_CASE_PATHS, max_processes: int = MAX_PROCESSES) -> None:
         self.min_events = min_events
+        self.bar = bar
         self.quantile = quantile
         self.novelty_weight = novelty_weight
         self.lineage_weight = lineage_weight
         self.events = 0
         self.novel_creations = 0
         self._seen: LRU[str, None] = LRU(max_paths)
+        self._host_events: LRU[str, int] = LRU(MAX_CASE_HOSTS)
         self._carry = ProcessCarry(max_processes)
         self._raw = StreamingQuantile(self.HIGH, self.BINS)
 
-    def walk(self, event_id: int, fields: dict, text: str,
+    def walk(self, computer: str | None, event_id: int, fields: dict, text: str,
              content: float) -> tuple[float, list[str], float]:
         """This event's raw score, its never-seen image (a list of at most one) and its lineage
         carry; the case remembers the event's paths and its process's suspicion."""
         novel: list[str] = []
-        if event_id == 1 and self.events >= self.min_events:
+        host = (computer or "").lower()
+        seen_on_host = self._host_events.get(host, 0)
+        self._host_events[host] = seen_on_host + 1
+        if event_id == 1 and seen_on_host >= self.min_events:
             image = own_image(text)
             if image is not None and image not in self._seen:
                 novel = [image]
@@ -245,8 +256,20 @@ class CaseContext:
         batch calibrates itself)."""
         self._raw.observe(raws)
 
+    @property
+    def warm(self) -> bool:
+        return self._raw.n >= self.min_events
+
     def threshold(self) -> float:
-        return max(1.0, self._raw.quantile(self.quantile))
+        """1.0 until ``min_events`` raw scores are observed (a quantile of a handful of events
+        is their maximum: each small batch would make its own strangest event the bar), then
+        the higher of 1.0 and the case's quantile."""
+        return max(1.0, self._raw.quantile(self.quantile)) if self.warm else 1.0
+
+    def outlier_bar(self) -> float:
+        """The score an outlier needs: 1.0 once the quantile is trusted, ``bar`` before (as the
+        case calibration's)."""
+        return 1.0 if self.warm else self.bar
 
     def detail(self, raw: float, content: float, novel: list[str], carry: float,
                threshold: float) -> dict:
@@ -256,7 +279,8 @@ class CaseContext:
                 "novelty_weight": self.novelty_weight, "lineage_weight": self.lineage_weight}
 
     def describe(self) -> dict:
-        return {"context": "case", "context_quantile": self.quantile,
+        return {"context": "case" if self.warm else "case (not yet calibrated)",
+                "context_quantile": self.quantile,
                 "context_threshold": round(self.threshold(), 4),
                 "novel_creations": self.novel_creations}
 
