@@ -270,3 +270,45 @@ def test_cold_start_stage_lifts_a_new_binarys_tree_but_not_its_twins_elsewhere()
     assert stage.stats()["calibration"]["novel_creations"] == 1
     stage.use_fit(1, Bits(bits))  # a fit replaces the case's calibration and its context
     assert stage.case is None and stage.case_context is None
+
+
+def test_cold_start_context_waits_for_the_case_and_then_only_adds_outliers():
+    """Small batches (a folder of small captures): before the case calibration is warm events
+    keep their content score; after it, until the context's own quantile is trusted, a content
+    outlier stays one and the context flags only at the 2.0 bar (without this, 127 small attack
+    captures had 14% of their events flagged)."""
+    from plugin.detect.calibration import CaseCalibration
+    from plugin.normalize.normalizer import NormalizedEvent
+    from plugin.pipeline.batch import Batch
+    from plugin.pipeline.score import ScoreStage
+
+    class Bits(_Scorer):
+        def score(self, vectors, texts):
+            res = super().score(vectors, texts)
+            res.detail[:] = [{"window_bits_per_byte": self.scores[t]} for t in texts]
+            return res
+
+    odd = create("x1", "e0", "c:\\odd.exe")
+    child = (11, {"ProcessGuid": "{x1}"}, "eid=11 image=c:\\odd.exe targetfilename=c:\\a.txt")
+    bits = {create("r", "e0", CMD)[2]: 0.3, LOAD: 0.2, odd[2]: 1.2, child[2]: 0.8}
+    stage = ScoreStage("blt", 0, Bits(bits), case=CaseCalibration(1.0, min_events=100))
+    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def run(rows, start):
+        events = [NormalizedEvent(f"k{start + i}", "s", i, eid, "host", None, ts, i, None, "t",
+                                  text, hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
+                  for i, (eid, f, text) in enumerate(rows)]
+        batch = Batch(events, [])
+        batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
+        stage(batch)
+        return [(json.loads(a["detail"]), a["is_outlier"]) for a in batch.assignments]
+
+    routine = [r for i in range(30) for r in (create(f"r{i}", "e0", CMD),
+                                             (7, {"ProcessGuid": f"{{r{i}}}"}, LOAD))]
+    first = run(routine, 0)  # 60 events: the case is not calibrated yet, content only
+    assert all("context_score" not in d for d, _ in first)
+    second = run(routine[:58] + [odd, child], 100)  # warm now; the context's quantile not yet
+    (d_odd, out_odd), (d_child, out_child) = second[-2], second[-1]
+    assert d_odd["context_outlier_bar"] == 2.0 and d_odd["content_score"] == pytest.approx(1.2)
+    assert out_odd  # the content's verdict stands
+    assert 1.0 < d_child["context_score"] < 2.0 and not out_child  # the context adds only at 2.0
