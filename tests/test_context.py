@@ -288,7 +288,7 @@ def test_cold_start_context_waits_for_the_case_and_then_only_adds_outliers():
             res.detail[:] = [{"window_bits_per_byte": self.scores[t]} for t in texts]
             return res
 
-    odd = create("x1", "e0", "c:\\odd.exe")
+    odd = create("x1", "e0", CONHOST)  # an image the case knows (conhost loads kernel32)
     child = (11, {"ProcessGuid": "{x1}"}, "eid=11 image=c:\\odd.exe targetfilename=c:\\a.txt")
     bits = {create("r", "e0", CMD)[2]: 0.3, LOAD: 0.2, odd[2]: 1.2, child[2]: 0.8}
     stage = ScoreStage("blt", 0, Bits(bits), case=CaseCalibration(1.0, min_events=100))
