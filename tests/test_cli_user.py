@@ -324,3 +324,21 @@ def test_rescore_does_not_inflate_alert_counts(work, events):
     before = counts()
     assert run("rescore", "--db", str(db), "-q").returncode == 0
     assert counts() == before
+
+
+def test_summary_says_which_calibration_scored():
+    """A cold start's flags must not read as a fitted baseline's: the summary names the
+    calibration of the model that alerts (the shadow's never counts)."""
+    from plugin.cli.ingest import _scored_with
+
+    shadow = {"name": "score:linformer", "alerts": False, "calibration": {"calibration": "fit 9"}}
+    case = {"name": "score:blt", "alerts": True, "calibration": {
+        "calibration": "case", "case_events": 20000, "context": "case", "novel_creations": 107}}
+    early = {"name": "score:blt", "alerts": True, "calibration": {
+        "calibration": "shipped (case not yet calibrated)", "case_events": 358, "outlier_bar": 2.0}}
+    fit = {"name": "score:blt", "alerts": True, "calibration": {"calibration": "fit 3"}}
+    assert _scored_with([shadow, case]) == ("no fit: calibrated on this case (20,000 events), with "
+                                            "the case's context (107 binaries new to the case)")
+    assert "358 events are too few" in _scored_with([early]) and "bar of 2.0" in _scored_with([early])
+    assert _scored_with([shadow, fit]).startswith("fit 3")
+    assert _scored_with([shadow]) is None

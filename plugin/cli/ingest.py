@@ -86,6 +86,30 @@ def _warn_about_inputs(paths: list[str], s) -> None:
               "letters: SELECT * FROM dead_letters", file=sys.stderr)
 
 
+def _scored_with(stages: list[dict]) -> str | None:
+    """Which calibration the alerting model's scores used: a fit, the shipped threshold, or the
+    case's own (with its context), so nobody reads a cold start's flags as a fitted baseline's."""
+    st = next((st for st in stages if st.get("name", "").startswith("score:") and st.get("alerts")),
+              None)
+    cal = (st or {}).get("calibration") or {}
+    kind = cal.get("calibration")
+    if kind is None:
+        return None
+    if kind.startswith("fit"):
+        return f"{kind} (a baseline someone vouched for)"
+    if kind == "shipped":
+        return "the shipped model's threshold (no fit; cold_start: shipped)"
+    events = cal.get("case_events", 0)
+    if kind != "case":  # too few events to trust the case's quantile
+        return (f"no fit: the shipped threshold at a bar of {cal.get('outlier_bar', 2.0)} (the "
+                f"case's {events:,} events are too few to calibrate on)")
+    out = f"no fit: calibrated on this case ({events:,} events)"
+    if cal.get("context"):
+        out += (f", with the case's context ({cal.get('novel_creations', 0):,} binaries new to "
+                f"the case)")
+    return out
+
+
 def format_summary(s, top: list[dict], open_alerts: int, incidents: list[dict] | None = None,
                    n_incidents: int = 0) -> str:
     """The import summary as a person reads it: counts, time, rates, where the data went, the
@@ -104,6 +128,9 @@ def format_summary(s, top: list[dict], open_alerts: int, incidents: list[dict] |
         if st.get("name", "").startswith("embed:"):
             rows.append((f"model {st['model']}", f"{st['texts_embedded']:,} new texts embedded "
                          f"({st['texts_per_second']:,.0f}/s), {st['cache_hits']:,} from the cache"))
+    scored = _scored_with(s.stages)
+    if scored:
+        rows.append(("scored with", scored))
     rows.append(("outliers", f"{s.outliers:,} events; {open_alerts:,} open alerts; "
                  f"{n_incidents:,} incidents"))
     if s.inputs_without_sysmon:
