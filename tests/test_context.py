@@ -109,20 +109,38 @@ class _Scorer:
                       detail=[{"scorer": "fixed"} for _ in texts])
 
 
-def test_score_stage_applies_the_context_per_event_in_arrival_order():
+class _Bits(_Scorer):
+    """A content scorer that reports its measure as the surprisal scorer does (what the case
+    calibration reads)."""
+
+    def score(self, vectors, texts):
+        res = super().score(vectors, texts)
+        res.detail[:] = [{"window_bits_per_byte": self.scores[t]} for t in texts]
+        return res
+
+
+def _batch(rows, start: int = 0):
+    """A batch of (event id, fields, text) rows, one host, keys k{start}.., every text with a
+    vector of the model ``blt``."""
     from plugin.normalize.normalizer import NormalizedEvent
     from plugin.pipeline.batch import Batch
+
+    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    events = [NormalizedEvent(f"k{start + i}", "s", i, eid, "host", None, ts, i, None, "test", text,
+                              hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
+              for i, (eid, f, text) in enumerate(rows)]
+    batch = Batch(events, [])
+    batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
+    return batch
+
+
+def test_score_stage_applies_the_context_per_event_in_arrival_order():
     from plugin.pipeline.score import ScoreStage
 
     rows = [create("a1", "a0", PAYLOAD), create("a2", "a1", CMD), (7, {"ProcessGuid": "{a2}"}, LOAD),
             create("b2", "b0", CMD), (7, {"ProcessGuid": "{b2}"}, LOAD)]
     content = {rows[0][2]: 3.0, rows[1][2]: 0.2, LOAD: 0.1}
-    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    events = [NormalizedEvent(f"k{i}", "s", i, eid, "host", None, ts, i, None, "test", text,
-                              hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
-              for i, (eid, f, text) in enumerate(rows)]
-    batch = Batch(events, [])
-    batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
+    batch = _batch(rows)
     model = ContextModel(frozenset({CMD, CONHOST, "c:\\windows\\system32\\kernel32.dll", "x"}), 2.0)
     stage = ScoreStage("blt", 1, _Scorer(content), context=model)
     stage(batch)
@@ -231,8 +249,6 @@ def test_cold_start_stage_lifts_a_new_binarys_tree_but_not_its_twins_elsewhere()
     """Without a fit the score stage learns the context from the case: the new binary's creation
     and its child's ordinary module load are outliers; the same load in a routine process is not."""
     from plugin.detect.calibration import CaseCalibration
-    from plugin.normalize.normalizer import NormalizedEvent
-    from plugin.pipeline.batch import Batch
     from plugin.pipeline.score import ScoreStage
 
     rows = []
@@ -242,20 +258,8 @@ def test_cold_start_stage_lifts_a_new_binarys_tree_but_not_its_twins_elsewhere()
              (7, {"ProcessGuid": "{a2}"}, LOAD), create("z1", "e0", CMD),
              (7, {"ProcessGuid": "{z1}"}, LOAD)]
     bits = {rows[0][2]: 0.3, LOAD: 0.5, rows[-5][2]: 0.6, rows[-4][2]: 0.3}
-    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    events = [NormalizedEvent(f"k{i}", "s", i, eid, "host", None, ts, i, None, "test", text,
-                              hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
-              for i, (eid, f, text) in enumerate(rows)]
-    batch = Batch(events, [])
-    batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
-
-    class Bits(_Scorer):  # a content scorer that reports its measure as the surprisal scorer does
-        def score(self, vectors, texts):
-            res = super().score(vectors, texts)
-            res.detail[:] = [{"window_bits_per_byte": self.scores[t]} for t in texts]
-            return res
-
-    stage = ScoreStage("blt", 0, Bits(bits), case=CaseCalibration(1.0, min_events=100))
+    batch = _batch(rows)
+    stage = ScoreStage("blt", 0, _Bits(bits), case=CaseCalibration(1.0, min_events=100))
     stage(batch)
     by_key = {a["event_key"]: a for a in batch.assignments}
     n = len(rows)
@@ -268,7 +272,7 @@ def test_cold_start_stage_lifts_a_new_binarys_tree_but_not_its_twins_elsewhere()
     assert sum(a["is_outlier"] for a in batch.assignments) == 3
     assert all((a["score"] >= 1.0) == a["is_outlier"] for a in batch.assignments)
     assert stage.stats()["calibration"]["novel_creations"] == 1
-    stage.use_fit(1, Bits(bits))  # a fit replaces the case's calibration and its context
+    stage.use_fit(1, _Bits(bits))  # a fit replaces the case's calibration and its context
     assert stage.case is None and stage.case_context is None
 
 
@@ -278,28 +282,15 @@ def test_cold_start_context_waits_for_the_case_and_then_only_adds_outliers():
     outlier stays one and the context flags only at the 2.0 bar (without this, 127 small attack
     captures had 14% of their events flagged)."""
     from plugin.detect.calibration import CaseCalibration
-    from plugin.normalize.normalizer import NormalizedEvent
-    from plugin.pipeline.batch import Batch
     from plugin.pipeline.score import ScoreStage
-
-    class Bits(_Scorer):
-        def score(self, vectors, texts):
-            res = super().score(vectors, texts)
-            res.detail[:] = [{"window_bits_per_byte": self.scores[t]} for t in texts]
-            return res
 
     odd = create("x1", "e0", CONHOST)  # an image the case knows (conhost loads kernel32)
     child = (11, {"ProcessGuid": "{x1}"}, "eid=11 image=c:\\odd.exe targetfilename=c:\\a.txt")
     bits = {create("r", "e0", CMD)[2]: 0.3, LOAD: 0.2, odd[2]: 1.2, child[2]: 0.8}
-    stage = ScoreStage("blt", 0, Bits(bits), case=CaseCalibration(1.0, min_events=100))
-    ts = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    stage = ScoreStage("blt", 0, _Bits(bits), case=CaseCalibration(1.0, min_events=100))
 
     def run(rows, start):
-        events = [NormalizedEvent(f"k{start + i}", "s", i, eid, "host", None, ts, i, None, "t",
-                                  text, hashlib.sha256(text.encode()).hexdigest(), json.dumps(f), "")
-                  for i, (eid, f, text) in enumerate(rows)]
-        batch = Batch(events, [])
-        batch.text_vectors["blt"] = {e.text_hash: np.zeros(4, dtype=np.float32) for e in events}
+        batch = _batch(rows, start)
         stage(batch)
         return [(json.loads(a["detail"]), a["is_outlier"]) for a in batch.assignments]
 
