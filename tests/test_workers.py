@@ -70,6 +70,15 @@ def test_pool_vectors_and_surprisal_match_in_process(pool, local):
     assert np.abs(pool.embedder(shadow).embed(TEXTS[:50]) - shadow.embed(TEXTS[:50])).max() < 2e-3
 
 
+def test_cpu_workers_wait_passively_at_openmp_barriers(pool):
+    # spinning waits made a 2-thread worker burn the core the importer parses on (OMP_WAIT_POLICY
+    # is read once, when the worker loads torch: it must be in the worker's own environment)
+    for pid in pool.pids():
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        want = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").encode()
+        assert b"OMP_WAIT_POLICY=" + want in env
+
+
 def test_a_killed_worker_is_restarted_and_the_batch_retried(pool, local):
     proxy = pool.embedder(local)
     want = proxy.embed(TEXTS[:40])
