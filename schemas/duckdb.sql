@@ -328,3 +328,12 @@ CREATE TABLE text_vectors_keyless (
 INSERT INTO text_vectors_keyless SELECT * FROM text_vectors;
 DROP TABLE text_vectors;
 ALTER TABLE text_vectors_keyless RENAME TO text_vectors;
+
+
+-- migration: 11
+-- Each BLT text vector keeps the summary of the entropy-model pass that scoring reads: the highest
+-- mean surprisal (bits per byte) over 12 consecutive bytes (plugin/models/blt/surprisal.py). A
+-- text embedded by an earlier run, or read back because it left the in-memory cache, is then
+-- scored without a second pass of the entropy model (an import after a fit re-ran it on every
+-- text it found already stored). NULL for the shadow model and for vectors stored before.
+ALTER TABLE text_vectors ADD COLUMN window_bits DOUBLE;

@@ -340,3 +340,54 @@ def test_room_says_how_many_events_the_next_batch_takes_before_a_flush(store, no
     counts = flow.drain()
     flow.close()
     assert counts.new_events == 11
+
+
+def test_texts_read_back_from_the_store_are_scored_without_a_second_entropy_pass(
+        store, normalizer, micro_model_dir):
+    """A text embedded by an earlier run is read back with its vector and its window surprisal
+    (`text_vectors.window_bits`): a later run scores it with no entropy-model pass (an import
+    after a fit re-ran the model on every such text, a third of its time) and the same value."""
+    from plugin.detect.surprisal import window_surprisal
+    from plugin.models.embedder import BLTEmbedder
+    from plugin.pipeline.cache import EmbeddingCache
+    from plugin.pipeline.embed import EmbedStage
+
+    emb = BLTEmbedder.from_dir(micro_model_dir)
+    store.register_model(emb.name, emb.version, emb.dim, str(micro_model_dir))
+    texts = [f"tool.exe /run {i} {'x' * (3 * i)}" for i in range(6)]
+
+    def run(first: int) -> tuple[dict[str, float], int]:
+        embed = EmbedStage(emb, EmbeddingCache(store, emb.name, emb.version, with_bits=True))
+        got = {}
+
+        def score(batch):
+            for e in batch.events:
+                got[e.normalized] = float(window_surprisal(emb, [e.normalized])[0])
+
+        flow = Flow(store, normalizer, [embed, score], batch_size=4)
+        for i, cmd in enumerate(texts):
+            data = orjson.loads(record(first + i).data)
+            data["Event"]["EventData"]["CommandLine"] = cmd
+            flow.feed(RawRecord("t.json", first + i, orjson.dumps(data)))
+        flow.flush()
+        flow.drain()
+        flow.close()
+        return got, embed.texts_embedded
+
+    first, embedded = run(0)
+    assert embedded == 6
+    stored = store._run("SELECT count(*) FROM text_vectors WHERE window_bits IS NOT NULL")[0][0]
+    assert stored == 6
+    reruns = []
+    fresh = emb.model.entropy.surprisal
+    emb.model.entropy.surprisal = lambda *a: reruns.append(1) or fresh(*a)
+    emb.last_surprisal = {}
+    second, embedded = run(100)  # new events, known texts: a new process's stages
+    assert embedded == 0 and reruns == []
+    assert second.keys() == first.keys()
+    for t in first:
+        assert abs(second[t] - first[t]) < 1e-9
+    # a vector stored without the summary (an older release) is scored by a pass, as before
+    store._run("UPDATE text_vectors SET window_bits = NULL")
+    third, _ = run(200)
+    assert reruns and all(abs(third[t] - first[t]) < 1e-4 for t in first)

@@ -343,12 +343,13 @@ def test_a_file_with_keyed_tables_is_migrated_to_keyless_ones(tmp_path, events):
     old.write_batch({}, [], [vectors])
     assert old.schema_version() == 8
     before = old._run("SELECT * FROM events ORDER BY event_key")
-    stored_vectors = old._run("SELECT * FROM text_vectors ORDER BY text_hash")
+    vector_columns = "SELECT model, model_version, text_hash, vector, created FROM text_vectors"
+    stored_vectors = old._run(vector_columns + " ORDER BY text_hash")
     old.close()
     s = open_store(db)
     assert s.schema_version() == load_migrations()[-1][0]
     assert s._run("SELECT * FROM events ORDER BY event_key") == before
-    assert s._run("SELECT * FROM text_vectors ORDER BY text_hash") == stored_vectors
+    assert s._run(vector_columns + " ORDER BY text_hash") == stored_vectors
     assert not s._run("SELECT 1 FROM duckdb_constraints() WHERE table_name IN ('events', "
                       "'assignments', 'text_vectors') AND constraint_type = 'PRIMARY KEY'")
     assert s._run("SELECT count(*) FROM assignments")[0][0] == 5

@@ -25,7 +25,8 @@ def test_window_surprisal_from_the_embed_pass_equals_a_fresh_pass(micro_model_di
 
 def test_window_means_is_the_one_window_scorer_and_explanations_share():
     from plugin.detect.explain import surprising_spans
-    from plugin.detect.surprisal import WINDOW, _window_max, window_means
+    from plugin.models.blt.surprisal import WINDOW, window_means
+    from plugin.models.blt.surprisal import window_max as _window_max
 
     rng = np.random.default_rng(0)
     for n in (0, 1, 5, WINDOW - 1, WINDOW, WINDOW + 1, 200):

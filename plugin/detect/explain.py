@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from plugin.detect.surprisal import WINDOW, window_means
+from plugin.models.blt.surprisal import WINDOW, window_means
 
 
 def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dict]:

@@ -15,26 +15,30 @@ import torch
 
 from plugin.detect.calibration import THRESHOLD_FLOOR, weighted_quantile
 from plugin.models.blt.byteseq import make_batch, to_bytes
-
-WINDOW = 12
+from plugin.models.blt.surprisal import WINDOW
+from plugin.models.blt.surprisal import window_max as _window_max
 
 
 def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch: int = 64) -> np.ndarray:
     """Per text: the highest mean surprisal (bits/byte) over `window` consecutive bytes.
 
-    Texts the embedder has just embedded reuse the surprisal of that pass (`last_surprisal`);
-    only the others run the entropy model here.
+    Texts the embedder has just embedded reuse the surprisal of that pass (`last_surprisal`),
+    texts whose stored vector came with its window maximum reuse that (`last_window_bits`, at
+    the default window); only the others run the entropy model here.
     """
     model = embedder.model
     out = np.zeros(len(texts), dtype=np.float64)
     known = getattr(embedder, "last_surprisal", {})
+    stored = getattr(embedder, "last_window_bits", {}) if window == WINDOW else {}
     todo = []
     for i, t in enumerate(texts):
         v = known.get(t)
-        if v is None:
-            todo.append(i)
-        else:
+        if v is not None:
             out[i] = _window_max(v, window)
+        elif t in stored:
+            out[i] = stored[t]
+        else:
+            todo.append(i)
     blobs = {i: to_bytes(texts[i], embedder.max_bytes) for i in todo}
     order = sorted(todo, key=lambda i: len(blobs[i]))
     with torch.inference_mode():
@@ -48,24 +52,6 @@ def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch
                 out[i] = _window_max(flat[pos:pos + n], window)
                 pos += n
     return out
-
-
-def window_means(v: np.ndarray, window: int = WINDOW) -> np.ndarray:
-    """Mean of every run of ``min(window, len(v))`` consecutive values of ``v`` (per-byte
-    surprisal), float64, one per start position: ``len(v) - w + 1`` of them, none for empty input.
-    The scorer takes their maximum; explanations rank them to find the surprising spans."""
-    v = np.asarray(v)
-    n = len(v)
-    if n == 0:
-        return np.zeros(0, dtype=np.float64)
-    w = min(window, n)
-    c = np.concatenate([[0.0], np.cumsum(v, dtype=np.float64)])
-    return (c[w:] - c[:-w]) / w
-
-
-def _window_max(v: np.ndarray, window: int) -> float:
-    means = window_means(v, window)
-    return float(means.max()) if means.size else 0.0
 
 
 class SurprisalScorer:

@@ -229,14 +229,14 @@ def load_blt(model_dir: Path | str):
         cfg = BLTConfig.from_dict(d)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ModelDirError(model_dir / CONFIG, f"bad BLT config: {e}") from None
-    with torch.device("meta"):
-        shapes_model = BLT(cfg)
-    shapes = {k: tuple(v.shape) for k, v in shapes_model.state_dict().items()}
+    # built once, on the CPU: its shapes check the files, then it takes their weights. (Built on
+    # the meta device first, the shapes cost 2 s a process: that context imports torch._dynamo.)
+    model = BLT(cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     ent_shapes = {k[len("entropy."):]: s for k, s in shapes.items() if k.startswith("entropy.")}
     rest_shapes = {k: s for k, s in shapes.items() if not k.startswith("entropy.")}
     ent, e_entry = load_submodel(model_dir, "entropy", ent_shapes)
     rest, b_entry = load_submodel(model_dir, "blt", rest_shapes)
-    model = BLT(cfg)
     model.load_state_dict({**{f"entropy.{k}": v for k, v in ent.items()}, **rest}, strict=True)
     model.eval()
     return model, {"entropy": e_entry["version"], "blt": b_entry["version"]}

@@ -64,14 +64,28 @@ class BLTEmbedder(Embedder[bytes]):
     @property
     def last_surprisal(self) -> dict[str, np.ndarray]:
         """{text: per-byte surprisal} of the calling thread's latest `embed` call."""
-        slot = self._surprisal
-        if not hasattr(slot, "value"):
-            slot.value = {}
-        return slot.value
+        return self._thread_slot("surprisal")
 
     @last_surprisal.setter
     def last_surprisal(self, value: dict[str, np.ndarray]) -> None:
-        self._surprisal.value = value
+        self._surprisal.surprisal = value
+
+    @property
+    def last_window_bits(self) -> dict[str, float]:
+        """{text: window maximum of its surprisal} for the calling thread's batch texts whose
+        vectors were not embedded now but read back with their stored summary
+        (`plugin.pipeline.embed`): scoring reads it instead of running the entropy model."""
+        return self._thread_slot("window_bits")
+
+    @last_window_bits.setter
+    def last_window_bits(self, value: dict[str, float]) -> None:
+        self._surprisal.window_bits = value
+
+    def _thread_slot(self, name: str) -> dict:
+        slot = self._surprisal
+        if not hasattr(slot, name):
+            setattr(slot, name, {})
+        return getattr(slot, name)
 
     @classmethod
     def from_dir(

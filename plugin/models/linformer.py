@@ -299,9 +299,8 @@ def load_linformer(model_dir: Path | str) -> tuple[Linformer, dict[str, Any]]:
         cfg = LinformerConfig.from_dict(entry["config"]["model"])
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ModelDirError(model_dir / CONFIG, f"bad Linformer config: {e}") from None
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in Linformer(cfg).state_dict().items()}
+    model = Linformer(cfg)  # on the CPU, as `load_blt` (the meta device costs 2 s of imports)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tensors, entry = load_submodel(model_dir, ENTRY, shapes)
-    model = Linformer(cfg)
     model.load_state_dict(tensors, strict=True)
     return model.eval(), entry

@@ -82,8 +82,10 @@ def embed_stage(store: Store, embedder, model_dir: str | None, sample_rate: floa
     ``cache_texts``: vectors kept in memory (`plugin.pipeline.cache`)."""
     store.register_model(embedder.name, embedder.version, embedder.dim, model_dir)
     runs = pool.embedder(embedder) if pool is not None else embedder
-    return EmbedStage(runs, EmbeddingCache(store, embedder.name, embedder.version, cache_texts),
-                      sample_rate=sample_rate)
+    # a model whose pass leaves per-byte surprisal (the BLT) stores its summary with the vectors
+    cache = EmbeddingCache(store, embedder.name, embedder.version, cache_texts,
+                           with_bits=hasattr(embedder, "last_window_bits"))
+    return EmbedStage(runs, cache, sample_rate=sample_rate)
 
 
 def _scorer(store: Store, model, model_dir: str | None, embedder=None):

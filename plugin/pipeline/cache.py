@@ -21,12 +21,16 @@ MAX_IN_MEMORY = 200_000
 
 class EmbeddingCache:
     def __init__(self, store: Store, model: str, version: str,
-                 max_in_memory: int = MAX_IN_MEMORY) -> None:
+                 max_in_memory: int = MAX_IN_MEMORY, with_bits: bool = False) -> None:
         self.store = store
         self.model = model
         self.version = version
+        #: whether the model stores a window surprisal with its vectors (the BLT), read back
+        #: with them
+        self.with_bits = with_bits
         self._known = store.vector_hashes(model, version)
         self._vectors: LRU[str, np.ndarray] = LRU(max_in_memory)
+        self._bits: LRU[str, float] = LRU(max_in_memory)
         self.hits = 0
         self.misses = 0
 
@@ -38,10 +42,14 @@ class EmbeddingCache:
         self._known.update(out)
         return out
 
-    def remember(self, hashes: list[str], vectors: np.ndarray) -> None:
+    def remember(self, hashes: list[str], vectors: np.ndarray,
+                 bits: dict[str, float] | None = None) -> None:
         for h, v in zip(hashes, vectors):
             # a copy: a row would keep its whole batch's array alive after the others are out
             self._vectors[h] = v.copy()
+        for h, b in (bits or {}).items():
+            if b is not None:
+                self._bits[h] = b
 
     def vectors(self, hashes: list[str],
                 fresh: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -53,6 +61,14 @@ class EmbeddingCache:
         rest = [h for h in hashes if h not in out]
         if rest:
             got = self.store.read_vectors(self.model, self.version, rest)
-            self.remember(list(got), np.stack(list(got.values())) if got else np.zeros((0, 1)))
+            bits = (self.store.read_window_bits(self.model, self.version, rest)
+                    if self.with_bits else None)
+            self.remember(list(got), np.stack(list(got.values())) if got else np.zeros((0, 1)),
+                          bits)
             out.update(got)
         return out
+
+    def window_bits(self, hashes) -> dict[str, float]:
+        """The window surprisal of the known ``hashes`` that have one in memory (`vectors` read
+        a batch's from the database with their vectors)."""
+        return {h: self._bits[h] for h in hashes if h in self._bits}

@@ -9,6 +9,7 @@ import numpy as np
 import structlog
 
 from plugin.memory import release_freed_heap
+from plugin.models.blt.surprisal import window_max
 from plugin.pipeline.cache import EmbeddingCache
 from plugin.store import VectorRows
 
@@ -72,7 +73,7 @@ class EmbedStage:
             self.texts_embedded += len(todo)
             surprisal = getattr(self._surprisal_of, "last_surprisal", None)
             release_freed_heap()
-        batch.prepared[self.name] = (list(distinct), list(todo), vecs, surprisal)
+        batch.prepared[self.name] = (distinct, todo, vecs, surprisal)
 
     def __call__(self, batch) -> None:
         if self.name not in batch.prepared:  # nobody ran the model's half ahead: run it now
@@ -82,13 +83,21 @@ class EmbedStage:
             self._surprisal_of.last_surprisal = surprisal
         fresh = {}
         if todo:
-            self.cache.remember(todo, vecs)
+            # the pass's summary for scoring, stored with the vector: a text read back later is
+            # scored without running the entropy model again
+            bits = ({h: window_max(surprisal[t]) if t in surprisal else None
+                     for h, t in todo.items()} if surprisal is not None else None)
+            self.cache.remember(list(todo), vecs, bits)
             fresh = dict(zip(todo, vecs))
-            batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, todo, vecs))
+            batch.vectors.append(VectorRows(self.embedder.name, self.embedder.version, list(todo),
+                                            vecs, list(bits.values()) if bits else None))
         # every distinct text of the batch, for the stages after this one (scoring); the new
         # ones from this pass (a batch with more new texts than the cache holds pushes some out
         # before they are stored)
-        batch.text_vectors[self.embedder.name] = self.cache.vectors(distinct, fresh)
+        batch.text_vectors[self.embedder.name] = self.cache.vectors(list(distinct), fresh)
+        if self.cache.with_bits:
+            self._surprisal_of.last_window_bits = {
+                distinct[h]: b for h, b in self.cache.window_bits(distinct).items()}
 
     def stats(self) -> dict:
         rate = self.texts_embedded / self.seconds if self.seconds else 0.0

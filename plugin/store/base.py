@@ -42,6 +42,9 @@ class VectorRows:
     model_version: str
     text_hashes: list[str]
     vectors: np.ndarray  # (len(text_hashes), dim) float32
+    #: per text, the model's window surprisal summary (the BLT's, `plugin.models.blt.surprisal`),
+    #: stored so scoring a text read back needs no second entropy pass; None: the model has none
+    window_bits: Sequence[float | None] | None = None
 
 
 @dataclass
@@ -86,6 +89,10 @@ class Store(ABC):
     @abstractmethod
     def read_vectors(self, model: str, version: str, hashes: list[str]) -> dict[str, np.ndarray]:
         """Stored vectors by text hash (absent ones left out); safe beside a writing sink."""
+
+    @abstractmethod
+    def read_window_bits(self, model: str, version: str, hashes: list[str]) -> dict[str, float]:
+        """Stored window surprisal by text hash (texts stored without one left out)."""
 
     @abstractmethod
     def vector_hashes(self, model: str, version: str) -> set[str]: ...

@@ -298,13 +298,17 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
         mat = np.ascontiguousarray(vr.vectors, dtype=np.float32)
         dim = mat.shape[1]
         offsets = pa.array(np.arange(0, (len(mat) + 1) * dim, dim, dtype=np.int32))
-        tbl = pa.table({
+        cols = {
             "model": [vr.model] * len(mat),
             "model_version": [vr.model_version] * len(mat),
             "text_hash": vr.text_hashes,
             "vector": pa.ListArray.from_arrays(offsets, pa.array(mat.ravel())),
             "created": pa.array([utcnow()] * len(mat), pa.timestamp("us", tz="UTC")),
-        })
+        }
+        if vr.window_bits is not None:  # inserted by name: without them the column stays NULL
+            cols["window_bits"] = pa.array(
+                [None if b is None or b != b else float(b) for b in vr.window_bits], pa.float64())
+        tbl = pa.table(cols)
         self.con.register("_batch_vectors", tbl)
         self._insert_new_vectors()
         self.con.unregister("_batch_vectors")
@@ -401,6 +405,20 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
         finally:
             cur.close()
         return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+
+    def read_window_bits(self, model: str, version: str, hashes: list[str]) -> dict[str, float]:
+        """Stored window surprisal by text hash (texts without one left out), on a cursor of its
+        own like `read_vectors`."""
+        cur = self.con.cursor()
+        try:
+            cur.register("_want", pa.table({"h": hashes}))
+            rows = cur.execute(
+                "SELECT text_hash, window_bits FROM text_vectors JOIN _want ON text_hash = h "
+                "WHERE model = ? AND model_version = ? AND window_bits IS NOT NULL",
+                [model, version]).fetchall()
+        finally:
+            cur.close()
+        return dict(rows)
 
     def vector_hashes(self, model: str, version: str) -> set[str]:
         return {r[0] for r in self._run(
