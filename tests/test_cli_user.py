@@ -142,6 +142,38 @@ def test_enrich_bad_input_gets_an_error_object_per_record_and_exit_1(scored_db):
     assert "2 of 2 record(s) could not be enriched" in r.stderr
 
 
+# -- 3b. the first fit learns the baseline the user imported -------------------------------
+def test_a_stores_first_fit_takes_every_event_and_a_refit_holds_flags_back(work, scored_db):
+    """Issue 13: holding back the cold start's flags on a first fit taught a clean fleet's own
+    programs as "never seen"; the user who fits vouches for what they imported. Refits (and the
+    learning period's automatic fit) still keep what the current fit flags out."""
+    import shutil
+
+    flagged = run("alerts", "list", "--db", str(scored_db), "--json")
+    assert json.loads(flagged.stdout)  # the cold start flagged something to hold back
+    first, held = work / "first.duckdb", work / "held.duckdb"
+    shutil.copy(scored_db, first)
+    shutil.copy(scored_db, held)
+
+    f = json.loads(run("fit", "--db", str(first), "--json").stdout)
+    assert f["first_fit"] and f["accept_outliers"]
+    assert f["held_back_outlier_texts"] == 0
+    h = json.loads(run("fit", "--db", str(held), "--hold-back-outliers", "--json").stdout)
+    assert h["first_fit"] and h["held_back_outlier_texts"] > 0
+    assert h["baseline_texts"] < f["baseline_texts"]
+
+    assert run("rescore", "--db", str(first), "-q").returncode == 0  # scored by fit 1 now
+    outliers = int(subprocess.run(
+        [sys.executable, "-c", "import duckdb,sys; print(duckdb.connect(sys.argv[1], read_only=True)"
+         ".execute(\"SELECT count(DISTINCT e.text_hash) FROM assignments a JOIN events e "
+         "USING (event_key) WHERE a.model = 'blt' AND a.is_outlier\").fetchone()[0])", str(first)],
+        capture_output=True, text=True, check=True).stdout)
+    r = json.loads(run("fit", "--db", str(first), "--json").stdout)
+    assert not r["first_fit"] and not r["accept_outliers"]
+    assert r["held_back_outlier_texts"] == outliers
+    assert run("fit", "--db", str(first), "--accept-outliers", "--hold-back-outliers").returncode == 2
+
+
 # -- 4. the way out of --no-embed is named -------------------------------------------------
 def test_no_embed_then_fit_names_rescore(work, events):
     db = work / "noembed.duckdb"

@@ -92,14 +92,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
     shadow = load_shadow(cfg)
     try:
+        # the first fit of a store learns all of it: the user imported this baseline and vouches
+        # for it (holding back the cold start's flags taught "chrome.exe is new" on a clean fleet);
+        # a refit holds back what the current fit flags, as the learning period's own fit does
+        first = store.latest_fit(embedder.name, embedder.version) is None
+        accept = first if args.accept_outliers is None else args.accept_outliers
         res = fit_database(store, embedder.name, embedder.version, k=args.k,
-                           quantile=args.quantile, accept_outliers=args.accept_outliers,
+                           quantile=args.quantile, accept_outliers=accept,
                            embedder=embedder)
+        res["first_fit"] = first
         if shadow is not None:  # the shadow learns the same baseline, by its own vectors
             try:
                 res["shadow"] = fit_database(store, shadow.name, shadow.version, k=args.k,
                                              quantile=args.quantile,
-                                             accept_outliers=args.accept_outliers,
+                                             accept_outliers=accept,
                                              flags_of=embedder.name)
             except ValueError as exc:
                 log.warning("shadow_not_fitted", model=shadow.name, reason=str(exc))

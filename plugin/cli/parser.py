@@ -216,18 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
         "quantile of baseline distances; and the context of the default score: the image and "
         "module paths the baseline names (a path none names counts against an event) and the "
         "threshold of surprisal + prevalence + process lineage, walked over the baseline's events "
-        "in log order. Writes a new version; run `rescore` to apply it to stored events. Texts "
-        "the current fit flags as outliers stay out of the new baseline unless their alert was "
-        "marked a false positive (`alerts mark ID --status false_positive`) or --accept-outliers "
-        "is given. Fit on a baseline you trust, never on the evidence.")
+        "in log order. Writes a new version; run `rescore` to apply it to stored events. The "
+        "first fit of a store learns every stored event (you vouch for the baseline you "
+        "imported; --hold-back-outliers keeps the cold start's flags out). A refit never quietly "
+        "absorbs what the current fit flags: those texts stay out of the new baseline unless "
+        "their alert was marked a false positive (`alerts mark ID --status false_positive`) or "
+        "--accept-outliers is given. Fit on a baseline you trust, never on the evidence.")
     fit.add_argument("--db", metavar="FILE", help=DB_HELP)
     fit.add_argument("--k", type=int, metavar="K", help="clusters (default: chosen by silhouette)")
     fit.add_argument("--quantile", type=float, default=0.99,
                      help="threshold quantile of the baseline's scores (default 0.99: about 1%% of "
                      "ordinary events flagged)")
-    fit.add_argument("--accept-outliers", action="store_true",
-                     help="learn texts the current fit flags as normal too (default: hold them "
-                     "back unless marked false_positive)")
+    held = fit.add_mutually_exclusive_group()
+    held.add_argument("--accept-outliers", action="store_true", default=None,
+                      help="learn texts the current fit flags as normal too (a refit's default: "
+                      "hold them back unless marked false_positive)")
+    held.add_argument("--hold-back-outliers", dest="accept_outliers", action="store_false",
+                      help="keep flagged texts out of a store's first fit too (its default: "
+                      "learn every stored event)")
     _json_flag(fit, "the fit as one JSON object")
 
     rs = command(
