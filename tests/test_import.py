@@ -214,3 +214,23 @@ def test_db_memory_limit_too_small_is_a_clear_error(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("SYSMON_BLT_DB_MEMORY_LIMIT", "lots")
     assert main(["import", str(src), "--db", str(tmp_path / "b.duckdb"), "--no-embed", "-q"]) == 2
     assert "db_memory_limit 'lots'" in capsys.readouterr().err
+
+
+def test_a_line_over_the_bound_is_a_dead_letter_and_its_neighbours_stay(monkeypatch):
+    """A JSON line longer than the bound is never held whole: one dead letter at its position,
+    read on past its newline, lines around it kept with their positions (also when the long
+    line spans many read chunks, and when it is the last line)."""
+    from plugin.sources import jsonl
+    from plugin.sources.base import RawRecord, SourceError
+
+    monkeypatch.setattr(jsonl, "CHUNK", 64)
+    lines = [b'{"a": 1}', b'{"b": "' + b"x" * 1000 + b'"}', b'{"c": 3}', b"y" * 150,
+             b'{"d": 4}', b"z" * 5000]
+    blob = b"\n".join(lines)
+    stream = io.BytesIO(blob)
+    got = list(jsonl._read_lines("f.jsonl", stream.read(jsonl.CHUNK), stream, max_line=100))
+    kept = [(r.position, r.data) for r in got if isinstance(r, RawRecord)]
+    dead = [(r.position, r.reason) for r in got if isinstance(r, SourceError)]
+    assert kept == [(0, lines[0]), (2, lines[2]), (4, lines[4])]
+    assert [p for p, _ in dead] == [1, 3, 5]
+    assert all("longer than 100 bytes" in reason for _, reason in dead)

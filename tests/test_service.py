@@ -96,6 +96,20 @@ def test_malformed_json_is_a_400_that_says_so(app_and_store):
     assert client.post("/feedback", json={"alert_id": 3}).status_code == 422
 
 
+def test_deeply_nested_json_is_a_400_not_a_500(app_and_store):
+    """A body nested 500 levels parses (orjson reads 1,024) but could never be written back:
+    refused up front with the reason, and the service answers the next request."""
+    client, store, _ = app_and_store
+    a = store.list_alerts(top=1)[0]
+    deep = '{"alert_id": "%s", "x": %s}' % (a["alert_id"], "[" * 500 + "]" * 500)
+    for path in ("/enrich", "/feedback"):
+        r = client.post(path, content=deep.encode(), headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "nested deeper than 64" in r.json()["detail"], path
+    shallow = {"alert_id": a["alert_id"], "x": [[[1]]]}
+    assert client.post("/enrich", json=shallow).status_code in (200, 422)
+    assert client.get("/healthz").status_code == 200
+
+
 def test_json_sent_as_a_form_still_reads(app_and_store):
     """`curl -d '{...}'` without a content type sends a form header; the JSON still counts."""
     client, store, _ = app_and_store

@@ -196,6 +196,21 @@ def test_a_replayed_event_never_raises_an_alert_count(store, events):
     assert store.list_alerts()[0]["count"] == 2
 
 
+def test_a_record_read_again_is_one_dead_letter(store):
+    """An import killed and run again, or a Kafka replay, reads the same bad records twice:
+    each stays one dead letter (two distinct errors at one position stay two)."""
+    bad = [DeadLetter("case.evtx", 7, "damaged EVTX chunk 2: bad magic", "x"),
+           DeadLetter("case.evtx", 7, "unreadable EVTX record: bad size", "y"),
+           DeadLetter("kafka:t/0", 41, "invalid JSON: unexpected end", "{")]
+    store.write_batch({}, bad)
+    store.write_batch({}, bad)  # the rerun
+    store.write_batch({}, [DeadLetter("case.evtx", 8, "damaged EVTX chunk 2: bad magic", "x")])
+    rows = store.con.execute("SELECT source, position, reason FROM dead_letters "
+                             "ORDER BY ALL").fetchall()
+    assert rows == sorted([(d.source, d.position, d.reason) for d in bad]
+                          + [("case.evtx", 8, "damaged EVTX chunk 2: bad magic")])
+
+
 def test_prune_drops_old_events_and_what_only_they_used(store, events):
     """Retention: old events, their scores and the vectors nobody else needs leave; a vector a
     fit's baseline uses, fits and alerts stay."""

@@ -26,6 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_BODY = 1_048_576  # 1 MiB: a batch of a few hundred alerts for /enrich
+#: how deep a body's JSON may nest. An event is a few levels deep; orjson reads 1,024 levels but
+#: writes only 254, so a deeper body would be taken in and then fail when answered (a 500)
+MAX_JSON_DEPTH = 64
 
 
 def _refuse(status: int, detail: str) -> JSONResponse:
@@ -96,9 +99,28 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         raise HTTPException(400, "a JSON body is required")
     try:
-        return orjson.loads(raw)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise HTTPException(400, f"malformed JSON body: {exc}") from None
+    if json_depth(doc, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise HTTPException(400, f"JSON body nested deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def json_depth(doc: Any, limit: int) -> int:
+    """How deep ``doc`` nests (a scalar is 0), counted without recursion and no further than
+    one level past ``limit``."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(doc, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            todo.extend((v, depth) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 async def validation_errors(request: Request, exc: RequestValidationError) -> JSONResponse:

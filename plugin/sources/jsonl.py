@@ -15,6 +15,9 @@ from plugin.sources.base import Item, RawRecord, SourceError
 
 CHUNK = 1 << 20
 MAX_WHOLE_FILE = 512 * 1024 * 1024  # a JSON array or pretty-printed object is loaded whole
+#: the longest JSON line kept: an event is kilobytes (an EVTX record fits a 64 KiB chunk), so a
+#: longer line is damage or hostile; it becomes a dead letter without being held whole in memory
+MAX_LINE = 16 * 1024 * 1024
 
 
 class HashingReader:
@@ -70,18 +73,38 @@ def _read_array(name: str, first: bytes, stream: BinaryIO) -> Iterator[Item]:
         yield RawRecord(name, i, orjson.dumps(item))
 
 
-def _read_lines(name: str, first: bytes, stream: BinaryIO) -> Iterator[Item]:
+def _read_lines(name: str, first: bytes, stream: BinaryIO,
+                max_line: int = MAX_LINE) -> Iterator[Item]:
     position = 0
     rest = b""
+    skipping = False  # inside a line over ``max_line``: its bytes are dropped up to its newline
     chunk = first
     while chunk:
+        if skipping:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                chunk = stream.read(CHUNK)
+                continue
+            skipping = False
+            position += 1
+            chunk = chunk[cut + 1:]
         buf = rest + chunk
         lines = buf.split(b"\n")
         rest = lines.pop()
         for line in lines:
-            if line.strip():
+            if len(line) > max_line:
+                yield _too_long(name, position, line, max_line)
+            elif line.strip():
                 yield RawRecord(name, position, line.rstrip(b"\r"))
             position += 1
+        if len(rest) > max_line:
+            yield _too_long(name, position, rest, max_line)
+            rest, skipping = b"", True
         chunk = stream.read(CHUNK)
     if rest.strip():
         yield RawRecord(name, position, rest.rstrip(b"\r"))
+
+
+def _too_long(name: str, position: int, head: bytes, max_line: int) -> SourceError:
+    return SourceError(name, position, f"JSON line longer than {max_line:,} bytes (not read)",
+                       head[:4096])

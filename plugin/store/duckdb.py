@@ -214,7 +214,12 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
                     "at": [at] * len(dead),
                 }, schema=_DEAD_SCHEMA)
                 self.con.register("_batch_dead", dtbl)
-                self._run("INSERT INTO dead_letters SELECT * FROM _batch_dead")
+                # a record read again after a crash (an import rerun, a Kafka replay) is one
+                # dead letter, not two: its source, position and reason are already stored
+                self._run("INSERT INTO dead_letters SELECT * FROM _batch_dead b WHERE "
+                          "b.position IS NULL OR NOT EXISTS (SELECT 1 FROM dead_letters d "
+                          "WHERE d.source = b.source AND d.position = b.position "
+                          "AND d.reason = b.reason)")
                 self.con.unregister("_batch_dead")
             self.con.commit()
         except Exception:
