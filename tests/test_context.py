@@ -303,3 +303,20 @@ def test_cold_start_context_waits_for_the_case_and_then_only_adds_outliers():
     assert d_odd["context_outlier_bar"] == 2.0 and d_odd["content_score"] == pytest.approx(1.2)
     assert out_odd  # the content's verdict stands
     assert 1.0 < d_child["context_score"] < 2.0 and not out_child  # the context adds only at 2.0
+
+
+def test_a_text_longer_than_the_model_reads_is_flagged_in_its_score():
+    """The BLT embeds a canonical text's first ``max_bytes`` bytes: a longer text's score says
+    how much of it the model saw (multi-byte characters counted as bytes); a shorter one's
+    detail carries no flag."""
+    from plugin.pipeline.score import ScoreStage
+
+    short, long_ascii, long_wide = "cmd.exe /c dir", "powershell -enc " + "A" * 200, "é" * 60
+    batch = _batch([(1, {}, short), (1, {}, long_ascii), (1, {}, long_wide)])
+    stage = ScoreStage("blt", 1, _Scorer({short: 0.1, long_ascii: 0.2, long_wide: 0.3}),
+                       embed_max_bytes=100)
+    stage(batch)
+    detail = {a["event_key"]: json.loads(a["detail"]) for a in batch.assignments}
+    assert "truncated_for_embedding" not in detail["k0"]
+    assert detail["k1"]["truncated_for_embedding"] == {"text_bytes": 216, "embedded_bytes": 100}
+    assert detail["k2"]["truncated_for_embedding"] == {"text_bytes": 120, "embedded_bytes": 100}

@@ -131,7 +131,8 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
         stages.append(ScoreStage(embedder.name, loaded.version, loaded.scorer, explain=explain,
                                  context=loaded.context,
                                  case=case_calibration(loaded) if cold_start == "case" else None,
-                                 max_texts=cache_texts))
+                                 max_texts=cache_texts,
+                                 embed_max_bytes=getattr(embedder, "max_bytes", None)))
         rules = SuppressRules.parse(suppress or [], "configuration: suppress")
         if rules:
             stages.append(SuppressStage(rules, embedder.name))

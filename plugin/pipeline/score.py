@@ -49,8 +49,11 @@ class ScoreStage:
     def __init__(self, model: str, version: int, scorer, *,
                  explain: Callable[[str, TextScore], dict] | None = None,
                  alerts: bool = True, context=None, case: CaseCalibration | None = None,
-                 max_texts: int = MAX_CACHED_TEXTS) -> None:
+                 max_texts: int = MAX_CACHED_TEXTS, embed_max_bytes: int | None = None) -> None:
         self.model = model
+        #: the model saw only this many bytes of a text (None: no byte bound): a longer text's
+        #: score says so in its detail, and the stored event keeps the whole record
+        self.embed_max_bytes = embed_max_bytes
         self.case = case
         #: the cold start's context terms, learned from the case (None after a fit)
         self.case_context = (CaseContext(min_events=case.min_events)
@@ -136,14 +139,27 @@ class ScoreStage:
                     "event_key": e.event_key, "model": self.model, "score": ev.score,
                     "ts": e.ts,
                 })
+            detail = ev.detail
+            cut = self._truncated(e.normalized)
+            if cut is not None:
+                detail = {**detail, "truncated_for_embedding": cut}
             batch.assignments.append({
                 "event_key": e.event_key, "model": self.model, "version": self.version,
                 "cluster": ts.cluster, "distance": ts.distance, "score": ev.score,
                 "is_outlier": ev.is_outlier,
-                "detail": orjson.dumps(ev.detail, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                "detail": orjson.dumps(detail, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
                 "explanation": text_explanation,
             })
             self.scored += 1
+
+    def _truncated(self, text: str) -> dict | None:
+        """``{"text_bytes": n, "embedded_bytes": m}`` when the model embedded only the first
+        ``m`` of the canonical text's ``n`` UTF-8 bytes, else None."""
+        limit = self.embed_max_bytes
+        if limit is None or 4 * len(text) <= limit:  # at most 4 bytes a character
+            return None
+        n = len(text.encode("utf-8", "replace"))  # as `to_bytes` counts them
+        return {"text_bytes": n, "embedded_bytes": limit} if n > limit else None
 
     def _case_scores(self, batch: Batch, scores: dict[str, TextScore]) -> dict[str, TextScore]:
         """Per event (by key): its text's score against the case threshold, after stacking (how
