@@ -416,7 +416,19 @@ def hostile_json(path: Path, lines: list[tuple[str, bytes]], tmp: Path, limit: f
     ev, dl = db_rows(db)
     judge_positions(row, lines, [r[1] for r in ev], [d[1] for d in dl if d[1] is not None])
     hostile = sum(not n.startswith("real") for n, _ in lines)
-    row.note = f"{hostile} hostile among {len(lines) - hostile} real lines; embedded, scored, {time.monotonic() - t0:.0f} s"
+    con = duckdb.connect(str(db), read_only=True)
+    try:  # over-long texts: embedded in part with a flag, the record itself kept whole
+        long_texts, flagged, longest = con.execute(
+            "SELECT count(*), count(json_extract(a.detail, '$.truncated_for_embedding')), "
+            "max(octet_length(encode(e.raw))) FROM events e JOIN assignments a USING (event_key) "
+            "WHERE a.model = 'blt' AND octet_length(encode(e.normalized)) > 1024").fetchone()
+    finally:
+        con.close()
+    if flagged != long_texts:
+        row.fail(f"{long_texts - flagged} texts over 1,024 bytes embedded without the flag")
+    row.note = (f"{hostile} hostile among {len(lines) - hostile} real lines; embedded, scored, "
+                f"{time.monotonic() - t0:.0f} s; {flagged} texts cut for embedding and flagged, "
+                f"largest record kept whole {longest or 0:,} bytes")
     return row
 
 

@@ -12,3 +12,9 @@ class SchemaError(UsageError):
         super().__init__(f"schema {path}: key {key!r}: {problem}")
         self.path = path
         self.key = key
+
+
+class Unavailable(Exception):
+    """Something the command needs is held or out of reach for now (the database file open in
+    another process): nothing was changed, and the same command works once it is free (exit 1,
+    a runtime failure, with the message alone: no traceback helps)."""

@@ -234,3 +234,43 @@ def test_a_line_over_the_bound_is_a_dead_letter_and_its_neighbours_stay(monkeypa
     assert kept == [(0, lines[0]), (2, lines[2]), (4, lines[4])]
     assert [p for p, _ in dead] == [1, 3, 5]
     assert all("longer than 100 bytes" in reason for _, reason in dead)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MB filesystem to fill (a tmpfs: mounting one needs root, as CI runs)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    where = tmp_path / "small"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_fails_clearly_and_a_rerun_with_room_finishes_the_job(tmp_path, small_fs,
+                                                                        capsys):
+    """The database's disk fills mid-import: exit 1 with what to do, no batch half-written;
+    once there is room the same command stores exactly the events an undisturbed run stores."""
+    import subprocess
+
+    from plugin import simulate
+
+    src = tmp_path / "fleet.jsonl"
+    simulate.write_jsonl(src, 6000, seed=3)
+    ref_db = tmp_path / "ref.duckdb"
+    assert main(["import", str(src), "--db", str(ref_db), "--no-embed", "-q", "--json"]) == 0
+    db = small_fs / "full.duckdb"
+    capsys.readouterr()
+    rc = main(["import", str(src), "--db", str(db), "--no-embed", "-q", "--json"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "the disk is full" in err and "run the same command again" in err
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_fs)], check=True)
+    assert db_rows(db, "SELECT count(*) FROM imports WHERE status = 'complete'")[0][0] == 0
+    rc, s = run_import(capsys, src, "--db", db, "--no-embed")
+    assert rc == 0
+    keys = "SELECT event_key FROM events ORDER BY 1"
+    assert db_rows(db, keys) == db_rows(ref_db, keys)
+    assert db_rows(db, "SELECT count(*) FROM events")[0][0] == 6000 == s["sysmon_events"]

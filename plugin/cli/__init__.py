@@ -19,7 +19,7 @@ from plugin.cli.modeling import SHADOW_CARD_MARK, cmd_eval, cmd_fit, cmd_rescore
 from plugin.cli.parser import build_parser, merge_globals
 from plugin.cli.stream import cmd_consume, cmd_serve
 from plugin.cli.triage import cmd_alerts, cmd_enrich, cmd_incidents, cmd_prune, cmd_report
-from plugin.errors import UsageError
+from plugin.errors import Unavailable, UsageError
 
 __all__ = ["SHADOW_CARD_MARK", "build_parser", "main"]
 
@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sysmon-blt: error: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:
+        print(f"sysmon-blt: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sysmon-blt: interrupted", file=sys.stderr)
         return 130
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # a runtime failure: say what, keep the traceback for -v
-        from plugin.store import is_out_of_memory
+        from plugin.store import is_disk_full, is_out_of_memory
 
         if is_out_of_memory(exc):  # DuckDB's buffer pool is full
             key = "stream_db_memory_limit" if args.command == "consume" else "db_memory_limit"
@@ -65,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{key} allows: raise it, "
                   f"e.g. SYSMON_BLT_{key.upper()}=2GB, and run the same command again (what "
                   "was stored or committed is not done twice)", file=sys.stderr)
+            return 1
+        if is_disk_full(exc):
+            print(f"sysmon-blt: {args.command} failed: the disk is full: {exc}. Nothing of the "
+                  "failed batch was stored or committed; free space and run the same command "
+                  "again (what was stored or committed is not done twice)", file=sys.stderr)
             return 1
         log.error("command_failed", command=args.command, error=f"{type(exc).__name__}: {exc}",
                   exc_info=args.verbose > 0)

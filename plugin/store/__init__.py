@@ -10,7 +10,8 @@ from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcn
 from plugin.store.triage import IncidentNotFound
 
 __all__ = ["EVENT_COLUMNS", "STATUSES", "AlertNotFound", "DeadLetter", "IncidentNotFound",
-           "Store", "VectorRows", "open_store", "utcnow", "is_out_of_memory"]
+           "Store", "VectorRows", "open_store", "utcnow", "is_out_of_memory",
+           "is_disk_full"]
 
 
 def open_store(db: str | Path, *, read_only: bool = False, memory_limit: str = "512MB",
@@ -37,3 +38,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     from plugin.store.duckdb import is_out_of_memory as duckdb_oom
 
     return duckdb_oom(exc)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failure is a write refused for want of space (the fix: free space, run again)."""
+    from plugin.store.duckdb import is_disk_full as duckdb_full
+
+    return duckdb_full(exc)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import structlog
 
 from plugin import __version__
-from plugin.errors import UsageError
+from plugin.errors import Unavailable, UsageError
 from plugin.resources import schemas_dir
 from plugin.store.base import EVENT_COLUMNS, DeadLetter, Store, VectorRows, utcnow
 from plugin.store.alerts import AlertQueries
@@ -88,6 +88,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.OutOfMemoryException)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failure is a write refused for want of space (DuckDB's WAL or file, a spill),
+    so the command line can say what to do."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _holder(message: str) -> str:
     """" (PID n: its command line)" from DuckDB's lock error, so the user knows what to stop."""
     m = re.search(r"PID (\d+)", message)
@@ -117,7 +133,7 @@ class DuckDBStore(AlertQueries, EventQueries, ExportQueries, FitQueries, Inciden
         except duckdb.IOException as exc:
             msg = str(exc)
             if "lock" in msg.lower():
-                raise UsageError(
+                raise Unavailable(
                     f"database {self.path} is open in another process{_holder(msg)}: a DuckDB "
                     "file has one process at a time, even for reading, and a running `serve` or "
                     "`consume` holds its file until it stops. Stop it, use its HTTP API "
