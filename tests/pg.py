@@ -139,21 +139,34 @@ class PgServer:
         last: Exception | None = None
         for _ in range(5):  # another process may take the free port before the server binds it
             self.port = free_port()
-            opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                    f"-c unix_socket_directories={self.sock} -c fsync=off "
-                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
             try:
-                self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts,
-                                   "-l", str(self.root / "server.log"), "-w", "-t", "60",
-                                   "start"], timeout=90)
+                self._pg_ctl_start()
             except RuntimeError as exc:
                 last = exc
                 continue
-            self._started = True
-            self._wait_ready()
             log.info("pg_test_server_started", port=self.port, root=str(self.root))
             return self
         raise RuntimeError(f"PostgreSQL did not start: {last}; log: {self.log_tail()}")
+
+    def _pg_ctl_start(self) -> None:
+        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+                f"-c unix_socket_directories={self.sock} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts,
+                           "-l", str(self.root / "server.log"), "-w", "-t", "60", "start"],
+                          timeout=90)
+        self._started = True
+        self._wait_ready()
+
+    def halt(self) -> None:
+        """Stop the server and keep its data (an outage: clients' connections drop and new
+        ones are refused); `resume` starts it again on the same port."""
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast",
+                           "-w", "-t", "30", "stop"], timeout=60)
+        self._started = False
+
+    def resume(self) -> None:
+        self._pg_ctl_start()
 
     def _wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

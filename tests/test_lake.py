@@ -457,3 +457,74 @@ def test_prune_on_a_lake_removes_what_it_removes_from_a_file(pg_lake, schemas, t
     finally:
         store.close()
 
+
+
+@pytest.fixture
+def own_pg():
+    """A PostgreSQL server of this test's own, to stop and start (the shared one serves others)."""
+    from pg import PgServer, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_catalog_outage_is_waited_out_and_nothing_is_lost_or_doubled(own_pg, tmp_path):
+    """The catalog stops under a writer: its batch (and a read outside any transaction) waits,
+    then lands whole once PostgreSQL is back: every event and dead letter once. A writer told to
+    wait less gives up with an error naming the catalog, its password hidden."""
+    import threading
+    import time
+
+    from plugin.errors import Unavailable
+    from plugin.store import DeadLetter
+    from plugin.store.lake import LakeStore
+
+    dsn = own_pg.create_database("outage")
+    db = f"ducklake:postgres:{dsn}"
+    store = open_store(db, data_path=str(tmp_path / "data"))
+    evs = sim_events(300)
+    store.write_batch(event_rows(evs[:100], utcnow()), [DeadLetter("k:t/0", 1, "bad", "x")])
+    own_pg.halt()
+    done: dict[str, Any] = {}
+
+    def write() -> None:
+        try:
+            done["new"] = store.write_batch(event_rows(evs[100:], utcnow()),
+                                            [DeadLetter("k:t/0", 2, "bad", "y")])
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            done["error"] = exc
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(3)
+    assert writer.is_alive() and not done, "the batch must wait for the catalog"
+    own_pg.resume()
+    writer.join(60)
+    assert done == {"new": 200}
+    own_pg.halt()
+    reader = threading.Thread(target=lambda: done.update(count=store.event_count()))
+    reader.start()
+    time.sleep(2)
+    assert reader.is_alive()
+    own_pg.resume()
+    reader.join(60)
+    assert done["count"] == 300
+    q = store._run
+    assert q("SELECT count(*), count(DISTINCT event_key) FROM events")[0] == (300, 300)
+    assert q("SELECT count(*) FROM dead_letters")[0][0] == 2
+
+    impatient = LakeStore(db + " password=s3cret", data_path=str(tmp_path / "data"),
+                          catalog_wait=1.0)
+    own_pg.halt()
+    with pytest.raises(Unavailable, match="did not answer for 1 s") as err:
+        impatient.write_batch(event_rows(evs[:1], utcnow()), [])
+    assert "s3cret" not in str(err.value) and "password=***" in str(err.value)
+    own_pg.resume()
+    store.close()
+    impatient.close()

@@ -19,6 +19,11 @@ writes it, so the same tables and queries as the DuckDB file serve here; what di
 * **Migrations once.** Instances starting together on an empty PostgreSQL catalog take a
   PostgreSQL advisory lock around the catalog's creation and the migrations; the others wait and
   then find the schema current.
+* **A catalog outage is waited out.** When the catalog stops answering (PostgreSQL restarted,
+  failed over, its network down), a statement outside a transaction is run again, and a
+  transaction (a batch) runs again whole, for up to `CATALOG_WAIT_SECONDS`; a consumer meanwhile
+  commits no offset, so it resumes where it was. Past that, the command fails with a message
+  naming the catalog (exit 1) and nothing of the batch in flight is stored.
 * **The rare concurrent duplicate** (a paused "zombie" instance writing after its partitions
   moved on, or one event produced into two partitions) is not fenced: two writers that check at
   the same moment both insert. `maintain` removes such duplicates (the oldest row of a key stays),
@@ -40,7 +45,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import duckdb
 import structlog
 
-from plugin.errors import UsageError
+from plugin.errors import Unavailable, UsageError
 from plugin.store.base import DeadLetter, VectorRows
 from plugin.store.duckdb import DuckDBStore, _size, load_migrations
 
@@ -51,6 +56,12 @@ PREFIX = "ducklake:"
 MIGRATION_LOCK = 0x73626C74
 #: how often a batch transaction runs again after losing a commit race
 MAX_RETRIES = 30
+#: how long a statement or batch waits for an unreachable catalog before the command fails
+CATALOG_WAIT_SECONDS = 300.0
+#: what the PostgreSQL client says when it cannot reach the server or lost its connection
+_UNREACHABLE = re.compile(r"unable to connect|connection refused|could not connect|server closed "
+                          r"the connection|terminating connection|no connection to the server|"
+                          r"connection to server .* failed|ssl syscall", re.IGNORECASE)
 #: the one-row table whose row every transaction creating a key changes (`_guard_creation`)
 GUARD = "lake_key_guard"
 #: plain inserts whose rows are counted (an incident's alerts): a duplicate would count twice
@@ -125,8 +136,8 @@ class LakeStore(DuckDBStore):
                 "(PARTITION BY model, model_version, text_hash ORDER BY created) = 1)")
 
     def __init__(self, db: str, *, data_path: str | None, read_only: bool = False,
-                 memory_limit: str = "512MB") -> None:
-        self.path = db
+                 memory_limit: str = "512MB", catalog_wait: float = CATALOG_WAIT_SECONDS) -> None:
+        self.path = redact_dsn(db)  # what messages and logs name: no catalog password
         spec, pg = _catalog(db)
         self.con = duckdb.connect()
         self._run(f"SET memory_limit = '{_size(memory_limit)}'")
@@ -151,14 +162,14 @@ class LakeStore(DuckDBStore):
             try:
                 self._run(attach)
             except duckdb.Error as exc:
-                raise UsageError(f"cannot open DuckLake {db}: {_first_line(exc)}"
+                raise UsageError(f"cannot open DuckLake {self.path}: {_first_line(exc)}"
                                  + ("" if data_path else " (a new lake needs lake_data_path: "
                                                     "the config key, or SYSMON_BLT_LAKE_DATA_PATH)")
                                  ) from exc
             self._run("USE lake")
             # `USE` holds for this connection only: cursors (readers beside the sink, another
             # thread's store) must name the lake too, or they find no table
-            self.con = _InLake(self.con)  # type: ignore[assignment]
+            self.con = _InLake(self.con, db, catalog_wait)  # type: ignore[assignment]
             if not read_only:
                 self.migrate()
                 self._ensure_views()
@@ -204,16 +215,23 @@ class LakeStore(DuckDBStore):
             events, dead, vectors, assignments, alerts, incidents=incidents))
 
     def retrying(self, attempt: Callable[[], T]) -> T:
-        """Run one transaction, again after a commit conflict (with a growing random pause)."""
-        for n in range(MAX_RETRIES):
+        """Run one transaction, again after a commit conflict (with a growing random pause),
+        and again while the catalog is unreachable (up to `CATALOG_WAIT_SECONDS`)."""
+        n = 0
+        outage = CatalogOutage(self.path, self.con.catalog_wait)
+        while True:
             try:
-                return attempt()
+                result = attempt()
+                outage.over()
+                return result
             except duckdb.Error as exc:
+                if outage.wait(exc):
+                    continue
                 if not _conflict(exc) or n == MAX_RETRIES - 1:
                     raise
-                log.info("lake_commit_retry", attempt=n + 1, reason=_conflict_line(exc)[:300])
-                time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** n)))
-        raise AssertionError("unreachable")
+                n += 1
+                log.info("lake_commit_retry", attempt=n, reason=_conflict_line(exc)[:300])
+                time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** (n - 1))))
 
     def _insert_new(self, table: str, select: str, keys: Sequence[str],
                     params: list | None = None) -> None:
@@ -356,21 +374,90 @@ class LakeStore(DuckDBStore):
         return super().for_thread()  # type: ignore[return-value]
 
 
+class CatalogOutage:
+    """One run of waits for an unreachable catalog: `wait` says whether to try again (after a
+    pause growing to 5 s), logs the outage once and its end once, and past ``limit`` seconds
+    raises `Unavailable` naming the catalog."""
+
+    def __init__(self, path: str, limit: float) -> None:
+        self.path, self.limit = path, limit
+        self.since: float | None = None
+        self.pause = 0.25
+
+    def wait(self, exc: BaseException) -> bool:
+        if not _UNREACHABLE.search(str(exc)):
+            return False
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            log.warning("lake_catalog_unreachable", catalog=self.path,
+                        waiting_up_to_s=self.limit, error=redact_dsn(_first_line(exc))[:300])
+        elif now - self.since > self.limit:
+            raise Unavailable(f"the DuckLake catalog {self.path} did not answer for "
+                              f"{self.limit:.0f} s ({redact_dsn(_first_line(exc))}); nothing of the batch in "
+                              "flight was stored: run the same command again once it is back"
+                              ) from exc
+        time.sleep(self.pause)
+        self.pause = min(5.0, self.pause * 2)
+        return True
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("lake_catalog_back", catalog=self.path,
+                        waited_s=round(time.monotonic() - self.since, 1))
+            self.since = None
+
+
 class _InLake:
-    """A DuckDB connection whose cursors read and write the lake by default, as it does.
+    """A DuckDB connection whose cursors read and write the lake by default, as it does, and
+    whose statements outside a transaction wait out a catalog outage (`CatalogOutage`); inside
+    one, the error goes up, and the transaction's owner (`LakeStore.retrying`) runs it again.
 
     A cursor is a new connection to the same DuckDB instance and starts in its in-memory
     database: without this, every query a store runs on a cursor (`read_vectors`, the
     integrity and event readers, `for_thread`) failed with "Table ... does not exist".
     Everything else is the connection's own."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str,
+                 catalog_wait: float = CATALOG_WAIT_SECONDS) -> None:
         self._con = con
+        self._path = path
+        self.catalog_wait = catalog_wait
+        self._in_transaction = False
 
     def cursor(self) -> "_InLake":
-        cur = self._con.cursor()
+        cur = _InLake(self._con.cursor(), self._path, self.catalog_wait)
         cur.execute("USE lake")
-        return _InLake(cur)
+        return cur
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        if self._in_transaction:
+            return self._con.execute(sql, params)
+        outage = CatalogOutage(self._path, self.catalog_wait)
+        while True:
+            try:
+                result = self._con.execute(sql, params)
+                outage.over()
+                return result
+            except duckdb.Error as exc:
+                if not outage.wait(exc):
+                    raise
+
+    def begin(self) -> Any:
+        self._in_transaction = True
+        return self._con.begin()
+
+    def commit(self) -> Any:
+        try:
+            return self._con.commit()
+        finally:
+            self._in_transaction = False
+
+    def rollback(self) -> Any:
+        try:
+            return self._con.rollback()
+        finally:
+            self._in_transaction = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)
@@ -387,6 +474,13 @@ _UNIQUE = (
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def redact_dsn(db: str) -> str:
+    """``db`` with a catalog password hidden (``password=...`` of a libpq string, the
+    ``user:password@`` of a URL), for messages and logs."""
+    db = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", db, flags=re.IGNORECASE)
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", db)
 
 
 def _first_line(exc: BaseException) -> str:
