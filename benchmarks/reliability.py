@@ -945,6 +945,81 @@ def outage_disk_full(bootstrap: str, tmp: Path, seed: int) -> Row:
     return row
 
 
+def outage_catalog(bootstrap: str, tmp: Path, pause: float, seed: int) -> Row:
+    """Two consumers on one DuckLake whose PostgreSQL catalog stops for ``pause`` seconds while
+    events keep coming: they wait, resume, and every event is stored once."""
+    row = Row(f"lake catalog stopped {pause:.0f} s")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg import PgServer, unavailable
+
+    why = unavailable()
+    if why:
+        row.note = f"skipped: {why}"
+        return row
+    with PgServer() as pg:
+        db = "ducklake:postgres:" + pg.create_database("outage")
+        env = {**consumer_env(), "SYSMON_BLT_LAKE_DATA_PATH": str(tmp / "lake-data")}
+        prod = Produced(bootstrap, "lake", 2, seed + 3)
+        procs = []
+        for i in range(2):
+            log = tmp / f"lake-{i}.log"
+            procs.append(subprocess.Popen(consume_cmd(bootstrap, "lake", db, "lake", "--no-embed"),
+                                          env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                          cwd=ROOT, start_new_session=True))
+        prod.send(2000)
+        prod.flush()
+        ok = wait_for(lambda: all_committed(bootstrap, "lake", "lake", 2000)
+                      or any(p.poll() is not None for p in procs), 300, 1.0)
+        if not ok or any(p.poll() is not None for p in procs):
+            row.crashes += 1
+            row.fail(f"the consumers did not take the first 2,000 events; see {tmp}/lake-*.log")
+        else:
+            pg.halt()
+            t0 = time.monotonic()
+            try:
+                while time.monotonic() - t0 < pause:
+                    prod.send(50)
+                    prod.producer.poll(0)
+                    time.sleep(1.0)
+            finally:
+                pg.resume()
+            t_back = time.monotonic()
+            prod.flush()
+            n = len(prod.at)
+            caught = wait_for(lambda: all_committed(bootstrap, "lake", "lake", n)
+                              or any(p.poll() is not None for p in procs), 300, 1.0)
+            took = time.monotonic() - t_back
+            alive = [p.poll() is None for p in procs]
+            if not all(alive):
+                row.crashes += alive.count(False)
+                row.fail(f"a consumer died during the outage; see {tmp}/lake-*.log")
+            if not caught:
+                row.hangs += 1
+                row.fail("not caught up 300 s after the catalog came back")
+            row.note = (f"{n:,} events by 2 consumers, {n - 2000:,} during the outage; caught up "
+                        f"{took:.0f} s after PostgreSQL was back")
+        for p in procs:
+            if stop(p) not in (0,):
+                row.fail(f"consumer exit {p.returncode} at SIGTERM")
+        from plugin.store import open_store
+
+        store = open_store(db, read_only=True, data_path=str(tmp / "lake-data"))
+        try:
+            ev = store._run("SELECT source, position FROM events")
+            dl = store._run("SELECT source, position FROM dead_letters")
+        finally:
+            store.close()
+        stored = [(a, b) for a, b in ev]
+        missing = prod.at - set(stored) - {(a, b) for a, b in dl}
+        row.inputs = len(prod.at)
+        row.lost = len(missing) + prod.failed
+        row.doubled = len(stored) - len(set(stored))
+        row.dead_letters = len(dl)
+        if missing:
+            row.fail(f"{len(missing)} delivered messages neither stored nor dead letters")
+    return row
+
+
 # ------------------------------------------------------------------------------ soak
 def fd_count(pid: int) -> int | None:
     """Open files of a process and its descendants."""
@@ -1058,7 +1133,7 @@ def main() -> None:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="reliability-", dir=args.keep))
-    import plugin.cli  # noqa: F401 - once, before forking children
+    import plugin.cli  # noqa: F401 - imported once, before forking children
 
     rows: list[Row] = []
     broker = None
@@ -1085,6 +1160,8 @@ def main() -> None:
             rows.append(outage_locked(args.data, tmp, bootstrap))
             print_table(rows[-1:])
             rows.append(outage_disk_full(bootstrap, tmp, args.seed))
+            print_table(rows[-1:])
+            rows.append(outage_catalog(bootstrap, tmp, args.pause, args.seed))
             print_table(rows[-1:])
         if "soak" in only:
             rows.append(soak(bootstrap, tmp, args.soak_seconds, args.soak_rate, args.seed))

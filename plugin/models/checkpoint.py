@@ -77,6 +77,35 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: file names that hold pickles (torch.save, joblib, pickle itself): loading one runs code
+PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib"})
+#: files whose first bytes are not sniffed: their own formats (a safetensors header length could
+#: begin with a pickle's two magic bytes)
+_OWN_SUFFIXES = frozenset({".safetensors", ".json", ".md"})
+
+
+def _refuse_pickles(model_dir: Path) -> None:
+    """A model directory is an artefact someone handed over: one that holds a pickle (by name,
+    or by its first bytes: a pickle's protocol mark, a torch.save zip) is refused whole, since
+    it is not what this tool writes and someone may expect it to be loaded."""
+    for f in sorted(model_dir.iterdir()):
+        if not f.is_file():
+            continue
+        suffix = f.suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            raise ModelDirError(f, "a pickle file in a model directory: sysmon-blt loads only "
+                                   "safetensors and JSON and refuses a directory holding pickles "
+                                   "(they run code when loaded); remove it")
+        if suffix in _OWN_SUFFIXES:
+            continue
+        with f.open("rb") as fh:
+            head = fh.read(4)
+        if (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04":
+            raise ModelDirError(f, "holds a pickle or a torch.save archive: sysmon-blt loads only "
+                                   "safetensors and JSON and refuses a directory holding pickles; "
+                                   "remove it")
+
+
 def read_config(model_dir: Path | str) -> dict[str, Any]:
     """Parsed ``config.json`` of a model directory (validated top level)."""
     model_dir = Path(model_dir)
@@ -85,6 +114,7 @@ def read_config(model_dir: Path | str) -> dict[str, Any]:
         raise ModelDirError(model_dir, "model directory does not exist")
     if not path.is_file():
         raise ModelDirError(path, "missing file")
+    _refuse_pickles(model_dir)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -151,6 +181,8 @@ def verified_file(model_dir: Path | str, name: str, what: str = "sub-model",
     path = model_dir / str(entry["file"])
     if not path.is_file():
         raise ModelDirError(path, "missing file")
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise ModelDirError(path, "a link to a file outside the model directory: refused")
     actual = file_sha256(path)
     if actual != entry["sha256"]:
         raise ModelDirError(

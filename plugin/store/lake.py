@@ -391,10 +391,10 @@ class CatalogOutage:
         if self.since is None:
             self.since = now
             log.warning("lake_catalog_unreachable", catalog=self.path,
-                        waiting_up_to_s=self.limit, error=redact_dsn(_first_line(exc))[:300])
+                        waiting_up_to_s=self.limit, error=_first_line(exc)[:300])
         elif now - self.since > self.limit:
             raise Unavailable(f"the DuckLake catalog {self.path} did not answer for "
-                              f"{self.limit:.0f} s ({redact_dsn(_first_line(exc))}); nothing of the batch in "
+                              f"{self.limit:.0f} s ({_first_line(exc)}); nothing of the batch in "
                               "flight was stored: run the same command again once it is back"
                               ) from exc
         time.sleep(self.pause)
@@ -484,7 +484,9 @@ def redact_dsn(db: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The error's first line for a message, with any catalog password in it hidden (the
+    PostgreSQL client repeats the connection string it failed with)."""
+    return redact_dsn(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
 
 
 def _conflict_line(exc: BaseException) -> str:
