@@ -963,7 +963,8 @@ def outage_catalog(bootstrap: str, tmp: Path, pause: float, seed: int) -> Row:
         procs = []
         for i in range(2):
             log = tmp / f"lake-{i}.log"
-            procs.append(subprocess.Popen(consume_cmd(bootstrap, "lake", db, "lake", "--no-embed"),
+            cmd = [c for c in consume_cmd(bootstrap, "lake", db, "lake", "--no-embed") if c != "-q"]
+            procs.append(subprocess.Popen(cmd,  # warnings kept: the outage's log lines
                                           env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                           cwd=ROOT, start_new_session=True))
         prod.send(2000)
@@ -996,8 +997,10 @@ def outage_catalog(bootstrap: str, tmp: Path, pause: float, seed: int) -> Row:
             if not caught:
                 row.hangs += 1
                 row.fail("not caught up 300 s after the catalog came back")
-            row.note = (f"{n:,} events by 2 consumers, {n - 2000:,} during the outage; caught up "
-                        f"{took:.0f} s after PostgreSQL was back")
+            waited = sum((tmp / f"lake-{i}.log").read_text(errors="replace")
+                         .count("lake_catalog_unreachable") for i in range(2))
+            row.note = (f"{n:,} events by 2 consumers, {n - 2000:,} during the outage; "
+                        f"{waited} waits logged; caught up {took:.0f} s after PostgreSQL was back")
         for p in procs:
             if stop(p) not in (0,):
                 row.fail(f"consumer exit {p.returncode} at SIGTERM")
