@@ -475,63 +475,75 @@ def store_digest(db: Path) -> dict:
 
 
 def resume(data: Path, tmp: Path, kills: int, seed: int, limit: float) -> Row:
-    """One uninterrupted import; then the same import SIGKILLed `kills` times at random moments
-    and run again each time, then once to the end, into one database: the same events, none
-    doubled; then a last rerun, where every file is finished, times the skip."""
+    """One uninterrupted import; then the same import SIGKILLed at random moments and run again
+    into one database until a run finishes, compared with the uninterrupted one (the same events
+    and dead letters, none doubled, every event scored); again with a new database until
+    ``kills`` kills landed; then a rerun where every file is finished times the skip."""
     row = Row("import SIGKILLed and rerun")
     rng = random.Random(seed)
     folder = resume_inputs(data, tmp, 15_000)
-    ref_db, db = tmp / "resume-ref.duckdb", tmp / "resume.duckdb"
+    ref_db = tmp / "resume-ref.duckdb"
+    args = ["import", str(folder), "-q", "--json", "--db"]
     t0 = time.monotonic()
-    rc, hung = fork_cli(["import", str(folder), "--db", str(ref_db), "-q", "--json"], limit,
-                        tmp / "resume-ref.log")
+    rc, hung = fork_cli(args + [str(ref_db)], limit, tmp / "resume-ref.log")
     full = time.monotonic() - t0
     if rc != 0:
         row.crashes += 1
         row.fail(f"uninterrupted import: exit {rc}, hung {hung}; see {tmp / 'resume-ref.log'}")
         return row
     ref = store_digest(ref_db)
-    killed_at = []
-    for k in range(kills):
-        # somewhere in what is left to do (a rerun skips the finished files first)
+    landed, rounds, run, db = 0, 0, 0, None
+    killed_at: list[str] = []
+    while landed < kills or db is not None:
+        if db is None:
+            rounds += 1
+            db = tmp / f"resume-{rounds}.duckdb"
         done = store_digest(db)["events"] / max(1, ref["events"]) if db.exists() else 0.0
-        at = rng.uniform(0.5, 3.0 + full * (1.0 - done))
-        rc, hung = fork_cli(["import", str(folder), "--db", str(db), "-q", "--json"], at,
-                            tmp / f"resume-{k}.log")
+        # somewhere in what is left to do (a rerun skips the finished files first); once
+        # enough kills landed, the round's last run goes to the end
+        at = rng.uniform(0.5, 3.0 + full * (1.0 - done)) if landed < kills else limit
+        log = tmp / f"resume-run-{run}.log"
+        rc, hung = fork_cli(args + [str(db)], at, log)
+        run += 1
         row.inputs += 1
-        killed_at.append(f"{at:.1f}" if hung else f"({at:.1f}: done)")
-        if not hung and rc != 0:
-            row.crashes += 1
-            row.fail(f"run {k} (to be killed at {at:.1f} s): exit {rc}; see {tmp / f'resume-{k}.log'}")
-    rc, hung = fork_cli(["import", str(folder), "--db", str(db), "-q", "--json"], limit,
-                        tmp / "resume-last.log")
-    row.inputs += 1
-    if rc != 0:
-        row.crashes += int(not hung)
-        row.hangs += int(hung)
-        row.fail(f"final rerun: exit {rc}; see {tmp / 'resume-last.log'}")
-        return row
+        if hung and at < limit:
+            landed += 1
+            killed_at.append(f"{at:.1f}")
+            continue
+        if rc != 0:
+            row.crashes += int(not hung)
+            row.hangs += int(hung)
+            row.fail(f"run {run}: exit {rc}; see {log}")
+            return row
+        judge_resumed(row, ref, store_digest(db), f"round {rounds}")
+        if landed >= kills:
+            break
+        db = None
     t1 = time.monotonic()
-    rc, _ = fork_cli(["import", str(folder), "--db", str(db), "-q", "--json"], limit,
-                     tmp / "resume-skip.log")
+    rc, _ = fork_cli(args + [str(db)], limit, tmp / "resume-skip.log")
     skip = time.monotonic() - t1
-    got = store_digest(db)
-    row.dead_letters = len(got["dead"])
-    row.lost = len(ref["keys"] - got["keys"])
-    row.doubled = (got["events"] - len(got["keys"])) + (got["assignments"][0] - got["assignments"][1]) \
-        + max(0, len(got["dead"]) - len(ref["dead"]))
-    if ref["keys"] != got["keys"]:
-        row.fail(f"{len(ref['keys'] - got['keys'])} events of the uninterrupted run missing, "
-                 f"{len(got['keys'] - ref['keys'])} extra")
-    if got["dead"] != ref["dead"]:
-        row.fail(f"dead letters differ: {len(ref['dead'])} uninterrupted, {len(got['dead'])} resumed")
-    if got["assignments"][1] != ref["assignments"][1]:
-        row.fail(f"{ref['assignments'][1] - got['assignments'][1]} fewer (event, model) scores "
-                 "than the uninterrupted run")
-    row.note = (f"{ref['events']:,} events in {ref['complete']} inputs; killed at "
-                f"{', '.join(killed_at)} s of a {full:.0f} s import; rerun of finished files "
-                f"{skip:.1f} s (exit {rc})")
+    row.note = (f"{ref['events']:,} events in {ref['complete']} inputs; {run} runs in {rounds} "
+                f"rounds, killed at {', '.join(killed_at)} s of a {full:.0f} s import; rerun "
+                f"over finished files {skip:.1f} s (exit {rc})")
     return row
+
+
+def judge_resumed(row: Row, ref: dict, got: dict, where: str) -> None:
+    """A resumed import against the uninterrupted one."""
+    row.dead_letters += len(got["dead"])
+    row.lost += len(ref["keys"] - got["keys"])
+    row.doubled += ((got["events"] - len(got["keys"]))
+                    + (got["assignments"][0] - got["assignments"][1])
+                    + max(0, len(got["dead"]) - len(ref["dead"])))
+    if ref["keys"] != got["keys"]:
+        row.fail(f"{where}: {len(ref['keys'] - got['keys'])} events of the uninterrupted run "
+                 f"missing, {len(got['keys'] - ref['keys'])} extra")
+    if got["dead"] != ref["dead"]:
+        row.fail(f"{where}: dead letters differ: {len(ref['dead'])} uninterrupted, "
+                 f"{len(got['dead'])} resumed")
+    if got["assignments"][1] != ref["assignments"][1]:
+        row.fail(f"{where}: {ref['assignments'][1] - got['assignments'][1]} fewer (event, model) "
+                 "scores than the uninterrupted run")
 
 
 # ------------------------------------------------------------------------------ Kafka helpers
