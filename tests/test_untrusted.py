@@ -131,3 +131,33 @@ def test_passwords_given_to_a_command_are_in_none_of_its_output(tmp_path, capsys
     said = out.out + out.err
     assert "hunter2" not in said, [line for line in said.splitlines() if "hunter2" in line][:3]
     assert "sasl" in said.lower() or "SASL" in said
+
+
+def test_event_content_that_looks_like_sql_is_stored_as_is(tmp_path, capsys):
+    """Event fields full of quotes and statements go in and come back byte for byte, through
+    import, alerts and the read-backs; no table is touched (SQL never carries event content)."""
+    from conftest import winlogbeat8
+
+    nasty = "x'); DROP TABLE events; --\" \\' $$ {{}} %s ?"
+    doc = winlogbeat8()
+    doc["winlog"]["computer_name"] = "HOST'; DELETE FROM alerts; --"
+    doc["winlog"]["event_data"] = dict(doc["winlog"]["event_data"], CommandLine=nasty,
+                                       Image="C:\\x\\'evil'.exe", User="d'om\\u'ser")
+    src = tmp_path / "nasty.jsonl"
+    src.write_text(json.dumps(doc) + "\n")
+    db = tmp_path / "n.duckdb"
+    assert main(["import", str(src), "--db", str(db), "-q", "--json"]) == 0
+    capsys.readouterr()
+    # a host filter with the same content goes into a query as a value
+    assert main(["alerts", "list", "--db", str(db), "--host", doc["winlog"]["computer_name"],
+                 "--json"]) == 0
+    capsys.readouterr()
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    computer, fields = con.execute("SELECT computer, fields FROM events").fetchone()
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    con.close()
+    assert computer == doc["winlog"]["computer_name"]
+    assert json.loads(fields)["CommandLine"] == nasty
+    assert {"events", "alerts", "assignments", "dead_letters"} <= tables
