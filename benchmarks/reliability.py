@@ -52,6 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SYSMON_CHANNEL = "microsoft-windows-sysmon/operational"
 RID_IN_PAYLOAD = re.compile(r'"EventRecordID"\s*:\s*(\d+)')
 CHUNK = 0x10000
+#: fields of an NXLog record that say which event it is, left alone when content is made long
+IDENTITY_KEYS = frozenset({"EventID", "Channel", "SourceName", "ProviderGuid", "Hostname",
+                           "TimeCreated", "@timestamp", "UtcTime", "EventTime", "EventType",
+                           "Level", "Keywords", "Task", "RecordNumber", "ProcessGuid"})
 FILE_HEADER = 0x1000
 
 
@@ -319,6 +323,11 @@ def hostile_variants(good: list[bytes], rng: random.Random) -> list[tuple[str, b
         d = doc()
         d["CommandLine"] = "powershell -enc " + "A" * size
         out.append((f"field of {size:,} bytes", dumps(d)))
+    d = doc()  # every content field long words: a canonical text past the BLT's 1,024 bytes
+    for key, value in list(d.items()):
+        if isinstance(value, str) and key not in IDENTITY_KEYS:
+            d[key] = " ".join(f"part{rng.randrange(10**6)}" for _ in range(400))
+    out.append(("canonical text of several KB", dumps(d)))
     d = doc()
     d["Message"] = "x" * (20 * 1024 * 1024)
     out.append(("line of 20 MB", dumps(d)))
@@ -418,17 +427,24 @@ def hostile_json(path: Path, lines: list[tuple[str, bytes]], tmp: Path, limit: f
     hostile = sum(not n.startswith("real") for n, _ in lines)
     con = duckdb.connect(str(db), read_only=True)
     try:  # over-long texts: embedded in part with a flag, the record itself kept whole
-        long_texts, flagged, longest = con.execute(
-            "SELECT count(*), count(json_extract(a.detail, '$.truncated_for_embedding')), "
-            "max(octet_length(encode(e.raw))) FROM events e JOIN assignments a USING (event_key) "
+        long_texts, flagged = con.execute(
+            "SELECT count(*), count(json_extract(a.detail, '$.truncated_for_embedding')) "
+            "FROM events e JOIN assignments a USING (event_key) "
             "WHERE a.model = 'blt' AND octet_length(encode(e.normalized)) > 1024").fetchone()
     finally:
         con.close()
     if flagged != long_texts:
         row.fail(f"{long_texts - flagged} texts over 1,024 bytes embedded without the flag")
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        biggest = con.execute("SELECT max(octet_length(encode(raw))) FROM events").fetchone()[0]
+    finally:
+        con.close()
+    if not long_texts:
+        row.fail("no canonical text past 1,024 bytes: the truncation flag went untested")
     row.note = (f"{hostile} hostile among {len(lines) - hostile} real lines; embedded, scored, "
-                f"{time.monotonic() - t0:.0f} s; {flagged} texts cut for embedding and flagged, "
-                f"largest record kept whole {longest or 0:,} bytes")
+                f"{time.monotonic() - t0:.0f} s; {flagged} of {long_texts} texts over 1,024 bytes "
+                f"flagged as cut for embedding; largest record stored whole: {biggest or 0:,} bytes")
     return row
 
 
