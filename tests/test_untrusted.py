@@ -119,14 +119,32 @@ def test_passwords_given_to_a_command_are_in_none_of_its_output(tmp_path, capsys
     monkeypatch.setenv("SYSMON_BLT_KAFKA_SESSION_TIMEOUT_MS", "6000")
     import signal
     import threading
+    import time
 
-    timer = threading.Timer(6.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
+    # stop the consumer with SIGTERM a few seconds after it took the signal over (its stop
+    # handler); a guard handler of the test's own means an early signal never ends pytest
+    guard = signal.signal(signal.SIGTERM, lambda *_: None)
+    ours = signal.getsignal(signal.SIGTERM)
+    done = threading.Event()
+
+    def stop_it() -> None:
+        deadline = time.monotonic() + 120
+        while signal.getsignal(signal.SIGTERM) is ours and time.monotonic() < deadline:
+            if done.wait(0.1):
+                return
+        if not done.wait(5.0):  # librdkafka tries the broker meanwhile, and logs
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_it, daemon=True)
+    stopper.start()
     try:
         rc = main(["-vv", "consume", "--bootstrap", f"127.0.0.1:{port}", "--topic", "t",
                    "--group", "g", "--db", str(tmp_path / "c.duckdb"), "--no-embed"])
     finally:
-        timer.cancel()
+        done.set()
+        stopper.join()
+        signal.signal(signal.SIGTERM, guard)
+    assert rc == 0  # stopped by its signal, as a service manager stops it
     out = capsys.readouterr()
     said = out.out + out.err
     assert "hunter2" not in said, [line for line in said.splitlines() if "hunter2" in line][:3]
