@@ -179,3 +179,20 @@ def test_event_content_that_looks_like_sql_is_stored_as_is(tmp_path, capsys):
     assert computer == doc["winlog"]["computer_name"]
     assert json.loads(fields)["CommandLine"] == nasty
     assert {"events", "alerts", "assignments", "dead_letters"} <= tables
+
+
+def test_a_failure_that_repeats_a_connection_string_hides_its_password(monkeypatch, capsys):
+    """Any command's unexpected failure (the message and, at -v, the traceback) goes out with a
+    password it carries hidden: database clients repeat the connection string they failed with."""
+    import plugin.cli as cli
+
+    def fails(args):
+        raise RuntimeError('could not connect to "dbname=soc host=db password=hunter2 user=x" '
+                           "or postgresql://soc:hunter2@db/soc")
+
+    monkeypatch.setitem(cli.COMMANDS, "prune", fails)
+    for verbosity in ([], ["-v"]):
+        assert cli.main([*verbosity, "prune", "--db", "x.duckdb", "--older-than", "30"]) == 1
+        out = capsys.readouterr()
+        said = out.out + out.err
+        assert "hunter2" not in said and "password=***" in said and "soc:***@db" in said

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Callable, Sequence
 
 import structlog
@@ -74,9 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "failed batch was stored or committed; free space and run the same command "
                   "again (what was stored or committed is not done twice)", file=sys.stderr)
             return 1
-        log.error("command_failed", command=args.command, error=f"{type(exc).__name__}: {exc}",
-                  exc_info=args.verbose > 0)
-        print(f"sysmon-blt: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from plugin.store.lake import redact_dsn
+
+        # a database client's error may repeat the connection string it failed with
+        what = redact_dsn(f"{type(exc).__name__}: {exc}")
+        extra = {"traceback": redact_dsn(traceback.format_exc())} if args.verbose > 0 else {}
+        log.error("command_failed", command=args.command, error=what, **extra)
+        print(f"sysmon-blt: {args.command} failed: {what}", file=sys.stderr)
         return 1
 
 
