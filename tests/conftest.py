@@ -196,6 +196,12 @@ def pg_server():
     takes a moment to start: ``pg_server.create_database(name)`` gives each test a catalog of
     its own and returns its libpq connection string. Skips, saying why, where no server can
     start (no server binaries, no ``postgres`` user, not root)."""
+    yield from throwaway_pg()
+
+
+def throwaway_pg():
+    """A started PostgreSQL server, stopped and removed after (skips, saying why, where none
+    can start); a generator for fixtures of any scope."""
     from pg import PgServer, unavailable
 
     reason = unavailable()

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pytest
 
-from conftest import EVENT_DATA, evtx_json
+from conftest import EVENT_DATA, evtx_json, throwaway_pg
 from pg import free_port
 from plugin.errors import UsageError
 from plugin.normalize.normalizer import Normalizer
@@ -462,16 +462,7 @@ def test_prune_on_a_lake_removes_what_it_removes_from_a_file(pg_lake, schemas, t
 @pytest.fixture
 def own_pg():
     """A PostgreSQL server of this test's own, to stop and start (the shared one serves others)."""
-    from pg import PgServer, unavailable
-
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PgServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from throwaway_pg()
 
 
 def test_a_catalog_outage_is_waited_out_and_nothing_is_lost_or_doubled(own_pg, tmp_path):
