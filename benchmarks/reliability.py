@@ -431,15 +431,11 @@ def hostile_json(path: Path, lines: list[tuple[str, bytes]], tmp: Path, limit: f
             "SELECT count(*), count(json_extract(a.detail, '$.truncated_for_embedding')) "
             "FROM events e JOIN assignments a USING (event_key) "
             "WHERE a.model = 'blt' AND octet_length(encode(e.normalized)) > 1024").fetchone()
+        biggest = con.execute("SELECT max(octet_length(encode(raw))) FROM events").fetchone()[0]
     finally:
         con.close()
     if flagged != long_texts:
         row.fail(f"{long_texts - flagged} texts over 1,024 bytes embedded without the flag")
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        biggest = con.execute("SELECT max(octet_length(encode(raw))) FROM events").fetchone()[0]
-    finally:
-        con.close()
     if not long_texts:
         row.fail("no canonical text past 1,024 bytes: the truncation flag went untested")
     row.note = (f"{hostile} hostile among {len(lines) - hostile} real lines; embedded, scored, "
@@ -583,21 +579,6 @@ def consumer_env() -> dict[str, str]:
             "SYSMON_BLT_KAFKA_AUTO_OFFSET_RESET": "earliest"}
 
 
-def store_count(db: Path, topic: str | None = None) -> tuple[int, int] | None:
-    """(events, dead letters) stored so far; None while the writer holds the file."""
-    try:
-        con = duckdb.connect(str(db), read_only=True)
-    except duckdb.Error:
-        return None
-    try:
-        return (con.execute("SELECT count(*) FROM events").fetchone()[0],
-                con.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
-    except duckdb.Error:
-        return None
-    finally:
-        con.close()
-
-
 def stop(proc: subprocess.Popen, timeout: float = 30) -> int | None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -632,9 +613,7 @@ def hostile_kafka(bootstrap: str, lines: list[tuple[str, bytes]], tmp: Path) -> 
     proc = subprocess.Popen(consume_cmd(bootstrap, "hostile", db, "hostile", "--no-embed"),
                             env=consumer_env(), stdout=log_f, stderr=subprocess.STDOUT)
     # the consumer holds the file: wait on its committed offsets instead
-    from stream import committed
-
-    ok = wait_for(lambda: sum(committed(bootstrap, "hostile", "hostile").values()) >= len(sent)
+    ok = wait_for(lambda: all_committed(bootstrap, "hostile", "hostile", len(sent))
                   or proc.poll() is not None, 180, 1.0)
     rc = stop(proc)
     if proc.returncode not in (0,) or not ok:
@@ -772,9 +751,9 @@ class Produced:
     def flush(self, timeout: float = 120) -> None:
         self.producer.flush(timeout)
 
-    def judge(self, row: Row, db: Path) -> None:
-        """Lost: a delivered message neither stored nor a dead letter; doubled: one stored twice."""
-        ev, dl = db_rows(db)
+    def judge(self, row: Row, ev: list[tuple], dl: list[tuple]) -> None:
+        """Lost: a delivered message neither stored nor a dead letter; doubled: one stored twice.
+        ``ev``, ``dl``: stored events and dead letters, each row beginning (source, position)."""
         stored = [(r[0], r[1]) for r in ev if r[0].startswith(f"kafka:{self.topic}/")]
         dead = {(d[0], d[1]) for d in dl}
         missing = self.at - set(stored) - dead
@@ -803,6 +782,27 @@ def all_committed(bootstrap: str, topic: str, group: str, n: int) -> bool:
         return sum(committed(bootstrap, topic, group).values()) >= n
     except Exception:  # noqa: BLE001 - the broker paused or busy: not yet
         return False
+
+
+def settle(row: Row, procs: list[subprocess.Popen], bootstrap: str, topic: str, group: str,
+           n: int, logs: str, what: str) -> float:
+    """Wait until the group committed ``n`` messages (or a consumer died), then stop the
+    consumers: a crash for each one that died or did not exit 0 at SIGTERM, a hang when they did
+    not catch up in 300 s (``what`` says after what). Returns the seconds waited."""
+    t0 = time.monotonic()
+    caught = wait_for(lambda: all_committed(bootstrap, topic, group, n)
+                      or any(p.poll() is not None for p in procs), 300, 1.0)
+    took = time.monotonic() - t0
+    alive = [p.poll() is None for p in procs]
+    for p, was_alive in zip(procs, alive):
+        rc = stop(p)
+        if not was_alive or rc != 0:
+            row.crashes += 1
+            row.fail(f"consume exit {p.returncode} (alive until stopped: {was_alive}); see {logs}")
+    if not caught:
+        row.hangs += 1
+        row.fail(f"not caught up 300 s {what}; see {logs}")
+    return took
 
 
 # ------------------------------------------------------------------------------ outages
@@ -834,18 +834,9 @@ def outage_broker(bootstrap: str, broker: subprocess.Popen, tmp: Path, pause: fl
     t_cont = time.monotonic()
     prod.flush(300)
     n = len(prod.at)
-    caught_up = wait_for(lambda: all_committed(bootstrap, "outage", "outage", n)
-                         or proc.poll() is not None, 300, 1.0)
-    took = time.monotonic() - t_cont
-    alive = proc.poll() is None
-    rc = stop(proc)
-    if not alive or rc != 0:
-        row.crashes += 1
-        row.fail(f"consume exit {proc.returncode} (alive through the pause: {alive}); see {log}")
-    if not caught_up:
-        row.hangs += 1
-        row.fail(f"not caught up 300 s after the broker came back; see {log}")
-    prod.judge(row, db)
+    took = time.monotonic() - t_cont + settle(row, [proc], bootstrap, "outage", "outage", n,
+                                             str(log), "after the broker came back")
+    prod.judge(row, *db_rows(db))
     row.note = (f"{n:,} events, {n - 2000:,} sent during the pause; caught up {took:.0f} s "
                 "after SIGCONT")
     return row
@@ -958,14 +949,9 @@ def outage_disk_full(bootstrap: str, tmp: Path, seed: int) -> Row:
         stored_then = len(ev)
         log = tmp / "diskfull-1.log"
         proc = start_consumer(bootstrap, "diskfull", "diskfull", db, log, "--no-embed")
-        n = len(prod.at)
-        ok = wait_for(lambda: all_committed(bootstrap, "diskfull", "diskfull", n)
-                      or proc.poll() is not None, 300, 1.0)
-        rc2 = stop(proc)
-        if not ok or rc2 != 0:
-            row.crashes += 1
-            row.fail(f"restart with room: exit {rc2}, caught up {ok}; see {log}")
-        prod.judge(row, db)
+        settle(row, [proc], bootstrap, "diskfull", "diskfull", len(prod.at), str(log),
+               "after the restart with room")
+        prod.judge(row, *db_rows(db))
         row.note = (f"24 MB tmpfs filled after {stored_then:,} events (exit {rc}); restarted "
                     "after a remount to 400 MB")
     finally:
@@ -1015,23 +1001,16 @@ def outage_catalog(bootstrap: str, tmp: Path, pause: float, seed: int) -> Row:
             t_back = time.monotonic()
             prod.flush()
             n = len(prod.at)
-            caught = wait_for(lambda: all_committed(bootstrap, "lake", "lake", n)
-                              or any(p.poll() is not None for p in procs), 300, 1.0)
-            took = time.monotonic() - t_back
-            alive = [p.poll() is None for p in procs]
-            if not all(alive):
-                row.crashes += alive.count(False)
-                row.fail(f"a consumer died during the outage; see {tmp}/lake-*.log")
-            if not caught:
-                row.hangs += 1
-                row.fail("not caught up 300 s after the catalog came back")
+            took = time.monotonic() - t_back + settle(
+                row, procs, bootstrap, "lake", "lake", n, f"{tmp}/lake-*.log",
+                "after the catalog came back")
             waited = sum((tmp / f"lake-{i}.log").read_text(errors="replace")
                          .count("lake_catalog_unreachable") for i in range(2))
             row.note = (f"{n:,} events by 2 consumers, {n - 2000:,} during the outage; "
                         f"{waited} waits logged; caught up {took:.0f} s after PostgreSQL was back")
-        for p in procs:
-            if stop(p) not in (0,):
-                row.fail(f"consumer exit {p.returncode} at SIGTERM")
+        for p in procs:  # after a failed start (`settle` stopped them otherwise)
+            if p.poll() is None:
+                stop(p)
         from plugin.store import open_store
 
         store = open_store(db, read_only=True, data_path=str(tmp / "lake-data"))
@@ -1040,14 +1019,7 @@ def outage_catalog(bootstrap: str, tmp: Path, pause: float, seed: int) -> Row:
             dl = store._run("SELECT source, position FROM dead_letters")
         finally:
             store.close()
-        stored = [(a, b) for a, b in ev]
-        missing = prod.at - set(stored) - {(a, b) for a, b in dl}
-        row.inputs = len(prod.at)
-        row.lost = len(missing) + prod.failed
-        row.doubled = len(stored) - len(set(stored))
-        row.dead_letters = len(dl)
-        if missing:
-            row.fail(f"{len(missing)} delivered messages neither stored nor dead letters")
+        prod.judge(row, ev, dl)
     return row
 
 
@@ -1104,18 +1076,8 @@ def soak(bootstrap: str, tmp: Path, seconds: float, rate: int, seed: int) -> Row
             next_sample += 10
         time.sleep(0.02)
     prod.flush()
-    n = len(prod.at)
-    ok = wait_for(lambda: all_committed(bootstrap, "soak", "soak", n) or proc.poll() is not None,
-                  300, 1.0)
-    alive = proc.poll() is None
-    rc = stop(proc)
-    if not alive or rc != 0:
-        row.crashes += 1
-        row.fail(f"consume exit {proc.returncode}; see {log}")
-    if not ok:
-        row.hangs += 1
-        row.fail("not caught up 300 s after the last event")
-    prod.judge(row, db)
+    settle(row, [proc], bootstrap, "soak", "soak", len(prod.at), str(log), "after the last event")
+    prod.judge(row, *db_rows(db))
     steady = [s for s in samples if s[0] >= min(300, seconds / 4)] or samples
     rss0, rss1 = steady[0][1], samples[-1][1]
     fd0, fd1 = steady[0][2], samples[-1][2]
