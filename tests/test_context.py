@@ -154,7 +154,8 @@ def test_score_stage_applies_the_context_per_event_in_arrival_order():
 
 def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
     """rescore reads from a second cursor in batches while each batch's scores are written on the
-    main connection; every event must arrive once, in (ts, event_key) order, with its fields."""
+    main connection; every event must arrive once, in the order the import read them (the
+    file's own order, not the records' timestamps), with its fields."""
     from plugin import simulate
     from plugin.cli import main
     from plugin.pipeline.rescore import rescore
@@ -167,7 +168,7 @@ def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
     seen = []
 
     def stage(batch):
-        seen.extend((e.ts, e.event_key, bool(e.fields)) for e in batch.events)
+        seen.extend((e.position, e.event_key, bool(e.fields)) for e in batch.events)
         batch.assignments.extend({"event_key": e.event_key, "model": "t", "version": 1, "cluster": 0,
                                   "distance": 0.0, "score": 0.5, "is_outlier": False, "detail": "{}",
                                   "explanation": None} for e in batch.events)
@@ -180,7 +181,7 @@ def test_rescore_streams_every_event_in_log_order_while_writing(tmp_path):
     finally:
         store.close()
     assert res["events"] == n == len(seen) == written == len({k for _, k, _ in seen})
-    assert [(t, k) for t, k, _ in seen] == sorted((t, k) for t, k, _ in seen)
+    assert [p for p, _, _ in seen] == sorted(p for p, _, _ in seen)
     assert all(has_fields for _, _, has_fields in seen)
 
 

@@ -36,16 +36,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     pool = None
     try:
         pool = open_pool(cfg, embedder, shadow)
-        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                               cfg.suppress, pool=pool,
-                               incident_window_minutes=cfg.incident_window_minutes,
-                               cold_start=cfg.cold_start)
-                  if embedder is not None else [])
+
+        def make_stages() -> list:
+            return model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
+                                cfg.suppress, pool=pool,
+                                incident_window_minutes=cfg.incident_window_minutes,
+                                cold_start=cfg.cold_start)
+
+        stages = make_stages() if embedder is not None else []
+        stored_before = store.event_count() if stages else 0
         importer = Importer(store, schemas, batch_size=cfg.batch_size, since=args.since,
                             until=args.until, config_hash=cfg.digest(),
                             model_version=embedder.version if embedder else None, stages=stages,
                             progress=not args.quiet, evtx_threads=cfg.evtx_threads)
         summary = importer.run(args.paths)
+        if stages and summary.new_events:
+            _settle(store, stages, make_stages, stored_before == 0, cfg.batch_size, summary,
+                    quiet=args.quiet)
         lacking = store.events_lacking_vectors(embedder.name, embedder.version) if embedder else 0
         top = store.list_alerts(status="open", top=5) if not args.json else []
         open_alerts = store.alert_count("open")
@@ -65,6 +72,30 @@ def cmd_import(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary, top, open_alerts, incidents, n_incidents))
     return 0
+
+
+def _settle(store, stages: list, make_stages, whole_case: bool, batch_size: int, summary,
+            quiet: bool) -> None:
+    """A cold start's second walk over the whole case (`plugin.pipeline.settle`), folded into
+    the summary: its scores, outliers and time are the ones the import leaves behind."""
+    from plugin.pipeline.settle import needs_settling, settle_case
+
+    if not needs_settling(stages):
+        return
+    if not quiet:
+        print("sysmon-blt: no fit yet: scoring the case again with its whole-case thresholds "
+              "(vectors reused, no model pass)", file=sys.stderr, flush=True)
+    res = settle_case(store, stages, make_stages, whole_case=whole_case, batch_size=batch_size)
+    if res is None:
+        return
+    summary.settled = {"events": res["events"], "seconds": res["seconds"]}
+    summary.outliers = res["outliers"]
+    summary.stages = ([st for st in summary.stages if st.get("name", "").startswith("embed:")]
+                      + [st for st in res["stages"]
+                         if not st.get("name", "").startswith("embed:")])
+    summary.seconds = round(summary.seconds + res["seconds"], 3)
+    if summary.seconds:
+        summary.events_per_second = round(summary.sysmon_events / summary.seconds, 1)
 
 
 def _warn_about_inputs(paths: list[str], s) -> None:
@@ -103,7 +134,8 @@ def _scored_with(stages: list[dict]) -> str | None:
     if kind != "case":  # too few events to trust the case's quantile
         return (f"no fit: the shipped threshold at a bar of {cal.get('outlier_bar', 2.0)} (the "
                 f"case's {events:,} events are too few to calibrate on)")
-    out = f"no fit: calibrated on this case ({events:,} events)"
+    out = (f"no fit: calibrated on this whole case ({events:,} events, a second walk)"
+           if cal.get("whole_case") else f"no fit: calibrated on this case ({events:,} events)")
     if cal.get("context"):
         out += (f", with the case's context ({cal.get('novel_creations', 0):,} binaries new to "
                 f"the case)")

@@ -121,6 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_rescore(args: argparse.Namespace) -> int:
     from plugin.pipeline.assemble import load_shadow, model_stages, open_pool
     from plugin.pipeline.rescore import rescore
+    from plugin.pipeline.settle import settle_case
     from plugin.store import open_store
 
     cfg, embedder = existing_db_and_model("rescore", args)
@@ -129,11 +130,23 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     pool = None
     try:
         pool = open_pool(cfg, embedder, shadow)
-        res = rescore(store, model_stages(store, embedder, cfg.model, shadow,
-                                          cfg.shadow_sample_rate, cfg.suppress, pool=pool,
-                                          incident_window_minutes=cfg.incident_window_minutes,
-                                          cold_start=cfg.cold_start),
-                      batch_size=cfg.batch_size)
+
+        def make_stages() -> list:
+            return model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
+                                cfg.suppress, pool=pool,
+                                incident_window_minutes=cfg.incident_window_minutes,
+                                cold_start=cfg.cold_start)
+
+        stages = make_stages()
+        res = rescore(store, stages, batch_size=cfg.batch_size)
+        # no fit: the first walk learned the whole case's thresholds, the second judges by them,
+        # as `import` does (the two never disagree on a score)
+        settled = settle_case(store, stages, make_stages, whole_case=True,
+                              batch_size=cfg.batch_size)
+        if settled is not None:
+            res = {"events": res["events"], "seconds": round(res["seconds"] + settled["seconds"], 2),
+                   "stages": settled["stages"], "settled": {"events": settled["events"],
+                                                                 "seconds": settled["seconds"]}}
     finally:
         if pool is not None:
             pool.close()

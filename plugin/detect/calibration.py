@@ -44,8 +44,20 @@ class StreamingQuantile:
         self.bins = bins
         self.counts = np.zeros(bins, dtype=np.int64)
         self.n = 0
+        self.frozen = False
+
+    def frozen_copy(self) -> StreamingQuantile:
+        """A copy that keeps this distribution: its `observe` adds nothing (a whole case's
+        quantile, learned on a first pass, judging the case's events on the second)."""
+        out = StreamingQuantile(self.high, self.bins)
+        out.counts = self.counts.copy()
+        out.n = self.n
+        out.frozen = True
+        return out
 
     def observe(self, values: np.ndarray) -> None:
+        if self.frozen:
+            return
         v = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0.0, self.high - 1e-9)
         np.add.at(self.counts, (v / self.high * self.bins).astype(np.int64), 1)
         self.n += v.size
@@ -106,6 +118,14 @@ class CaseCalibration:
         """Add events' content measures (one value per event, twins included)."""
         self.hist.observe(bits)
 
+    def settled(self) -> CaseCalibration:
+        """The same calibration for a second pass over the same case: its text counts start
+        again (the stacking walks the case as the first pass did), its quantile is the whole
+        case's, fixed (`plugin.pipeline.settle`)."""
+        out = CaseCalibration(self.shipped, self.quantile, self.min_events, self.bar)
+        out.hist = self.hist.frozen_copy()
+        return out
+
     @property
     def events(self) -> int:
         return self.hist.n
@@ -127,7 +147,7 @@ class CaseCalibration:
 
     def describe(self) -> dict:
         return {"calibration": "case" if self.warm else "shipped (case not yet calibrated)",
-                "case_events": self.events, "case_quantile": self.quantile,
+                "case_events": self.events, "whole_case": self.hist.frozen, "case_quantile": self.quantile,
                 "case_bits_per_byte": round(self.case_quantile(), 4),
                 "shipped_threshold": round(self.shipped, 4),
                 "threshold": round(self.threshold(), 4), "outlier_bar": self.outlier_bar()}

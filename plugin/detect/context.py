@@ -256,6 +256,15 @@ class CaseContext:
         batch calibrates itself)."""
         self._raw.observe(raws)
 
+    def settled(self) -> CaseContext:
+        """The same context for a second pass over the same case: the walk (paths named, the
+        process trees' carries) starts again, the threshold is the whole case's quantile of the
+        first pass's raw scores, fixed (`plugin.pipeline.settle`)."""
+        out = CaseContext(self.min_events, self.quantile, self.bar, self.novelty_weight,
+                          self.lineage_weight, self._seen.max_entries, self._carry.max_entries)
+        out._raw = self._raw.frozen_copy()
+        return out
+
     @property
     def warm(self) -> bool:
         return self._raw.n >= self.min_events

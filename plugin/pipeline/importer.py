@@ -48,6 +48,9 @@ class ImportSummary(Counts):
     embedded: bool = False
     note: str = ""
     stages: list[dict] = field(default_factory=list)
+    #: the second walk of a cold start over the whole case (`plugin.pipeline.settle`): events
+    #: and seconds (included in ``seconds``); None when the run needed none
+    settled: dict | None = None
     #: inputs (files, archive members) that held no Sysmon event: the wrong log, or a damaged one
     inputs_without_sysmon: list[str] = field(default_factory=list)
     #: the first records that became dead letters: source, position, line (1-based, JSON lines)

@@ -93,6 +93,17 @@ class ScoreStage:
         self._cache.clear()
         self._explained.clear()
 
+    def settle_on(self, first: ScoreStage) -> bool:
+        """Score this pass with the whole-case thresholds that ``first`` (a stage that walked
+        the same case before, calibrating as it went) ended with; the walk itself starts again.
+        False when there is nothing to settle: a fit scored ``first``, or its case stayed too
+        small to calibrate on."""
+        if first.case is None or not first.case.warm or self.case is None:
+            return False
+        self.case = first.case.settled()
+        self.case_context = first.case_context.settled() if first.case_context else None
+        return True
+
     def _score_texts(self, vectors: dict[str, np.ndarray],
                      texts: dict[str, str]) -> dict[str, TextScore]:
         """The batch's texts' scores: cached, or scored now (and cached). Returned whole, as a

@@ -88,18 +88,26 @@ class Appended:
 class EventQueries:
     def events_in_log_order(self, batch_size: int = 5000,
                             text_hashes: Sequence[str] | None = None) -> Iterator[list[NormalizedEvent]]:
-        """Stored events in log order (time, then key), in lists of ``batch_size``, with their
-        fields and without the raw record; only events of ``text_hashes`` when given. Streams from
-        a cursor of its own, so writes meanwhile do not cut the read short."""
+        """Stored events in log order, in lists of ``batch_size``, with their fields and without
+        the raw record; only events of ``text_hashes`` when given. Streams from a cursor of its
+        own, so writes meanwhile do not cut the read short.
+
+        Log order is the order the store received them: batch by batch (``imported_at``), and in
+        a batch each source's own order (a file's records, a partition's offsets), which is the
+        order `import` and `consume` scored them in. Not the records' times: real captures tie
+        (LSASS capture 01: 45,281 events, 2,060 distinct UtcTime values) and go back in time
+        within a file (463 times there), and time-then-key put children before their parents
+        (the lineage carried nothing; capture 01's cold start rescored at TPR 0.098 against
+        0.271 on import)."""
         cur = self.con.cursor()
         try:
             cols = ", ".join(f"e.{c}" for c in _READ_COLUMNS)
             if text_hashes is None:
-                cur.execute(f"SELECT {cols} FROM events e ORDER BY e.ts, e.event_key")
+                cur.execute(f"SELECT {cols} FROM events e ORDER BY e.imported_at, e.source, e.position")
             else:
                 cur.register("_want_texts", pa.table({"text_hash": list(text_hashes)}))
                 cur.execute(f"SELECT {cols} FROM events e JOIN _want_texts USING (text_hash) "
-                            "ORDER BY e.ts, e.event_key")
+                            "ORDER BY e.imported_at, e.source, e.position")
             while rows := cur.fetchmany(batch_size):
                 yield [NormalizedEvent(*r[:-1], fields=r[-1] or "", raw="") for r in rows]
         finally:
