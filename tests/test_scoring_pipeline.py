@@ -226,3 +226,35 @@ def test_rescore_walks_events_in_the_order_they_arrived_not_by_timestamp(tmp_pat
     assert sum(float(r[3] or 0) > 0 for r in imported) > 100  # lineage carried down many trees
     run(capsys, "rescore", "--db", db)
     assert q(db, sql) == imported
+
+
+def test_a_cold_start_import_settles_on_the_whole_case(tmp_path, capsys, monkeypatch):
+    """Without a fit, an import walks the case a second time with the whole case's thresholds
+    (`plugin.pipeline.settle`): the summary says so, every stored score is the second walk's,
+    and no alert is left from the first walk that the second did not confirm. A second import
+    into the same store settles over everything stored."""
+    from plugin import simulate
+
+    monkeypatch.setenv("SYSMON_BLT_SHADOW_SAMPLE_RATE", "0")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    simulate.write_jsonl(str(a), 2500, seed=11, anomaly_rate=0.02)
+    simulate.write_jsonl(str(b), 1200, seed=12, anomaly_rate=0.02)
+    db = tmp_path / "s.duckdb"
+    s = run(capsys, "import", a, "--db", db)
+    assert s["settled"]["events"] == 2500 and s["seconds"] >= s["settled"]["seconds"] > 0
+    cal = next(st for st in s["stages"] if st.get("name") == "score:blt")["calibration"]
+    assert cal["whole_case"] is True and cal["case_events"] == 2500
+    outlier_texts = q(db, "SELECT count(DISTINCT e.text_hash) FROM events e JOIN assignments a "
+                          "USING (event_key) WHERE a.model = 'blt' AND a.is_outlier")[0][0]
+    assert s["outliers"] == q(db, "SELECT count(*) FROM assignments WHERE model = 'blt' "
+                                  "AND is_outlier")[0][0] > 0
+    assert q(db, "SELECT count(*), count(*) FILTER (WHERE count = 0) FROM alerts "
+                 "WHERE model = 'blt'") == [(outlier_texts, 0)]
+    s2 = run(capsys, "import", b, "--db", db)
+    assert s2["settled"]["events"] == 3700  # the whole store, walked twice
+    # after a fit there is nothing to settle
+    run(capsys, "fit", "--db", db)
+    c = tmp_path / "c.jsonl"
+    simulate.write_jsonl(str(c), 600, seed=13, anomaly_rate=0.02)
+    s3 = run(capsys, "import", c, "--db", db)
+    assert s3["new_events"] == 600 and s3["settled"] is None

@@ -61,9 +61,13 @@ def test_a_batch_is_one_transaction(store, events):
 
 
 def test_events_come_back_in_log_order_and_by_text(store, events):
-    store.write_batch(event_rows(events, utcnow()), [])
+    """Log order is the order the store received events (batch after batch, each source's own
+    order inside one), which is the order import and consume scored them in, not their times:
+    a rescore, fit or eval walk must see what the live walk saw."""
+    store.write_batch(event_rows(events[2:], T0), [])
+    store.write_batch(event_rows(events[:2], T0 + timedelta(seconds=1)), [])
     got = [e for batch in store.events_in_log_order(batch_size=2) for e in batch]
-    assert [e.ts for e in got] == sorted(e.ts for e in events)
+    assert [e.position for e in got] == [2, 3, 4, 0, 1]
     assert all(e.raw == "" and e.fields for e in got)  # fields read back, the raw record not
     one = events[2].text_hash
     assert [e.event_key for b in store.events_in_log_order(text_hashes=[one]) for e in b] == \
@@ -81,6 +85,24 @@ def test_alerts_fold_twins(store, events):
     (row,) = store._run("SELECT count, score, first_seen, last_seen, status FROM alerts")
     assert row[0] == 3 and row[1] == 2.5 and row[4] == "open"
     assert row[2] == T0 and row[3] == T0 + timedelta(minutes=9)
+
+
+def test_only_alerts_nobody_saw_or_marked_are_dropped_when_unconfirmed(store, events):
+    """A cold start's settled walk deletes its first walk's alerts that it did not confirm
+    (count 0 after the rescore): open and never marked. One an analyst marked, even back to
+    open, keeps its history; another model's and a confirmed one stay."""
+    store.write_batch(event_rows(events, utcnow()), [])
+    base = {"event_key": events[0].event_key, "model": "blt", "score": 1.5, "ts": T0}
+    store.write_batch({}, [], alerts=[{**base, "alert_id": i} for i in ("new", "marked", "fp", "kept")]
+                      + [{**base, "alert_id": "shadow", "model": "linformer"}])
+    store.mark_alert("marked", "open", "looked at it", "ana")
+    store.mark_alert("fp", "false_positive", None, "ana")
+    store.reset_alert_counts(["blt", "linformer"])
+    store.write_batch({}, [], alerts=[{**base, "alert_id": "kept"}])  # the settled walk confirms it
+    assert store.drop_unconfirmed_alerts(["blt"]) == 1
+    assert sorted(r[0] for r in store._run("SELECT alert_id FROM alerts")) == \
+        ["fp", "kept", "marked", "shadow"]
+    assert store.drop_unconfirmed_alerts([]) == 0
 
 
 def test_assignments_replace_older_scores(store, events):

@@ -83,9 +83,11 @@ def _settle(store, stages: list, make_stages, whole_case: bool, batch_size: int,
     if not needs_settling(stages):
         return
     if not quiet:
-        print("sysmon-blt: no fit yet: scoring the case again with its whole-case thresholds "
-              "(vectors reused, no model pass)", file=sys.stderr, flush=True)
-    res = settle_case(store, stages, make_stages, whole_case=whole_case, batch_size=batch_size)
+        print(f"sysmon-blt: no fit yet: scoring the case's {store.event_count():,} events again "
+              "with its whole-case thresholds (vectors reused, no model pass)", file=sys.stderr,
+              flush=True)
+    res = settle_case(store, stages, make_stages, whole_case=whole_case,
+                      drop_unconfirmed=whole_case, batch_size=batch_size)
     if res is None:
         return
     summary.settled = {"events": res["events"], "seconds": res["seconds"]}

@@ -37,13 +37,16 @@ def needs_settling(walked: Sequence[BatchStage]) -> bool:
 
 def settle_case(store: Store, walked: Sequence[BatchStage],
                 make_stages: Callable[[], list[BatchStage]], *, whole_case: bool,
-                batch_size: int = 5000) -> dict | None:
+                drop_unconfirmed: bool = False, batch_size: int = 5000) -> dict | None:
     """Rescore the store's events with the whole case's thresholds; None when nothing scored
     with a case calibration (a fit exists, `cold_start: shipped`, or too few events).
 
     ``walked``: the stages that just imported. ``whole_case``: they saw every stored event (the
     store was empty before the import); otherwise a first rescore walks the whole store to
-    learn the case's thresholds, since the import saw only its own part of the case."""
+    learn the case's thresholds, since the import saw only its own part of the case.
+    ``drop_unconfirmed``: the first walk's alerts were opened by this very run and nobody has
+    seen them, so those the second walk does not confirm are deleted (an import into an empty
+    store), instead of staying at a count of 0 as a rescore leaves them."""
     if not needs_settling(walked):
         return None
     first = list(walked)
@@ -59,10 +62,13 @@ def settle_case(store: Store, walked: Sequence[BatchStage],
         return None
     res = rescore(store, second, batch_size=batch_size)
     res["stages_settled"] = settled
+    res["alerts_dropped"] = (store.drop_unconfirmed_alerts(
+        [s.model for s in second if isinstance(s, ScoreStage) and s.alerts])
+        if drop_unconfirmed else 0)
     res["outliers"] = sum(s.outliers for s in second
                           if isinstance(s, ScoreStage) and s.alerts)
     if learned is not None:
         res["seconds"] = round(res["seconds"] + learned["seconds"], 2)
     log.info("case_settled", events=res["events"], seconds=res["seconds"], outliers=res["outliers"],
-             passes=1 if learned is None else 2)
+             alerts_dropped=res["alerts_dropped"], passes=1 if learned is None else 2)
     return res

@@ -71,6 +71,20 @@ class AlertQueries:
         if models:
             self._run("UPDATE alerts SET count = 0 WHERE model IN (SELECT unnest(?))", [models])
 
+    def drop_unconfirmed_alerts(self, models: list[str]) -> int:
+        """Delete these models' alerts that hold no outlier now (count 0), are still open and
+        nobody ever marked: a cold start's first walk opened them, its settled walk over the
+        whole case did not confirm them (`plugin.pipeline.settle`), and nobody saw them. An
+        alert someone acted on stays, at 0, with its history. Returns how many went."""
+        if not models:
+            return 0
+        where = ("model IN (SELECT unnest(?)) AND count = 0 AND status = 'open' AND alert_id NOT "
+                 "IN (SELECT alert_id FROM alert_changes)")
+        n = int(self._run(f"SELECT count(*) FROM alerts WHERE {where}", [models])[0][0])
+        if n:
+            self._run(f"DELETE FROM alerts WHERE {where}", [models])
+        return n
+
     def alert_count(self, status: str | None = None) -> int:
         if status:
             return int(self._run("SELECT count(*) FROM alerts WHERE status = ?", [status])[0][0])

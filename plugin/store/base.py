@@ -193,6 +193,9 @@ class Store(ABC):
     def reset_alert_counts(self, models: list[str]) -> None: ...
 
     @abstractmethod
+    def drop_unconfirmed_alerts(self, models: list[str]) -> int: ...
+
+    @abstractmethod
     def alert_count(self, status: str | None = None) -> int: ...
 
     @abstractmethod
