@@ -98,10 +98,13 @@ def test_only_alerts_nobody_saw_or_marked_are_dropped_when_unconfirmed(store, ev
     store.mark_alert("marked", "open", "looked at it", "ana")
     store.mark_alert("fp", "false_positive", None, "ana")
     store.reset_alert_counts(["blt", "linformer"])
-    store.write_batch({}, [], alerts=[{**base, "alert_id": "kept"}])  # the settled walk confirms it
+    # the settled walk confirms one, at a lower score than the first walk gave it
+    store.write_batch({}, [], alerts=[{**base, "alert_id": "kept", "score": 1.1}])
     assert store.drop_unconfirmed_alerts(["blt"]) == 1
     assert sorted(r[0] for r in store._run("SELECT alert_id FROM alerts")) == \
         ["fp", "kept", "marked", "shadow"]
+    # its score is the current walk's, not the higher one it held before the reset
+    assert store._run("SELECT count, score FROM alerts WHERE alert_id = 'kept'") == [(1, 1.1)]
     assert store.drop_unconfirmed_alerts([]) == 0
 
 

@@ -65,11 +65,13 @@ class AlertQueries:
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def reset_alert_counts(self, models: list[str]) -> None:
-        """Zero these models' alert counts before a rescore folds every stored outlier in again
-        (statuses, notes and first/last seen stay); an alert left at 0 has no outlier under the
-        current fit."""
+        """Zero these models' alert counts and scores before a rescore folds every stored
+        outlier in again (statuses, notes and first/last seen stay), as `reset_incidents` does
+        for incidents: an alert's score is then its highest under the current scores, not
+        under an older fit's or a cold start's first walk; one left at 0 has no outlier now."""
         if models:
-            self._run("UPDATE alerts SET count = 0 WHERE model IN (SELECT unnest(?))", [models])
+            self._run("UPDATE alerts SET count = 0, score = 0 WHERE model IN (SELECT unnest(?))",
+                      [models])
 
     def drop_unconfirmed_alerts(self, models: list[str]) -> int:
         """Delete these models' alerts that hold no outlier now (count 0), are still open and
