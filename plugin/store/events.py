@@ -37,6 +37,9 @@ def key_time_filter(column: str, lo: datetime | None,
 _READ_COLUMNS = ("event_key", "source", "position", "event_id", "computer", "user_name", "ts",
                  "record_id", "channel", "shape", "normalized", "text_hash", "fields")
 
+#: the order events arrived in (see `EventQueries.events_in_log_order`)
+_LOG_ORDER = "ORDER BY e.imported_at, e.source, e.position"
+
 
 def _guid_sql(column: str) -> str:
     """SQL spelling of one GUID form: no braces, lower case (as `plugin.detect.lineage.guid`)."""
@@ -103,11 +106,11 @@ class EventQueries:
         try:
             cols = ", ".join(f"e.{c}" for c in _READ_COLUMNS)
             if text_hashes is None:
-                cur.execute(f"SELECT {cols} FROM events e ORDER BY e.imported_at, e.source, e.position")
+                cur.execute(f"SELECT {cols} FROM events e {_LOG_ORDER}")
             else:
                 cur.register("_want_texts", pa.table({"text_hash": list(text_hashes)}))
                 cur.execute(f"SELECT {cols} FROM events e JOIN _want_texts USING (text_hash) "
-                            "ORDER BY e.imported_at, e.source, e.position")
+                            f"{_LOG_ORDER}")
             while rows := cur.fetchmany(batch_size):
                 yield [NormalizedEvent(*r[:-1], fields=r[-1] or "", raw="") for r in rows]
         finally:
