@@ -62,7 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a runtime failure: say what, keep the traceback for -v
         from plugin.store import is_disk_full, is_out_of_memory
+        from plugin.store.lake import redact_dsn
 
+        # a database client's error may repeat the connection string it failed with
+        what = redact_dsn(f"{type(exc).__name__}: {exc}")
+        extra = {"traceback": redact_dsn(traceback.format_exc())} if args.verbose > 0 else {}
+        log.error("command_failed", command=args.command, error=what, **extra)
         if is_out_of_memory(exc):  # DuckDB's buffer pool is full
             key = "stream_db_memory_limit" if args.command == "consume" else "db_memory_limit"
             print(f"sysmon-blt: {args.command} failed: DuckDB needs more memory than "
@@ -75,12 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "failed batch was stored or committed; free space and run the same command "
                   "again (what was stored or committed is not done twice)", file=sys.stderr)
             return 1
-        from plugin.store.lake import redact_dsn
-
-        # a database client's error may repeat the connection string it failed with
-        what = redact_dsn(f"{type(exc).__name__}: {exc}")
-        extra = {"traceback": redact_dsn(traceback.format_exc())} if args.verbose > 0 else {}
-        log.error("command_failed", command=args.command, error=what, **extra)
         print(f"sysmon-blt: {args.command} failed: {what}", file=sys.stderr)
         return 1
 
