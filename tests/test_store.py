@@ -66,12 +66,22 @@ def test_events_come_back_in_log_order_and_by_text(store, events):
     a rescore, fit or eval walk must see what the live walk saw."""
     store.write_batch(event_rows(events[2:], T0), [])
     store.write_batch(event_rows(events[:2], T0 + timedelta(seconds=1)), [])
-    got = [e for batch in store.events_in_log_order(batch_size=2) for e in batch]
-    assert [e.position for e in got] == [2, 3, 4, 0, 1]
+    for size in (1, 2, 3, 10):  # read an arrival range at a time, whatever the sizes
+        got = [e for batch in store.events_in_log_order(batch_size=size) for e in batch]
+        assert [e.position for e in got] == [2, 3, 4, 0, 1]
     assert all(e.raw == "" and e.fields for e in got)  # fields read back, the raw record not
     one = events[2].text_hash
     assert [e.event_key for b in store.events_in_log_order(text_hashes=[one]) for e in b] == \
         [events[2].event_key]
+
+
+def test_arrival_ranges_hold_at_least_a_batch_each():
+    from plugin.store.events import arrival_ranges
+
+    arrivals = [(1, 3), (2, 1), (3, 5), (4, 1)]
+    assert list(arrival_ranges(arrivals, 4)) == [(1, 2), (3, 3), (4, 4)]
+    assert list(arrival_ranges(arrivals, 100)) == [(1, 4)]
+    assert list(arrival_ranges([], 4)) == []
 
 
 def test_alerts_fold_twins(store, events):
@@ -427,4 +437,45 @@ def test_a_large_keyed_file_migrates_inside_a_small_pool(tmp_path):
     s = open_store(db, memory_limit="32MB")
     assert s.schema_version() == load_migrations()[-1][0]
     assert s.event_count() == 60_000
+    s.close()
+
+
+def test_a_small_pool_rewrites_every_assignment_as_a_rescore_does(tmp_path):
+    """A rescore writes every event's assignment again, batch by batch. As a MERGE ... UPDATE,
+    DuckDB held the old versions in memory it cannot spill until a checkpoint: the settle pass
+    over the OTRF folder (1.19M rows) failed at the default 512 MB pool, and a 32 MB pool fails
+    this test. Rows replaced keep an incident link the new row lacks, take a new one it has,
+    and stay one per event and model."""
+    import hashlib
+
+    s = open_store(tmp_path / "rescore.duckdb", memory_limit="32MB")
+    n, per = 60_000, 5_000
+    detail = orjson.dumps({"scorer": "surprisal", "explanation": "x" * 400}).decode()
+
+    def scores(keys: list[str], b: int, score: float) -> list[dict]:
+        return [{"event_key": k, "model": m, "version": 0, "cluster": 1, "distance": 0.1,
+                 "score": score, "is_outlier": False, "detail": detail, "explanation": None,
+                 "incident_id": f"inc-{b}" if score == 0.2 and i == 0 and m == "blt" else None}
+                for i, k in enumerate(keys) for m in ("blt", "linformer")]
+
+    batches = []
+    for b in range(n // per):
+        keys = [hashlib.sha256(f"{b}-{i}".encode()).hexdigest()[:32] for i in range(per)]
+        cols = {"event_key": keys, "source": ["x.evtx"] * per, "position": list(range(per)),
+                "event_id": [1] * per, "computer": ["h"] * per, "user_name": ["u"] * per,
+                "ts": [T0 + timedelta(seconds=b * per + i) for i in range(per)],
+                "record_id": list(range(per)), "channel": ["c"] * per, "shape": ["flat"] * per,
+                "normalized": ["image=c:\\x.exe"] * per, "text_hash": ["t"] * per,
+                "fields": ["{}"] * per, "raw": ["{}"] * per, "imported_at": [T0] * per}
+        assert s.write_batch(cols, [], assignments=scores(keys, b, 0.2)) == per
+        batches.append(keys)
+    for b, keys in enumerate(batches):  # the rescore: no events, every row again
+        again = scores(keys, b, 0.7)
+        again[2]["incident_id"] = "inc-new"  # the second event's blt row joins an incident now
+        assert s.write_batch({}, [], assignments=again) == 0
+    assert s._run("SELECT count(*), count(DISTINCT (event_key, model)), min(score) "
+                  "FROM assignments") == [(2 * n, 2 * n, 0.7)]
+    links = s._run("SELECT incident_id, count(*) FROM assignments WHERE incident_id IS NOT NULL "
+                   "GROUP BY ALL ORDER BY ALL")
+    assert links == sorted([(f"inc-{b}", 1) for b in range(n // per)] + [("inc-new", n // per)])
     s.close()

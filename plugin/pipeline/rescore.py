@@ -27,14 +27,15 @@ def rescore(store: Store, stages: Sequence[BatchStage], batch_size: int = 5000) 
     store.reset_incidents([s.model for s in stages if isinstance(s, IncidentStage)])
     flow = Flow(store, None, stages, batch_size=batch_size, store_events=False)
     n = 0
-    try:
-        for events in store.events_in_log_order(batch_size):
-            for e in events:
-                flow.add(e)
-            n += len(events)
-        flow.flush()
-        flow.drain()
-    finally:
-        flow.close()
+    with store.rewriting():
+        try:
+            for events in store.events_in_log_order(batch_size):
+                for e in events:
+                    flow.add(e)
+                n += len(events)
+            flow.flush()
+            flow.drain()
+        finally:
+            flow.close()
     stats = [s.stats() for s in stages if hasattr(s, "stats")]
     return {"events": n, "seconds": round(time.perf_counter() - t0, 2), "stages": stats}

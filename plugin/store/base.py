@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,6 +82,12 @@ class Store(ABC):
         new text vectors, assignments (replacing older ones, keeping an incident link), alerts
         (folding twins), incidents (`plugin.pipeline.incidents` rows: counting only what this
         write links anew, so a replay counts nothing twice). Returns how many events were new."""
+
+    @contextmanager
+    def rewriting(self) -> Iterator[None]:
+        """Around a pass that writes every stored event's scores again (a rescore): a store
+        that keeps unwritten changes in memory bounds them here. Nothing to do by default."""
+        yield
 
     # -- models and vectors ------------------------------------------------------------------
     @abstractmethod

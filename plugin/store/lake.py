@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import duckdb
+import pyarrow as pa
 import structlog
 
 from plugin.errors import Unavailable, UsageError
-from plugin.store.base import DeadLetter, VectorRows
-from plugin.store.duckdb import DuckDBStore, _size, load_migrations
+from plugin.store.base import DeadLetter, Store, VectorRows
+from plugin.store.duckdb import ASSIGNMENT_COLUMNS, DuckDBStore, _size, load_migrations
 
 log = structlog.get_logger(__name__)
 
@@ -259,6 +260,18 @@ class LakeStore(DuckDBStore):
                              f"FROM {table} t WHERE "
                              + " AND ".join(f"t.{k} = n.{k}" for k in keys) + ")", params)
         super()._merge(table, select, keys, sets, params)
+
+    rewriting = Store.rewriting  # a lake writes files at each commit: nothing waits in memory
+
+    def _replace_assignments(self, tbl: pa.Table) -> None:
+        """A guarded MERGE: a DuckLake update writes new files (no memory held until a
+        checkpoint, the reason a DuckDB file deletes and appends instead), and the guard makes
+        a concurrent writer of the same new key conflict."""
+        self.con.register("_batch_assign", tbl)
+        self._merge("assignments", "SELECT * FROM _batch_assign", ("event_key", "model"),
+                    [f"{c} = {{new}}.{c}" for c in ASSIGNMENT_COLUMNS[2:-1]]
+                    + ["incident_id = coalesce({new}.incident_id, assignments.incident_id)"])
+        self.con.unregister("_batch_assign")
 
     def _guard_creation(self, table: str, missing: str, params: list | None) -> None:
         """Bump the guard row when ``missing`` (the incoming rows ``table`` holds no key of)
