@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "was stored or committed is not done twice)", file=sys.stderr)
             return 1
         if is_disk_full(exc):
-            print(f"sysmon-blt: {args.command} failed: the disk is full: {exc}. Nothing of the "
+            print(f"sysmon-blt: {args.command} failed: the disk is full: {redact_dsn(str(exc))}. Nothing of the "
                   "failed batch was stored or committed; free space and run the same command "
                   "again (what was stored or committed is not done twice)", file=sys.stderr)
             return 1

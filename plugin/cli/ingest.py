@@ -86,8 +86,16 @@ def _settle(store, stages: list, make_stages, whole_case: bool, batch_size: int,
         print(f"sysmon-blt: no fit yet: scoring the case's {store.event_count():,} events again "
               "with its whole-case thresholds (vectors reused, no model pass)", file=sys.stderr,
               flush=True)
-    res = settle_case(store, stages, make_stages, whole_case=whole_case,
-                      drop_unconfirmed=whole_case, batch_size=batch_size)
+    try:
+        res = settle_case(store, stages, make_stages, whole_case=whole_case,
+                          drop_unconfirmed=whole_case, batch_size=batch_size)
+    except Exception:
+        # the failure itself (and its advice) follows from `main`; say first what is safe
+        print(f"sysmon-blt: the import itself finished: {summary.new_events:,} new events are "
+              "stored with their vectors and first-walk scores, but the second walk over the "
+              "whole case failed, so alert counts and incidents are incomplete until "
+              f"`sysmon-blt rescore --db {store.path}` completes", file=sys.stderr, flush=True)
+        raise
     if res is None:
         return
     summary.settled = {"events": res["events"], "seconds": res["seconds"]}
