@@ -258,3 +258,26 @@ def test_a_cold_start_import_settles_on_the_whole_case(tmp_path, capsys, monkeyp
     simulate.write_jsonl(str(c), 600, seed=13, anomaly_rate=0.02)
     s3 = run(capsys, "import", c, "--db", db)
     assert s3["new_events"] == 600 and s3["settled"] is None
+
+
+def test_the_settled_walk_reads_no_vector_back_that_the_import_holds(tmp_path, capsys,
+                                                                      monkeypatch):
+    """The settle pass walks the case again with the import's own embedding caches: new ones
+    read every vector back from the store and held a second copy beside the first."""
+    from plugin import simulate
+    from plugin.store.duckdb import DuckDBStore
+
+    monkeypatch.setenv("SYSMON_BLT_SHADOW_SAMPLE_RATE", "0")
+    read = []
+    real = DuckDBStore.read_vectors
+
+    def counted(self, model, version, hashes):
+        read.append(len(hashes))
+        return real(self, model, version, hashes)
+
+    monkeypatch.setattr(DuckDBStore, "read_vectors", counted)
+    log = tmp_path / "a.jsonl"
+    simulate.write_jsonl(str(log), 1500, seed=11, anomaly_rate=0.02)
+    s = run(capsys, "import", log, "--db", tmp_path / "s.duckdb")
+    assert s["settled"]["events"] == 1500
+    assert sum(read) == 0

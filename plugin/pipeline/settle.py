@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import structlog
 
 from plugin.pipeline.batch import BatchStage
+from plugin.pipeline.embed import EmbedStage
 from plugin.pipeline.rescore import rescore
 from plugin.pipeline.score import ScoreStage
 from plugin.store import Store
@@ -33,6 +34,14 @@ log = structlog.get_logger(__name__)
 def needs_settling(walked: Sequence[BatchStage]) -> bool:
     """Whether a stage scored with a case calibration that learned enough to trust."""
     return any(isinstance(s, ScoreStage) and s.case is not None and s.case.warm for s in walked)
+
+
+def _warm_embeds(stages: list[BatchStage], walked: Sequence[BatchStage]) -> list[BatchStage]:
+    """``stages`` with the import's own embedding stages in place of new ones: their caches
+    hold the case's vectors already, where new ones read every vector back from the store and
+    held a second copy beside them (two caches of up to 200,000 texts a model)."""
+    warm = {s.name: s for s in walked if isinstance(s, EmbedStage)}
+    return [warm.get(s.name, s) if isinstance(s, EmbedStage) else s for s in stages]
 
 
 def settle_case(store: Store, walked: Sequence[BatchStage],
@@ -52,9 +61,9 @@ def settle_case(store: Store, walked: Sequence[BatchStage],
     first = list(walked)
     learned = None
     if not whole_case:
-        first = make_stages()
+        first = _warm_embeds(make_stages(), walked)
         learned = rescore(store, first, batch_size=batch_size)
-    second = make_stages()
+    second = _warm_embeds(make_stages(), walked)
     by_name = {s.name: s for s in first if isinstance(s, ScoreStage)}
     settled = [s.name for s in second if isinstance(s, ScoreStage) and s.name in by_name
                and s.settle_on(by_name[s.name])]
