@@ -169,3 +169,34 @@ def test_a_table_an_older_database_lacks_is_skipped(imported_db, tmp_path, capsy
     out = capsys.readouterr().out
     assert rc == 0 and "integrity  skipped: not in this database" in out
     assert "1 table(s)" in out and not (tmp_path / "o" / "integrity.parquet").exists()
+
+
+def test_wide_rows_export_within_a_small_pool(tmp_path, capsys, monkeypatch):
+    """A row group at DuckDB's default size (122,880 rows) of ~3 KB events is ~350 MB, held
+    whole before it is written: the OTRF folder's store could not be exported at 512 MB. Here
+    40,000 rows of ~2 KB against a 64 MB pool (DuckDB's default grouping fails on them)."""
+    from plugin.store import open_store
+
+    db = tmp_path / "wide.duckdb"
+    open_store(db).close()  # the schema
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO events (event_key, source, event_id, normalized, text_hash, raw, "
+                "imported_at) SELECT 'k' || i, 'src', 1, 'eid=1 image=' || i, md5(i::VARCHAR), "
+                "repeat(md5(i::VARCHAR), 64), now() FROM range(40000) t(i)")
+    con.close()
+    monkeypatch.setenv("SYSMON_BLT_DB_MEMORY_LIMIT", "64MB")
+    out = tmp_path / "out"
+    assert main(["export", "--db", str(db), "--out", str(out), "--tables", "events", "-q"]) == 0
+    assert exported(out / "events.parquet", "parquet") == 40000
+    assert query(f"SELECT max(strlen(raw)) FROM read_parquet({sql_path(out / 'events.parquet')})") \
+        == [(2048,)]
+
+
+def test_row_groups_are_sized_from_the_pool():
+    from plugin.store.export import MAX_ROW_GROUP, MIN_ROW_GROUP, parse_size, row_group_rows
+
+    assert parse_size("244.1 MiB") == int(244.1 * 2**20)
+    assert parse_size("1.0 GiB") == 2**30
+    assert row_group_rows(256 * 2**20, 3000) == 256 * 2**20 // 8 // 3000
+    assert row_group_rows(2**40, 10) == MAX_ROW_GROUP
+    assert row_group_rows(2**20, 10**6) == MIN_ROW_GROUP
