@@ -281,3 +281,30 @@ def test_the_settled_walk_reads_no_vector_back_that_the_import_holds(tmp_path, c
     s = run(capsys, "import", log, "--db", tmp_path / "s.duckdb")
     assert s["settled"]["events"] == 1500
     assert sum(read) == 0
+
+
+def test_the_settle_pass_leaves_a_model_that_does_not_settle_as_it_was(tmp_path, capsys,
+                                                                      monkeypatch):
+    """The shadow has no case calibration (it scores on its shipped clusters), so the second
+    walk of a cold-start import scores it exactly as the first did: rewriting its rows was half
+    of that walk's writes. Only the primary's rows are replaced, and the shadow's stay stored."""
+    from plugin import simulate
+    from plugin.store.duckdb import DuckDBStore
+
+    monkeypatch.setenv("SYSMON_BLT_SHADOW_SAMPLE_RATE", "1")
+    replaced: list[str] = []
+    real = DuckDBStore._replace_assignments
+
+    def recorded(self, tbl):
+        replaced.extend(tbl.column("model").to_pylist())
+        return real(self, tbl)
+
+    monkeypatch.setattr(DuckDBStore, "_replace_assignments", recorded)
+    log = tmp_path / "a.jsonl"
+    simulate.write_jsonl(str(log), 1500, seed=11, anomaly_rate=0.02)
+    db = tmp_path / "s.duckdb"
+    s = run(capsys, "import", log, "--db", db)
+    assert s["settled"]["events"] == 1500
+    assert set(replaced) == {"blt"} and len(replaced) == 1500
+    assert q(db, "SELECT model, count(*) FROM assignments GROUP BY model ORDER BY model") == [
+        ("blt", 1500), ("linformer", 1500)]

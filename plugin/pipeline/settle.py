@@ -44,6 +44,13 @@ def _warm_embeds(stages: list[BatchStage], walked: Sequence[BatchStage]) -> list
     return [warm.get(s.name, s) if isinstance(s, EmbedStage) else s for s in stages]
 
 
+def _model_of(stage: BatchStage) -> str | None:
+    """The model a stage embeds or scores for (None: a stage of every model)."""
+    if isinstance(stage, EmbedStage):
+        return stage.embedder.name
+    return getattr(stage, "model", None)
+
+
 def settle_case(store: Store, walked: Sequence[BatchStage],
                 make_stages: Callable[[], list[BatchStage]], *, whole_case: bool,
                 drop_unconfirmed: bool = False, batch_size: int = 5000) -> dict | None:
@@ -55,7 +62,11 @@ def settle_case(store: Store, walked: Sequence[BatchStage],
     learn the case's thresholds, since the import saw only its own part of the case.
     ``drop_unconfirmed``: the first walk's alerts were opened by this very run and nobody has
     seen them, so those the second walk does not confirm are deleted (an import into an empty
-    store), instead of staying at a count of 0 as a rescore leaves them."""
+    store), instead of staying at a count of 0 as a rescore leaves them.
+
+    Only the models that settle walk again: one without a case calibration (the shadow on its
+    shipped clusters, a model with a fit) scores the same on both walks, and rewriting its
+    identical rows was half of the second walk's writes."""
     if not needs_settling(walked):
         return None
     first = list(walked)
@@ -63,13 +74,18 @@ def settle_case(store: Store, walked: Sequence[BatchStage],
     if not whole_case:
         first = _warm_embeds(make_stages(), walked)
         learned = rescore(store, first, batch_size=batch_size)
-    second = _warm_embeds(make_stages(), walked)
+    all_second = _warm_embeds(make_stages(), walked)
     by_name = {s.name: s for s in first if isinstance(s, ScoreStage)}
-    settled = [s.name for s in second if isinstance(s, ScoreStage) and s.name in by_name
-               and s.settle_on(by_name[s.name])]
+    settled = {s.model for s in all_second if isinstance(s, ScoreStage) and s.name in by_name
+               and s.settle_on(by_name[s.name])}
     if not settled:
         return None
+    second = [s for s in all_second if _model_of(s) in settled or _model_of(s) is None]
     res = rescore(store, second, batch_size=batch_size)
+    # a model that did not settle keeps the first walk's figures (and rows)
+    walked_first = {getattr(s, "name", None): s for s in first}
+    res["stages"] = [(s if s in second else walked_first.get(s.name, s)).stats()
+                     for s in all_second if hasattr(s, "stats")]
     res["alerts_dropped"] = (store.drop_unconfirmed_alerts(
         [s.model for s in second if isinstance(s, ScoreStage) and s.alerts])
         if drop_unconfirmed else 0)
