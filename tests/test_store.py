@@ -75,6 +75,21 @@ def test_events_come_back_in_log_order_and_by_text(store, events):
         [events[2].event_key]
 
 
+def test_events_read_back_keep_their_utc_time_whatever_the_session_time_zone(store, events):
+    """The reader selects an event's time as its UTC wall time and makes it aware in Python
+    (DuckDB's own TIMESTAMPTZ conversion goes through pytz, a third of the read): a cast that
+    followed the session's time zone would shift every time read back, and with it the
+    incident windows a rescore forms."""
+    store.write_batch(event_rows(events, T0), [])
+    store.con.execute("SET GLOBAL TimeZone = 'America/New_York'")
+    try:
+        got = [e for b in store.events_in_log_order() for e in b]
+    finally:
+        store.con.execute("RESET GLOBAL TimeZone")
+    assert [e.ts for e in got] == [e.ts for e in events]
+    assert all(e.ts.utcoffset() == timedelta(0) for e in got)
+
+
 def test_arrival_ranges_hold_at_least_a_batch_each():
     from plugin.store.events import arrival_ranges
 
