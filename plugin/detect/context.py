@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+import orjson
 
 from plugin.detect.calibration import THRESHOLD_FLOOR, StreamingQuantile
 from plugin.detect.lineage import guid
@@ -125,6 +126,10 @@ _PROCESS_KEYS = frozenset({"processguid", "parentprocessguid", "sourceprocessgui
                            "targetprocessguid"})
 
 
+#: what the context walk and incident grouping read of an event's fields (lower case)
+PROCESS_VIEW_KEYS = _PROCESS_KEYS | {"image", "sourceimage"}
+
+
 def _lower(fields: dict) -> dict:
     return {str(k).lower(): v for k, v in fields.items()}
 
@@ -132,7 +137,26 @@ def _lower(fields: dict) -> dict:
 def process_fields(fields: dict) -> dict:
     """Only the process GUIDs of an event's fields (lower-case keys): all the walk needs, and
     little to hold for every event of a baseline."""
-    return {k: v for k, v in _lower(fields).items() if k in _PROCESS_KEYS} if isinstance(fields, dict) else {}
+    if not isinstance(fields, dict):
+        return {}
+    return {low: v for k, v in fields.items() if (low := str(k).lower()) in _PROCESS_KEYS}
+
+
+def process_view(views: dict[str, dict], key: str, fields_json: str) -> dict:
+    """The event ``key``'s fields JSON reduced to `PROCESS_VIEW_KEYS` ({} when absent,
+    unreadable or not an object: the event is still scored, on its content, and joins no
+    incident), parsed once per batch into ``views`` for every stage that walks process trees:
+    the score and incident stages each parsed every event's whole fields (~860 bytes)."""
+    view = views.get(key)
+    if view is None:
+        try:
+            fields = orjson.loads(fields_json) if fields_json else {}
+        except orjson.JSONDecodeError:
+            fields = {}
+        view = views[key] = (
+            {low: v for k, v in fields.items() if (low := str(k).lower()) in PROCESS_VIEW_KEYS}
+            if isinstance(fields, dict) else {})
+    return view
 
 
 class ProcessCarry:

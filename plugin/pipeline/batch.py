@@ -31,6 +31,9 @@ class Batch:
     incidents: list[dict] = field(default_factory=list)
     # what a stage's `prepare` half computed ahead (stage name -> its result), for its call
     prepared: dict[str, object] = field(default_factory=dict)
+    # events' fields as the process-tree walks read them (event key -> `process_view`), parsed
+    # by the first stage that needs them
+    views: dict[str, dict] = field(default_factory=dict)
 
 
 # A stage sees each batch after normalization and before the sink (embedding and scoring plug in

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import orjson
 import structlog
 
-from plugin.detect.context import ContextModel
+from plugin.detect.context import ContextModel, process_view
 from plugin.detect.incidents import INCIDENT_WINDOW, IncidentGrouper, Observed, observe
 from plugin.pipeline.batch import Batch
 
@@ -59,7 +58,8 @@ class IncidentStage:
                 continue
             alert = alerts.get(e.event_key)
             observed.append(observe(
-                e.event_key, e.computer, e.ts, e.event_id, _fields(e.fields), e.normalized,
+                e.event_key, e.computer, e.ts, e.event_id,
+                process_view(batch.views, e.event_key, e.fields), e.normalized,
                 a["score"], a["is_outlier"],
                 suppressed=alert is not None and alert.get("status") == "suppressed",
                 alert_id=alert["alert_id"] if alert is not None else None))
@@ -85,14 +85,3 @@ class IncidentStage:
 
     def stats(self) -> dict:
         return {"name": self.name, "incidents": len(self.incidents), "events_linked": self.linked}
-
-
-def _fields(fields_json: str) -> dict:
-    """An event's fields ({} when absent or unreadable: the event then joins no incident)."""
-    if not fields_json:
-        return {}
-    try:
-        f = orjson.loads(fields_json)
-    except orjson.JSONDecodeError:
-        return {}
-    return f if isinstance(f, dict) else {}

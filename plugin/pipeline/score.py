@@ -31,7 +31,7 @@ import orjson
 import structlog
 
 from plugin.detect.calibration import CaseCalibration
-from plugin.detect.context import CaseContext, ContextScorer, process_fields
+from plugin.detect.context import CaseContext, ContextScorer, process_fields, process_view
 from plugin.detect.lineage import ProcessIndex
 from plugin.detect.scoring import EventScore, TextScore, event_score, explanation, score_texts
 from plugin.memory import LRU
@@ -133,7 +133,7 @@ class ScoreStage:
             ts = recalibrated.get(e.event_key) or scores[e.text_hash]
             ev = in_case.get(e.event_key)
             if ev is None:
-                cs = (self.context.score(e.event_id, _fields(e.fields), e.normalized, ts.score)
+                cs = (self.context.score(e.event_id, _fields(batch, e), e.normalized, ts.score)
                       if self.context is not None else None)
                 ev = event_score(ts, self.context.model if self.context is not None else None, cs)
             text_explanation = None
@@ -207,7 +207,7 @@ class ScoreStage:
                 continue
             ts = recalibrated.get(e.event_key) or scores[e.text_hash]
             walked.append((e.event_key, ts, *self.case_context.walk(
-                e.computer, e.event_id, _fields(e.fields), e.normalized, ts.score)))
+                e.computer, e.event_id, _fields(batch, e), e.normalized, ts.score)))
         if not walked or (self.case is not None and not self.case.warm):
             return {}
         self.case_context.observe(np.array([w[2] for w in walked], dtype=np.float64))
@@ -233,12 +233,7 @@ class ScoreStage:
                                 {"calibration": "shipped" if self.version == 0 else f"fit {self.version}"})}
 
 
-def _fields(fields_json: str) -> dict:
-    """An event's process GUIDs from its fields JSON; {} when absent or unreadable (the event
-    is still scored, on its content and prevalence)."""
-    if not fields_json:
-        return {}
-    try:
-        return process_fields(orjson.loads(fields_json))
-    except orjson.JSONDecodeError:
-        return {}
+def _fields(batch: Batch, e) -> dict:
+    """An event's process GUIDs; {} when its fields are absent or unreadable (the event is still
+    scored, on its content and prevalence)."""
+    return process_fields(process_view(batch.views, e.event_key, e.fields))
