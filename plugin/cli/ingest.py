@@ -18,7 +18,7 @@ log = structlog.get_logger("sysmon_blt")
 def cmd_import(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages, open_pool
+    from plugin.pipeline.assemble import configured_stages, load_embedder, load_shadow, open_pool
     from plugin.pipeline.importer import Importer
     from plugin.store import open_store
 
@@ -38,10 +38,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         pool = open_pool(cfg, embedder, shadow)
 
         def make_stages() -> list:
-            return model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                                cfg.suppress, pool=pool,
-                                incident_window_minutes=cfg.incident_window_minutes,
-                                cold_start=cfg.cold_start)
+            return configured_stages(store, cfg, embedder, shadow, pool)
 
         stages = make_stages() if embedder is not None else []
         stored_before = store.event_count() if stages else 0

@@ -119,7 +119,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from plugin.pipeline.assemble import load_shadow, model_stages, open_pool
+    from plugin.pipeline.assemble import configured_stages, load_shadow, open_pool
     from plugin.pipeline.rescore import rescore
     from plugin.pipeline.settle import settle_case
     from plugin.store import open_store
@@ -132,10 +132,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         pool = open_pool(cfg, embedder, shadow)
 
         def make_stages() -> list:
-            return model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                                cfg.suppress, pool=pool,
-                                incident_window_minutes=cfg.incident_window_minutes,
-                                cold_start=cfg.cold_start)
+            return configured_stages(store, cfg, embedder, shadow, pool)
 
         stages = make_stages()
         res = rescore(store, stages, batch_size=cfg.batch_size)

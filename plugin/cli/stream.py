@@ -31,7 +31,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.normalizer import Normalizer
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import load_embedder, load_shadow, model_stages, open_pool
+    from plugin.pipeline.assemble import configured_stages, load_embedder, load_shadow, open_pool
     from plugin.store import open_store
     from plugin.service.server import BackgroundServer, parse_listen
     from plugin.stream.consumer import StreamConsumer
@@ -52,10 +52,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         pool = open_pool(cfg, embedder, shadow, spare_core=True)
-        stages = (model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate,
-                               cfg.suppress, pool=pool,
-                               incident_window_minutes=cfg.incident_window_minutes,
-                               cold_start=cfg.cold_start, cache_texts=cfg.stream_cache_texts)
+        stages = (configured_stages(store, cfg, embedder, shadow, pool,
+                                    cache_texts=cfg.stream_cache_texts)
                   if embedder is not None else [])
         if args.dead_letter_topic or (args.alerts_topic and embedder is not None):
             from confluent_kafka import Producer

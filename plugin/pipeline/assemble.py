@@ -143,6 +143,16 @@ def model_stages(store: Store, embedder: BLTEmbedder, model_dir: str | None,
     return stages
 
 
+def configured_stages(store: Store, cfg: Config, embedder: BLTEmbedder,
+                      shadow: LinformerEmbedder | None, pool: WorkerPool | None, *,
+                      cache_texts: int = MAX_IN_MEMORY) -> list[BatchStage]:
+    """`model_stages` as the configuration sets them: the one place `import`, `rescore` (and
+    its settle pass) and `consume` build their stages, so no entry point scores differently."""
+    return model_stages(store, embedder, cfg.model, shadow, cfg.shadow_sample_rate, cfg.suppress,
+                        pool=pool, incident_window_minutes=cfg.incident_window_minutes,
+                        cold_start=cfg.cold_start, cache_texts=cache_texts)
+
+
 def shadow_stages(store: Store, shadow: LinformerEmbedder, model_dir: str | None,
                   rate: float, pool: WorkerPool | None = None,
                   cache_texts: int = MAX_IN_MEMORY) -> list[BatchStage]:
