@@ -54,7 +54,10 @@ def _surprisal(embedder, text: str) -> np.ndarray:
 def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[str, str]]):
     """An explain(text, TextScore) -> dict closure for the score stage."""
 
-    def explain(text: str, ts) -> dict:
+    def explain(text: str, ts, earlier: dict | None = None) -> dict:
+        """``earlier``: an explanation of the same text under another calibration (the settle
+        pass's first walk): its text-only parts (nearest baseline texts, surprising spans: an
+        entropy-model pass) are taken as they are."""
         d = ts.detail or {}
         out: dict = {
             "score": round(ts.score, 4), "threshold": 1.0, "is_outlier": ts.is_outlier,
@@ -63,6 +66,11 @@ def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[s
             "medoid": loaded.medoids[ts.cluster] if 0 <= ts.cluster < len(loaded.medoids) else "",
             "measures": d,
         }
+        if earlier is not None and "surprising_spans" in earlier:
+            for part in ("nearest_baseline", "surprising_spans"):
+                if part in earlier:
+                    out[part] = earlier[part]
+            return out
         idx = d.get("nearest_index")
         if idx is not None and loaded.baseline_hashes:
             ids = [idx] if isinstance(idx, int) else list(idx)

@@ -59,15 +59,17 @@ def event_score(ts: TextScore, context: ContextModel | None = None,
     return EventScore(cs.score, cs.score >= 1.0, {**ts.detail, **parts}, parts)
 
 
-def explanation(explain: Callable[[str, TextScore], dict], text: str, ts: TextScore,
-                ev: EventScore, lineage: list[dict], cache: dict[str, dict] | None = None) -> dict:
+def explanation(explain: Callable[..., dict], text: str, ts: TextScore,
+                ev: EventScore, lineage: list[dict], cache: dict[str, dict] | None = None,
+                earlier: dict[str, dict] | None = None) -> dict:
     """Why an event stands out: the per-text part from ``explain`` (cached by text when a cache
-    is given; it costs an entropy-model pass), then the event's own score and context, and its
-    process lineage."""
+    is given; it costs an entropy-model pass, which ``earlier``, another walk's cache, spares),
+    then the event's own score and context, and its process lineage."""
     if cache is not None and text in cache:
         base = cache[text]
     else:
-        base = explain(text, ts)
+        before = earlier.get(text) if earlier is not None else None
+        base = explain(text, ts, before) if before is not None else explain(text, ts)
         if cache is not None:
             cache[text] = base
     out = dict(base)

@@ -71,6 +71,8 @@ class ScoreStage:
         # per-text part of outliers' explanations (an entropy-model pass each), across batches:
         # a stream repeats its outlier texts, and recomputing them grew with the stream
         self._explained: LRU[str, dict] = LRU(min(max_texts, MAX_CACHED_EXPLANATIONS))
+        #: the first walk's explanations, when this stage settles on it (their text-only parts)
+        self._explained_before: LRU[str, dict] | None = None
         self.outliers = 0
         self.scored = 0
         #: the score an outlier needs to become an alert: 1.0, or higher during a consumer's
@@ -92,6 +94,7 @@ class ScoreStage:
         self.alert_bar = 1.0
         self._cache.clear()
         self._explained.clear()
+        self._explained_before = None
 
     def settle_on(self, first: ScoreStage) -> bool:
         """Score this pass with the whole-case thresholds that ``first`` (a stage that walked
@@ -102,6 +105,7 @@ class ScoreStage:
             return False
         self.case = first.case.settled()
         self.case_context = first.case_context.settled() if first.case_context else None
+        self._explained_before = first._explained
         return True
 
     def _score_texts(self, vectors: dict[str, np.ndarray],
@@ -143,7 +147,8 @@ class ScoreStage:
                 if self.explain is not None:
                     text_explanation = orjson.dumps(
                         explanation(self.explain, e.normalized, ts, ev,
-                                    self.processes.lineage_of(e.fields), self._explained),
+                                    self.processes.lineage_of(e.fields), self._explained,
+                                    self._explained_before),
                         option=orjson.OPT_SERIALIZE_NUMPY).decode()
                 batch.alerts.append({
                     "alert_id": hashlib.sha256(f"{self.model}|{e.text_hash}".encode()).hexdigest()[:24],
