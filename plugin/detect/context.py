@@ -134,12 +134,18 @@ def _lower(fields: dict) -> dict:
     return {str(k).lower(): v for k, v in fields.items()}
 
 
+def _picked(fields: object, keys: frozenset[str]) -> dict:
+    """The entries of ``fields`` whose lower-cased key is one of ``keys``, under that key; {}
+    when ``fields`` is not an object."""
+    if not isinstance(fields, dict):
+        return {}
+    return {low: v for k, v in fields.items() if (low := str(k).lower()) in keys}
+
+
 def process_fields(fields: dict) -> dict:
     """Only the process GUIDs of an event's fields (lower-case keys): all the walk needs, and
     little to hold for every event of a baseline."""
-    if not isinstance(fields, dict):
-        return {}
-    return {low: v for k, v in fields.items() if (low := str(k).lower()) in _PROCESS_KEYS}
+    return _picked(fields, _PROCESS_KEYS)
 
 
 def process_view(views: dict[str, dict], key: str, fields_json: str) -> dict:
@@ -153,9 +159,7 @@ def process_view(views: dict[str, dict], key: str, fields_json: str) -> dict:
             fields = orjson.loads(fields_json) if fields_json else {}
         except orjson.JSONDecodeError:
             fields = {}
-        view = views[key] = (
-            {low: v for k, v in fields.items() if (low := str(k).lower()) in PROCESS_VIEW_KEYS}
-            if isinstance(fields, dict) else {})
+        view = views[key] = _picked(fields, PROCESS_VIEW_KEYS)
     return view
 
 
