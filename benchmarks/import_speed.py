@@ -3,14 +3,17 @@
 (VmRSS of the process tree, sampled every 0.5 s; `/usr/bin/time` reports the largest process
 only).
 
-Two measurements, both on the same machine in one run:
+Three measurements, all on the same machine in one run:
   folder:    a default import of PATHS (default: ../shared/data/otrf/compound)
+  captures:  LSASS_campaign_01-04 imported together, then all-MiniLM-L6-v2 (the `bench` extra)
+             embedding the same import's distinct canonical texts, timed in this process after a
+             warm-up batch (issue 16: the whole import at least 3x faster than MiniLM alone)
   after fit: the held-out capture imported alone before any fit, then into a copy of a store that
              holds the other captures and a fit (issue 16: after a fit no slower than before);
              default LSASS_campaign_01-03 as the baseline, 04 held out
 
 usage: python benchmarks/import_speed.py [--data ../shared/data] [--paths P ...] [--skip-folder]
-                                          [--skip-after-fit] [--keep DIR]
+                                          [--skip-captures] [--skip-after-fit] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def run_import(db: Path, paths: list[str], extra: tuple[str, ...] = ()) -> dict:
             **{f"peak_{k}_mib": round(v) for k, v in peaks.items()}}
 
 
+def distinct_texts(db: Path) -> list[str]:
+    """The canonical texts an import stored, once each: what the BLT had to embed at most."""
+    import duckdb
+    with duckdb.connect(str(db), read_only=True) as con:
+        return [r[0] for r in con.execute("SELECT DISTINCT normalized FROM events").fetchall()]
+
+
+def minilm_seconds(texts: list[str]) -> float | None:
+    """Seconds all-MiniLM-L6-v2 takes to embed TEXTS on this CPU (None without the bench extra)."""
+    from embed import minilm_rate
+    rate = minilm_rate(texts)
+    return None if rate is None else len(texts) / rate
+
+
 def fit(db: Path) -> None:
     subprocess.run(cli("fit", "--db", str(db), "-q"), check=True, stdout=subprocess.DEVNULL)
 
@@ -84,6 +101,7 @@ def main() -> None:
                     help="LSASS captures of the fitted store")
     ap.add_argument("--held-out", default="04", help="the LSASS capture imported after the fit")
     ap.add_argument("--skip-folder", action="store_true")
+    ap.add_argument("--skip-captures", action="store_true")
     ap.add_argument("--skip-after-fit", action="store_true")
     ap.add_argument("--keep", type=Path, help="keep the databases in this folder")
     args = ap.parse_args()
@@ -95,8 +113,14 @@ def main() -> None:
         if not args.skip_folder:
             paths = args.paths or [str(args.data / "otrf" / "compound")]
             results["folder"] = run_import(work / "folder.duckdb", paths)
+        lsass = args.data / "otrf" / "compound"
+        if not args.skip_captures:
+            caps = [str(lsass / f"LSASS_campaign_{c}") for c in ("01", "02", "03", "04")]
+            results["captures"] = run_import(work / "captures.duckdb", caps)
+            texts = distinct_texts(work / "captures.duckdb")
+            results["captures"]["distinct_texts"] = len(texts)
+            results["captures"]["minilm_seconds"] = minilm_seconds(texts)
         if not args.skip_after_fit:
-            lsass = args.data / "otrf" / "compound"
             cap = {c: str(lsass / f"LSASS_campaign_{c}") for c in [*args.baseline, args.held_out]}
             base = work / "baseline.duckdb"
             results["baseline"] = run_import(base, [cap[c] for c in args.baseline])
@@ -111,11 +135,20 @@ def main() -> None:
     print(f"{'import':<34} {'events':>8} {'events/s':>9} {'secs':>7} {'new txt':>7} "
           f"{'BLT t/s':>7} {'tree':>6} {'main':>6} {'worker':>6} {'outliers':>8}   (RSS in MiB)")
     names = {"folder": "folder: " + ", ".join(Path(p).name for p in (args.paths or ["compound"])),
+             "captures": "LSASS 01-04 together",
              "baseline": "baseline: LSASS " + "+".join(args.baseline),
              "before_fit": f"LSASS {args.held_out} alone, no fit",
              "after_fit": f"LSASS {args.held_out} after the fit"}
     for k, r in results.items():
         print(row(names[k], r))
+    cap = results.get("captures")
+    if cap:
+        if cap["minilm_seconds"] is None:
+            print("\nMiniLM comparison skipped: pip install -e '.[bench]'")
+        else:
+            print(f"\nall-MiniLM-L6-v2 alone on the {cap['distinct_texts']:,} distinct texts of LSASS "
+                  f"01-04: {cap['minilm_seconds']:.1f} s; the whole import: {cap['wall_seconds']:.1f} s "
+                  f"wall ({cap['minilm_seconds'] / cap['wall_seconds']:.2f}x faster)")
     if "after_fit" in results:
         ratio = results["after_fit"]["events_per_second"] / results["before_fit"]["events_per_second"]
         print(f"\nimport after a fit / before one: {ratio:.2f}x")
