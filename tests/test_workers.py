@@ -70,6 +70,43 @@ def test_pool_vectors_and_surprisal_match_in_process(pool, local):
     assert np.abs(pool.embedder(shadow).embed(TEXTS[:50]) - shadow.embed(TEXTS[:50])).max() < 2e-3
 
 
+def test_remote_models_stand_in_for_the_workers_models(pool, local):
+    """What the parent holds when only the workers load the models: the same name, version, dim
+    and byte limit, vectors, and per-byte surprisal (from the embed pass, and asked alone)."""
+    blt, lin = pool.remote("blt"), pool.remote("linformer")
+    assert (blt.name, blt.version, blt.dim, blt.max_bytes) == (local.name, local.version, local.dim,
+                                                               local.max_bytes)
+    assert lin.name == "linformer" and not hasattr(lin, "last_surprisal")
+    assert pool.remote("nope") is None
+    want = local.embed(TEXTS[:40])
+    assert np.abs(blt.embed(TEXTS[:40]) - want).max() < 2e-3
+    assert set(blt.last_surprisal) == set(TEXTS[:40])
+    alone = blt.byte_surprisal(TEXTS[:5])
+    for t, a in zip(TEXTS[:5], alone):
+        assert np.allclose(a, local.surprisal(t), atol=1e-4)
+        assert np.allclose(a, blt.last_surprisal[t], atol=1e-4)
+    assert np.allclose(blt.surprisal(TEXTS[7]), local.surprisal(TEXTS[7]), atol=1e-4)
+    # per thread, as on a model loaded here: another thread's pass does not replace this one's
+    seen = {}
+    t = threading.Thread(target=lambda: seen.update(n=len(blt.embed(TEXTS[50:53])),
+                                                    mine=set(blt.last_surprisal)))
+    t.start()
+    t.join()
+    assert seen["mine"] == set(TEXTS[50:53]) and set(blt.last_surprisal) == set(TEXTS[:40])
+
+
+def test_a_broken_model_directory_is_the_users_error_through_workers(tmp_path):
+    """`import --model DIR` with workers: the worker's refusal reaches the user as the same
+    `--model` error an in-process load gives, not as a crash."""
+    (tmp_path / "config.json").write_text("{not json")
+    out = subprocess.run([sys.executable, "-m", "plugin.cli", "import", str(tmp_path), "--db",
+                          str(tmp_path / "x.duckdb"), "--model", str(tmp_path)],
+                         capture_output=True, text=True,
+                         env={**os.environ, "SYSMON_BLT_WORKERS": "1"})
+    assert out.returncode != 0
+    assert f"--model {tmp_path}" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_cpu_workers_wait_passively_at_openmp_barriers(pool):
     # spinning waits made a 2-thread worker burn the core the importer parses on (OMP_WAIT_POLICY
     # is read once, when the worker loads torch: it must be in the worker's own environment)
@@ -140,3 +177,23 @@ def test_an_import_through_workers_stores_what_an_in_process_one_does(tmp_path):
     assert pairs == 3000 and diff < 0.01 and flips == 0
     alerts = [con.execute(f"SELECT count(*), sum(count) FROM {d}alerts").fetchone() for d in ("", "w.")]
     assert alerts[0] == alerts[1]
+
+
+def test_an_import_through_workers_never_loads_torch_in_the_importer(tmp_path):
+    """The importer's own process holds stand-ins for the workers' models (torch there cost
+    ~180 MB resident); scoring, explanations and the settle pass still run."""
+    sim = tmp_path / "sim.jsonl"
+    run = [sys.executable, "-m", "plugin.cli"]
+    subprocess.run([*run, "simulate", "--events", "1500", "--seed", "5", "--out", str(sim)],
+                   check=True, capture_output=True)
+    code = ("import sys; from plugin.cli import main; rc = main(); "
+            "print('TORCH', 'torch' in sys.modules, file=sys.stderr); raise SystemExit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "import", str(sim), "--db",
+                          str(tmp_path / "t.duckdb"), "-q", "--json"], capture_output=True,
+                         text=True, env={**os.environ, "SYSMON_BLT_WORKERS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TORCH False" in out.stderr
+    con = duckdb.connect(str(tmp_path / "t.duckdb"), read_only=True)
+    scored, explained = con.execute(
+        "SELECT count(*), count(explanation) FROM assignments WHERE model = 'blt'").fetchone()
+    assert scored == 1500 and explained > 0

@@ -18,7 +18,7 @@ log = structlog.get_logger("sysmon_blt")
 def cmd_import(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import configured_stages, load_embedder, load_shadow, open_pool
+    from plugin.pipeline.assemble import configured_stages, load_models
     from plugin.pipeline.importer import Importer
     from plugin.store import open_store
 
@@ -30,13 +30,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"db": args.db, "model": args.model,
                                     "batch_size": args.batch_size})
     schemas = load_schemas(cfg.schemas_dir)
-    embedder = None if args.no_embed else load_embedder(cfg.model)
-    shadow = load_shadow(cfg) if embedder is not None else None
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
-    pool = None
+    embedder, shadow, pool = (None, None, None) if args.no_embed else load_models(cfg)
     try:
-        pool = open_pool(cfg, embedder, shadow)
-
+        store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+    try:
         def make_stages() -> list:
             return configured_stages(store, cfg, embedder, shadow, pool)
 

@@ -31,7 +31,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from plugin.config import load_config
     from plugin.normalize.normalizer import Normalizer
     from plugin.normalize.schema import load_schemas
-    from plugin.pipeline.assemble import configured_stages, load_embedder, load_shadow, open_pool
+    from plugin.pipeline.assemble import configured_stages, load_models
     from plugin.store import open_store
     from plugin.service.server import BackgroundServer, parse_listen
     from plugin.stream.consumer import StreamConsumer
@@ -42,16 +42,20 @@ def cmd_consume(args: argparse.Namespace) -> int:
     if ":" not in args.bootstrap:
         raise UsageError(f"consume: --bootstrap {args.bootstrap!r}: expected HOST:PORT")
     listen = parse_listen(args.serve) if args.serve else None
-    embedder = None if args.no_embed else load_embedder(cfg.model)
-    shadow = load_shadow(cfg) if embedder is not None else None
-    store = open_store(cfg.db, data_path=cfg.lake_data_path,
-                       memory_limit=cfg.stream_db_memory_limit, long_running=True)
+    embedder, shadow, pool = ((None, None, None) if args.no_embed
+                              else load_models(cfg, spare_core=True))
+    try:
+        store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                           memory_limit=cfg.stream_db_memory_limit, long_running=True)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     metrics = StreamMetrics()
-    producer = server = http_store = pool = enricher = None
+    producer = server = http_store = enricher = None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        pool = open_pool(cfg, embedder, shadow, spare_core=True)
         stages = (configured_stages(store, cfg, embedder, shadow, pool,
                                     cache_texts=cfg.stream_cache_texts)
                   if embedder is not None else [])

@@ -11,10 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from plugin.detect.calibration import THRESHOLD_FLOOR, weighted_quantile
-from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.surprisal import WINDOW
 from plugin.models.blt.surprisal import window_max as _window_max
 
@@ -26,7 +24,6 @@ def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch
     texts whose stored vector came with its window maximum reuse that (`last_window_bits`, at
     the default window); only the others run the entropy model here.
     """
-    model = embedder.model
     out = np.zeros(len(texts), dtype=np.float64)
     known = getattr(embedder, "last_surprisal", {})
     stored = getattr(embedder, "last_window_bits", {}) if window == WINDOW else {}
@@ -39,18 +36,10 @@ def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch
             out[i] = stored[t]
         else:
             todo.append(i)
-    blobs = {i: to_bytes(texts[i], embedder.max_bytes) for i in todo}
-    order = sorted(todo, key=lambda i: len(blobs[i]))
-    with torch.inference_mode():
-        for s in range(0, len(order), batch):
-            idx = order[s:s + batch]
-            ids, layout = make_batch([blobs[i] for i in idx], False, embedder.device)
-            flat = model.entropy.surprisal(ids, layout).float().cpu().numpy()
-            pos = 0
-            for i in idx:
-                n = len(blobs[i])
-                out[i] = _window_max(flat[pos:pos + n], window)
-                pos += n
+    if todo:
+        # the entropy model runs where the model lives: here, or in an embedding worker
+        for i, flat in zip(todo, embedder.byte_surprisal([texts[i] for i in todo])):
+            out[i] = _window_max(flat, window)
     return out
 
 

@@ -22,16 +22,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 FORMAT = "sysmon-blt-model-dir"
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 CARD = "MODEL_CARD.md"
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ModelDirError(ValueError):
@@ -43,6 +45,14 @@ class ModelDirError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+def _torch():
+    """torch, imported on first use: reading a model directory's config (`read_config`) must
+    not load it (a process that only stands in for the workers' models never needs it)."""
+    import torch
+
+    return torch
+
+
 def weights_version(tensors: dict[str, torch.Tensor]) -> str:
     """First 16 hex digits of sha256 over the tensors (sorted names; name, dtype, shape, bytes)."""
     h = hashlib.sha256()
@@ -51,7 +61,7 @@ def weights_version(tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(_torch().uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -128,6 +138,20 @@ def read_config(model_dir: Path | str) -> dict[str, Any]:
     return cfg
 
 
+def has_linformer(model_dir: Path | str) -> bool:
+    """Whether ``model_dir`` lists a shadow model (the Linformer and its tokenizer: the entries
+    `plugin.models.linformer.ENTRY` and `plugin.models.bpe.BPE_ENTRY`).
+
+    Only ``config.json`` is read (here, without torch); `LinformerEmbedder.from_dir` verifies
+    the files.
+    """
+    try:
+        models = read_config(model_dir)["models"]
+    except ModelDirError:
+        return False
+    return isinstance(models.get("linformer"), dict) and isinstance(models.get("bpe"), dict)
+
+
 def write_config(model_dir: Path | str, cfg: dict[str, Any]) -> None:
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **cfg}
     cfg.setdefault("models", {})
@@ -147,6 +171,8 @@ def save_submodel(
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     fname = f"{name}.safetensors"
     tmp = model_dir / (fname + ".tmp")
+    from safetensors.torch import save_file
+
     save_file(tensors, str(tmp))
     os.chmod(tmp, 0o644)  # safetensors writes 0600; a shipped model must be world-readable
     os.replace(tmp, model_dir / fname)
@@ -204,6 +230,8 @@ def load_submodel(
     """
     wpath, entry = verified_file(model_dir, name)
     try:
+        from safetensors.torch import load_file
+
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelDirError(wpath, f"not a valid safetensors file: {e}") from None

@@ -21,7 +21,6 @@ Determinism: the same weights and texts give the same vectors, run after run.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,12 +30,13 @@ from torch import nn
 
 from plugin.models.blt.byteseq import make_batch, to_bytes
 from plugin.models.blt.model import BLT
+from plugin.models.blt.surprisal import PerThreadSurprisal
 from plugin.models.checkpoint import load_blt
 from plugin.models.device import autocast
 from plugin.models.embedder_base import Embedder
 
 
-class BLTEmbedder(Embedder[bytes]):
+class BLTEmbedder(Embedder[bytes], PerThreadSurprisal):
     name = "blt"
     can_pack = True
     release_heap_per_batch = True
@@ -55,37 +55,9 @@ class BLTEmbedder(Embedder[bytes]):
         self.max_bytes = model.cfg.max_bytes
         # per-byte surprisal of the texts of this thread's latest `embed` call, from the same
         # entropy pass that cut them into patches: surprisal scoring right after embedding reads
-        # it here instead of running the entropy model a second time. Per thread: the flow
-        # embeds the next batch on one thread while another scores this one
-        # (`plugin.pipeline.flow`), and neither may see the other's pass replace its own
-        self._surprisal = threading.local()
+        # it here instead of running the entropy model a second time (`PerThreadSurprisal`)
+        self._init_surprisal_slots()
         self.last_surprisal = {}
-
-    @property
-    def last_surprisal(self) -> dict[str, np.ndarray]:
-        """{text: per-byte surprisal} of the calling thread's latest `embed` call."""
-        return self._thread_slot("surprisal")
-
-    @last_surprisal.setter
-    def last_surprisal(self, value: dict[str, np.ndarray]) -> None:
-        self._surprisal.surprisal = value
-
-    @property
-    def last_window_bits(self) -> dict[str, float]:
-        """{text: window maximum of its surprisal} for the calling thread's batch texts whose
-        vectors were not embedded now but read back with their stored summary
-        (`plugin.pipeline.embed`): scoring reads it instead of running the entropy model."""
-        return self._thread_slot("window_bits")
-
-    @last_window_bits.setter
-    def last_window_bits(self, value: dict[str, float]) -> None:
-        self._surprisal.window_bits = value
-
-    def _thread_slot(self, name: str) -> dict:
-        slot = self._surprisal
-        if not hasattr(slot, name):
-            setattr(slot, name, {})
-        return getattr(slot, name)
 
     @classmethod
     def from_dir(
@@ -129,6 +101,24 @@ class BLTEmbedder(Embedder[bytes]):
         """
         ids, layout = make_batch([to_bytes(text, self.max_bytes)], False, self.device)
         return self.model.entropy.surprisal(ids, layout).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def byte_surprisal(self, texts: Sequence[str], batch: int = 64) -> list[np.ndarray]:
+        """`surprisal` of many texts, in input order, batched shortest first (the entropy model
+        alone: scoring a text whose vector came from the cache, not from a pass just now)."""
+        blobs = [to_bytes(t, self.max_bytes) for t in texts]
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(blobs)
+        order = sorted(range(len(blobs)), key=lambda i: len(blobs[i]))
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            ids, layout = make_batch([blobs[i] for i in idx], False, self.device)
+            flat = self.model.entropy.surprisal(ids, layout).float().cpu().numpy()
+            pos = 0
+            for i in idx:
+                n = len(blobs[i])
+                out[i] = flat[pos:pos + n]
+                pos += n
+        return out
 
     @torch.inference_mode()
     def patches(self, text: str) -> list[bytes]:

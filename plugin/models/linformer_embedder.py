@@ -32,22 +32,13 @@ import torch
 from tokenizers import Tokenizer
 
 from plugin.models.bpe import BPE_ENTRY, CLS, clean_text, encode_ids, load_bpe_entry
-from plugin.models.checkpoint import CONFIG, ModelDirError, read_config
+from plugin.models.checkpoint import CONFIG, ModelDirError, has_linformer, read_config
 from plugin.models.device import autocast
 from plugin.models.embedder_base import Embedder
 from plugin.models.linformer import ENTRY, Linformer, batch_ids, load_linformer
 
 
-def has_linformer(model_dir: Path | str) -> bool:
-    """Whether ``model_dir`` lists a shadow model (the Linformer and its tokenizer).
-
-    Only ``config.json`` is read; `LinformerEmbedder.from_dir` verifies the files.
-    """
-    try:
-        models = read_config(model_dir)["models"]
-    except ModelDirError:
-        return False
-    return isinstance(models.get(ENTRY), dict) and isinstance(models.get(BPE_ENTRY), dict)
+__all__ = ["LinformerEmbedder", "has_linformer"]
 
 
 class LinformerEmbedder(Embedder[list[int]]):

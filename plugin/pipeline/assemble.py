@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
@@ -23,9 +23,7 @@ from plugin.detect.fitting import LoadedScorer, load_scorer
 from plugin.detect.reference import ReferenceModelError
 from plugin.detect.suppress import SuppressRules
 from plugin.errors import UsageError
-from plugin.models.checkpoint import ModelDirError
-from plugin.models.embedder import BLTEmbedder
-from plugin.models.linformer_embedder import LinformerEmbedder, has_linformer
+from plugin.models.checkpoint import ModelDirError, has_linformer
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.cache import MAX_IN_MEMORY, EmbeddingCache
 from plugin.pipeline.embed import EmbedStage
@@ -33,9 +31,13 @@ from plugin.pipeline.fitwatch import FitWatcher
 from plugin.pipeline.incidents import IncidentStage
 from plugin.pipeline.score import ScoreStage
 from plugin.pipeline.suppress import SuppressStage
-from plugin.pipeline.workers import WorkerError, WorkerPool, plan_workers
+from plugin.pipeline.workers import WorkerError, WorkerModelDirError, WorkerPool, plan_workers
 from plugin.resources import default_model_dir
 from plugin.store import Store
+
+if TYPE_CHECKING:  # loaded on use: a process whose workers hold the models never imports torch
+    from plugin.models.embedder import BLTEmbedder
+    from plugin.models.linformer_embedder import LinformerEmbedder
 
 log = structlog.get_logger(__name__)
 
@@ -44,9 +46,9 @@ def model_dir_of(cfg: Config) -> Path:
     return Path(cfg.model) if cfg.model else default_model_dir()
 
 
-def load_embedder(model_dir: str | None) -> BLTEmbedder | None:
-    """The BLT of the given model directory, or of the shipped default one (None, with a
-    warning, when no model ships here and none was named)."""
+def _model_path(model_dir: str | None) -> Path | None:
+    """The model directory to load (None, with a warning, when no model ships here and none
+    was named); a named path that is no directory is the user's error."""
     path = Path(model_dir) if model_dir else default_model_dir()
     if model_dir is None and not (path / "config.json").is_file():
         log.warning("no_model", reason=f"no shipped model at {path}; storing events without "
@@ -54,25 +56,73 @@ def load_embedder(model_dir: str | None) -> BLTEmbedder | None:
         return None
     if not path.is_dir():
         raise UsageError(f"--model {path}: not a model directory")
+    return path
+
+
+def load_embedder(model_dir: str | None) -> BLTEmbedder | None:
+    """The BLT of the given model directory, or of the shipped default one (None, with a
+    warning, when no model ships here and none was named)."""
+    from plugin.models.embedder import BLTEmbedder
+
+    path = _model_path(model_dir)
+    if path is None:
+        return None
     try:
         return BLTEmbedder.from_dir(path)
     except ModelDirError as exc:
         raise UsageError(f"--model {path}: {exc}") from exc
 
 
-def load_shadow(cfg: Config) -> LinformerEmbedder | None:
-    """The Linformer shadow of the model directory, or None (rate 0, or the directory has none)."""
+def _wants_shadow(cfg: Config) -> bool:
+    """Whether the shadow runs: a sample rate above 0 and a Linformer in the model directory
+    (else a warning says why not)."""
     if cfg.shadow_sample_rate <= 0:
-        return None
+        return False
     path = model_dir_of(cfg)
     if not has_linformer(path):
         log.warning("no_shadow", model_dir=str(path), reason="the model directory has no "
                     "Linformer; only the BLT runs (train one with `sysmon-blt train`)")
+        return False
+    return True
+
+
+def load_shadow(cfg: Config) -> LinformerEmbedder | None:
+    """The Linformer shadow of the model directory, or None (rate 0, or the directory has none)."""
+    if not _wants_shadow(cfg):
         return None
+    from plugin.models.linformer_embedder import LinformerEmbedder
+
+    path = model_dir_of(cfg)
     try:
         return LinformerEmbedder.from_dir(path)
     except ModelDirError as exc:
         raise UsageError(f"--model {path}: {exc}") from exc
+
+
+def load_models(cfg: Config, *, spare_core: bool = False):
+    """The primary, the shadow (or None) and the embedding workers (or None) that the
+    configuration asks for; (None, None, None) when no model ships here and none was named.
+
+    With worker processes (the ``workers`` setting, `plan_workers`), the models load in the
+    workers only, and this process holds `RemoteModel` stand-ins that ask the workers for
+    vectors and surprisal: loading them here as well cost this process ~200 MB resident (torch
+    itself ~180 MB) for a copy that only explained the odd outlier. Without workers both load
+    here. ``spare_core``: see `plan_workers`. The caller closes the pool."""
+    path = _model_path(cfg.model)
+    if path is None:
+        return None, None, None
+    plan = plan_workers(cfg.workers, spare_core=spare_core)
+    if not plan.devices:
+        embedder = load_embedder(cfg.model)
+        return embedder, load_shadow(cfg), None
+    shadow = _wants_shadow(cfg)
+    try:
+        pool = WorkerPool(path, plan, shadow=shadow)
+    except WorkerModelDirError as exc:
+        raise UsageError(f"--model {path}: {exc.problem}") from exc
+    except WorkerError as exc:
+        raise UsageError(f"workers: {exc}") from exc
+    return pool.remote("blt"), pool.remote("linformer") if shadow else None, pool
 
 
 def embed_stage(store: Store, embedder, model_dir: str | None, sample_rate: float = 1.0,

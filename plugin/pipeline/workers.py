@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -29,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 import structlog
+
+from plugin.models.blt.surprisal import PerThreadSurprisal
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +49,15 @@ POLL_S = 0.5
 
 class WorkerError(RuntimeError):
     """The pool could not embed a batch: a worker failed to start, or kept dying on it."""
+
+
+class WorkerModelDirError(WorkerError):
+    """A worker refused the model directory (`plugin.models.checkpoint.ModelDirError`):
+    ``problem`` is that error's message, for the user to act on."""
+
+    def __init__(self, device: str, problem: str) -> None:
+        super().__init__(f"embedding worker on {device} could not start: {problem}")
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -78,9 +90,7 @@ def plan_workers(setting: int | str, cuda_devices: int | None = None,
     (LSASS campaign 02: 2,246 events/s with 2 threads, 2,010 with 1), so it keeps every core. A
     bigger machine asks for more with N."""
     if cuda_devices is None:
-        import torch
-
-        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda_devices = cuda_device_count()
     cores = cores or os.cpu_count() or 1
     if setting == "auto":
         n = cuda_devices if cuda_devices else (1 if cores > 1 else 0)
@@ -93,6 +103,40 @@ def plan_workers(setting: int | str, cuda_devices: int | None = None,
     return WorkerPlan(("cpu",) * n, max(1, (cores - int(spare_core)) // n))
 
 
+def _torch_has_cuda() -> bool:
+    """Whether the installed torch is a CUDA build, read from its `version.py` without importing
+    it: importing torch costs this process ~180 MB resident, which a CPU machine's parent
+    process (parsing, scoring and writing while the workers embed) never needs."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
+    except OSError:
+        return True  # unreadable: ask torch itself
+    found = re.search(r"^cuda\s*(?::[^=]*)?=\s*(.+)$", text, re.M)
+    return found is None or found.group(1).strip() != "None"
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch can use; 0 without importing torch when it is a CPU-only build."""
+    if not _torch_has_cuda():
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _meta(model) -> dict:
+    """What the parent needs of a worker's model to stand in for it (`RemoteModel`)."""
+    return {"version": model.version, "dim": int(model.dim),
+            "max_bytes": getattr(model, "max_bytes", None),
+            "surprisal": hasattr(model, "last_surprisal")}
+
+
 def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads: int) -> None:
     """A worker's life: load the models, say which, then embed what it is sent until told to
     stop (None) or the parent goes away."""
@@ -100,6 +144,7 @@ def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads:
 
     import torch
 
+    from plugin.models.checkpoint import ModelDirError
     from plugin.models.embedder import BLTEmbedder
 
     # Ctrl-C reaches the whole process group: the parent drains and stops its workers itself
@@ -114,10 +159,13 @@ def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads:
         if shadow:
             lin = LinformerEmbedder.from_dir(model_dir, device=device, threads=threads)
             models[lin.name] = lin
-    except Exception as exc:  # the parent loaded the same directory: this is rare, say why
+    except ModelDirError as exc:  # a missing, tampered or malformed file: the user's to fix
+        conn.send(("model_dir_error", str(exc)))
+        return
+    except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", {n: m.version for n, m in models.items()}))
+    conn.send(("ready", {n: _meta(m) for n, m in models.items()}))
     while True:
         try:
             msg = conn.recv()
@@ -125,9 +173,12 @@ def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads:
             return
         if msg is None:
             return
-        name, texts = msg
+        op, name, texts = msg
         try:
             model = models[name]
+            if op == "surprisal":  # per-byte surprisal alone, for texts not embedded just now
+                conn.send(("ok", model.byte_surprisal(texts)))
+                continue
             vectors = model.embed(texts)
             # the BLT's per-byte surprisal from the same pass: the parent's scorer and
             # explanations read it instead of running the entropy model again
@@ -148,7 +199,7 @@ class _Worker:
         self.proc = None
         self.conn: Connection | None = None
 
-    def start(self) -> dict[str, str]:
+    def start(self) -> dict[str, dict]:
         self.launch()
         return self.ready()
 
@@ -170,15 +221,17 @@ class _Worker:
             child.close()
         self.proc, self.conn = proc, parent
 
-    def ready(self) -> dict[str, str]:
-        """Wait for the worker's models; returns their versions."""
+    def ready(self) -> dict[str, dict]:
+        """Wait for the worker's models; returns what each is (`_meta`)."""
         status, payload = self._answer(START_TIMEOUT_S)
+        if status == "model_dir_error":
+            raise WorkerModelDirError(self.device, str(payload))
         if status != "ready":
             raise WorkerError(f"embedding worker on {self.device} could not start: {payload}")
         return payload
 
-    def send(self, name: str, texts: list[str]) -> None:
-        self.conn.send((name, texts))
+    def send(self, name: str, texts: list[str], op: str = "embed") -> None:
+        self.conn.send((op, name, texts))
 
     def _answer(self, timeout: float = float("inf")) -> tuple[str, object]:
         """The worker's next message; ("died", exit code) when the process is gone."""
@@ -231,20 +284,50 @@ class WorkerPool:
         self.restarts = 0
         self._workers = [_Worker(ctx, str(model_dir), shadow, d, plan.threads)
                          for d in plan.devices]
-        self.versions: dict[str, str] = {}
+        self.models: dict[str, dict] = {}  # name -> `_meta` of the workers' model
+        # one request at a time over the pipes: the flow's embed thread and its scoring thread
+        # (a surprisal for an explanation) may both ask
+        self._lock = threading.Lock()
         try:
             for w in self._workers:  # all load their models at once
                 w.launch()
             for w in self._workers:
-                self.versions = w.ready()
+                self.models = w.ready()
         except BaseException:
             self.close()
             raise
         log.info("embedding_workers_started", workers=len(self._workers),
-                 devices=list(plan.devices), threads=plan.threads, models=sorted(self.versions))
+                 devices=list(plan.devices), threads=plan.threads, models=sorted(self.models))
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {n: m["version"] for n, m in self.models.items()}
+
+    def byte_surprisal(self, name: str, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per text, the per-byte surprisal of model ``name`` (the BLT's entropy model), from one
+        worker; a worker that dies is restarted and asked again, up to `MAX_TRIES`."""
+        texts = list(texts)
+        with self._lock:
+            for tries in range(1, MAX_TRIES + 1):
+                w = self._workers[0]
+                try:
+                    w.send(name, texts, op="surprisal")
+                except (OSError, ValueError):
+                    pass
+                status, payload = w.result()
+                if status == "ok":
+                    return payload
+                if status == "error":
+                    raise WorkerError(f"embedding worker on {w.device}: {payload}")
+                log.warning("embedding_worker_died", device=w.device, exit=payload,
+                            texts=len(texts), tries=tries)
+                if tries < MAX_TRIES:
+                    self._restart(0)
+        raise WorkerError(f"embedding workers died {MAX_TRIES} times on a surprisal request of "
+                          f"{len(texts)} texts; stopping rather than looping")
 
     def embed(self, name: str, texts: Sequence[str]) -> tuple[np.ndarray, list | None]:
         """Vectors of ``texts`` from model ``name``, in input order, over every worker; and,
@@ -252,6 +335,10 @@ class WorkerPool:
         texts = list(texts)
         if not texts:
             raise ValueError("nothing to embed")
+        with self._lock:
+            return self._embed(name, texts)
+
+    def _embed(self, name: str, texts: list[str]) -> tuple[np.ndarray, list | None]:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         shares = [order[k::len(self._workers)] for k in range(len(self._workers))]
         shares = [s for s in shares if s]
@@ -304,9 +391,18 @@ class WorkerPool:
         self.restarts += 1
         log.info("embedding_worker_restarted", device=w.device, restarts=self.restarts)
 
+    def remote(self, name: str) -> RemoteModel | None:
+        """A stand-in for the workers' model ``name`` in this process (None: they hold none)."""
+        meta = self.models.get(name)
+        if meta is None:
+            return None
+        return (RemoteBLT if meta.get("surprisal") else RemoteModel)(self, name, meta)
+
     def embedder(self, local) -> "PooledEmbedder":
         """A stand-in for ``local`` (an embedder loaded in this process, for its name, version
-        and dim) whose `embed` runs on the workers."""
+        and dim) whose `embed` runs on the workers; a `RemoteModel` of this pool is one already."""
+        if isinstance(local, RemoteModel) and local.pool is self:
+            return local
         if self.versions.get(local.name) != local.version:
             raise WorkerError(f"embedding workers loaded {local.name} version "
                               f"{self.versions.get(local.name)}, this process {local.version}")
@@ -336,3 +432,43 @@ class PooledEmbedder:
         if surprisal is not None and hasattr(self.local, "last_surprisal"):
             self.local.last_surprisal = {t: v for t, v in zip(texts, surprisal) if v is not None}
         return vectors
+
+
+class RemoteModel:
+    """The parent's stand-in for a model that only the workers load: its name, version, dim and
+    byte limit, and `embed`, asked of the pool. With it the parent never imports torch (~180 MB
+    resident on a CPU machine); scoring, explanations and a consumer's refit read the same
+    values a model loaded here would give."""
+
+    def __init__(self, pool: WorkerPool, name: str, meta: dict) -> None:
+        self.pool = pool
+        self.name = name
+        self.version: str = meta["version"]
+        self.dim: int = meta["dim"]
+        self.max_bytes: int | None = meta.get("max_bytes")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.pool.embed(self.name, list(texts))[0]
+
+
+class RemoteBLT(RemoteModel, PerThreadSurprisal):
+    """`RemoteModel` of the BLT: its embed pass's per-byte surprisal lands here per thread, as
+    on a BLT loaded in this process, and `surprisal` / `byte_surprisal` run its entropy model on
+    a worker (an explanation, a text scored from the cache without a stored summary)."""
+
+    def __init__(self, pool: WorkerPool, name: str, meta: dict) -> None:
+        super().__init__(pool, name, meta)
+        self._init_surprisal_slots()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        vectors, surprisal = self.pool.embed(self.name, texts)
+        self.last_surprisal = ({t: v for t, v in zip(texts, surprisal) if v is not None}
+                               if surprisal is not None else {})
+        return vectors
+
+    def byte_surprisal(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self.pool.byte_surprisal(self.name, texts) if texts else []
+
+    def surprisal(self, text: str) -> np.ndarray:
+        return self.byte_surprisal([text])[0]

@@ -10,6 +10,8 @@ use the same functions.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 #: bytes per window: one strange stretch (an encoded blob, a random path) stands out even inside
@@ -34,3 +36,43 @@ def window_max(v: np.ndarray, window: int = WINDOW) -> float:
     """The highest of `window_means` (bits per byte); 0.0 for an empty text."""
     means = window_means(v, window)
     return float(means.max()) if means.size else 0.0
+
+
+class PerThreadSurprisal:
+    """What a BLT pass leaves for scoring, kept per thread: the per-byte surprisal of the
+    calling thread's latest `embed` call (`last_surprisal`), and the stored window maxima of its
+    batch texts read back instead of embedded (`last_window_bits`). Per thread: the flow embeds
+    the next batch on one thread while another scores this one (`plugin.pipeline.flow`), and
+    neither may see the other's pass replace its own. Shared by the model loaded in a process
+    and the stand-in for one loaded in an embedding worker (`plugin.pipeline.workers`)."""
+
+    _surprisal: threading.local
+
+    def _init_surprisal_slots(self) -> None:
+        self._surprisal = threading.local()
+
+    @property
+    def last_surprisal(self) -> dict[str, np.ndarray]:
+        """{text: per-byte surprisal} of the calling thread's latest `embed` call."""
+        return self._thread_slot("surprisal")
+
+    @last_surprisal.setter
+    def last_surprisal(self, value: dict[str, np.ndarray]) -> None:
+        self._surprisal.surprisal = value
+
+    @property
+    def last_window_bits(self) -> dict[str, float]:
+        """{text: window maximum of its surprisal} for the calling thread's batch texts whose
+        vectors were not embedded now but read back with their stored summary
+        (`plugin.pipeline.embed`): scoring reads it instead of running the entropy model."""
+        return self._thread_slot("window_bits")
+
+    @last_window_bits.setter
+    def last_window_bits(self, value: dict[str, float]) -> None:
+        self._surprisal.window_bits = value
+
+    def _thread_slot(self, name: str) -> dict:
+        slot = self._surprisal
+        if not hasattr(slot, name):
+            setattr(slot, name, {})
+        return getattr(slot, name)
