@@ -8,7 +8,7 @@ from pathlib import Path
 
 import structlog
 
-from plugin.cli.common import existing_db_and_model, format_result
+from plugin.cli.common import existing_db, existing_db_and_model, format_result
 from plugin.errors import UsageError
 
 log = structlog.get_logger("sysmon_blt")
@@ -119,18 +119,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from plugin.pipeline.assemble import configured_stages, load_shadow, open_pool
+    from plugin.pipeline.assemble import configured_stages, load_models
     from plugin.pipeline.rescore import rescore
     from plugin.pipeline.settle import settle_case
     from plugin.store import open_store
 
-    cfg, embedder = existing_db_and_model("rescore", args)
-    shadow = load_shadow(cfg)
-    store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
-    pool = None
+    cfg = existing_db("rescore", args)
+    embedder, shadow, pool = load_models(cfg)
+    if embedder is None:
+        raise UsageError("rescore: needs a model; pass --model")
     try:
-        pool = open_pool(cfg, embedder, shadow)
-
+        store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
+    try:
         def make_stages() -> list:
             return configured_stages(store, cfg, embedder, shadow, pool)
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import structlog
 
 from plugin.models.blt.surprisal import WINDOW, window_means
+
+log = structlog.get_logger(__name__)
 
 
 def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dict]:
@@ -44,15 +47,32 @@ def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dic
     return out
 
 
-def _surprisal(embedder, text: str) -> np.ndarray:
+def _surprisal(embedder, text: str, fetched: dict[str, np.ndarray]) -> np.ndarray:
     """The text's per-byte surprisal: from the pass that just embedded it when there was one
-    (the same values; an outlier is usually a new text), else a pass of its own."""
+    (the same values; an outlier is usually a new text), else from the batch's prefetch, else a
+    pass of its own."""
     known = getattr(embedder, "last_surprisal", {}).get(text)
+    if known is None:
+        known = fetched.get(text)
     return known if known is not None else embedder.surprisal(text)
 
 
 def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[str, str]]):
-    """An explain(text, TextScore) -> dict closure for the score stage."""
+    """An explain(text, TextScore) -> dict closure for the score stage, with ``prefetch(texts)``
+    to run the entropy model once for the texts a batch is about to explain (for the one thread
+    that scores; another thread's explanations simply run their own pass)."""
+    fetched: dict[str, np.ndarray] = {}
+
+    def prefetch(texts: list[str]) -> None:
+        fetched.clear()
+        known = getattr(embedder, "last_surprisal", {})
+        todo = [t for t in texts if known.get(t) is None]
+        if not todo or not hasattr(embedder, "byte_surprisal"):
+            return
+        try:
+            fetched.update(zip(todo, embedder.byte_surprisal(todo)))
+        except Exception as exc:  # each explanation then tries alone, and says so if it fails
+            log.warning("explanation_prefetch_failed", texts=len(todo), error=str(exc))
 
     def explain(text: str, ts, earlier: dict | None = None) -> dict:
         """``earlier``: an explanation of the same text under another calibration (the settle
@@ -78,11 +98,12 @@ def make_explainer(loaded, embedder, baseline_text: Callable[[list[str]], dict[s
             texts = baseline_text(hashes)
             out["nearest_baseline"] = [texts.get(h, "") for h in hashes]
         try:
-            out["surprising_spans"] = surprising_spans(text, _surprisal(embedder, text))
+            out["surprising_spans"] = surprising_spans(text, _surprisal(embedder, text, fetched))
         except Exception as exc:  # an explanation must never cost the event
             out["surprising_spans_error"] = str(exc)
         return out
 
+    explain.prefetch = prefetch
     return explain
 
 

@@ -131,6 +131,7 @@ class ScoreStage:
         recalibrated = self._case_scores(batch, scores) if self.case is not None else {}
         in_case = (self._case_context(batch, vectors, scores, recalibrated)
                    if self.case_context is not None else {})
+        scored = []
         for e in batch.events:
             if e.text_hash not in vectors:  # not in this model's sample
                 continue
@@ -140,6 +141,9 @@ class ScoreStage:
                 cs = (self.context.score(e.event_id, _fields(batch, e), e.normalized, ts.score)
                       if self.context is not None else None)
                 ev = event_score(ts, self.context.model if self.context is not None else None, cs)
+            scored.append((e, ts, ev))
+        self._prefetch_explanations(scored)
+        for e, ts, ev in scored:
             text_explanation = None
             if ev.is_outlier:
                 self.outliers += 1
@@ -167,6 +171,21 @@ class ScoreStage:
                 "explanation": text_explanation,
             })
             self.scored += 1
+
+    def _prefetch_explanations(self, scored: list) -> None:
+        """One entropy-model pass for the batch's alerting texts that need an explanation and
+        whose surprisal no embed pass left: with the model in a worker, one request instead of
+        one per text, each waiting behind the next batch's embedding."""
+        prefetch = getattr(self.explain, "prefetch", None)
+        if prefetch is None or not self.alerts:
+            return
+        before = self._explained_before
+        texts = {e.normalized for e, _ts, ev in scored
+                 if ev.is_outlier and ev.score >= self.alert_bar
+                 and e.normalized not in self._explained
+                 and (before is None or e.normalized not in before)}
+        if texts:
+            prefetch(sorted(texts))
 
     def _truncated(self, text: str) -> dict | None:
         """``{"text_bytes": n, "embedded_bytes": m}`` when the model embedded only the first
