@@ -93,6 +93,14 @@ def test_remote_models_stand_in_for_the_workers_models(pool, local):
     t.start()
     t.join()
     assert seen["mine"] == set(TEXTS[50:53]) and set(blt.last_surprisal) == set(TEXTS[:40])
+    # the surprisal line answers while the main line embeds (the scoring thread's explanations
+    # beside the embed thread's next batch), with the same values
+    busy = threading.Thread(target=lambda: blt.embed(TEXTS * 3))
+    busy.start()
+    during = blt.byte_surprisal(TEXTS[10:14])
+    busy.join()
+    for t, a in zip(TEXTS[10:14], during):
+        assert np.allclose(a, local.surprisal(t), atol=1e-4)
 
 
 def test_a_broken_model_directory_is_the_users_error_through_workers(tmp_path):

@@ -137,9 +137,29 @@ def _meta(model) -> dict:
             "surprisal": hasattr(model, "last_surprisal")}
 
 
-def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads: int) -> None:
+def _serve_surprisal(conn: Connection, models: dict) -> None:
+    """The worker's second line: per-byte surprisal of texts to explain, answered on a thread of
+    its own while the main line embeds, so the parent's scoring never waits behind the next
+    batch's embedding (the entropy model only reads its weights: two threads may run it)."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        name, texts = msg
+        try:
+            conn.send(("ok", models[name].byte_surprisal(texts)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _serve(conn: Connection, aux: Connection, model_dir: str, shadow: bool, device: str,
+           threads: int) -> None:
     """A worker's life: load the models, say which, then embed what it is sent until told to
-    stop (None) or the parent goes away."""
+    stop (None) or the parent goes away; surprisal requests come on ``aux``
+    (`_serve_surprisal`)."""
     import signal
 
     import torch
@@ -165,6 +185,10 @@ def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads:
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
+    import threading
+
+    threading.Thread(target=_serve_surprisal, args=(aux, models), daemon=True,
+                     name="surprisal").start()
     conn.send(("ready", {n: _meta(m) for n, m in models.items()}))
     while True:
         try:
@@ -173,12 +197,9 @@ def _serve(conn: Connection, model_dir: str, shadow: bool, device: str, threads:
             return
         if msg is None:
             return
-        op, name, texts = msg
+        name, texts = msg
         try:
             model = models[name]
-            if op == "surprisal":  # per-byte surprisal alone, for texts not embedded just now
-                conn.send(("ok", model.byte_surprisal(texts)))
-                continue
             vectors = model.embed(texts)
             # the BLT's per-byte surprisal from the same pass: the parent's scorer and
             # explanations read it instead of running the entropy model again
@@ -198,6 +219,7 @@ class _Worker:
         self.device = device
         self.proc = None
         self.conn: Connection | None = None
+        self.aux: Connection | None = None  # the surprisal line (`_serve_surprisal`)
 
     def start(self) -> dict[str, dict]:
         self.launch()
@@ -207,19 +229,22 @@ class _Worker:
         """Start the process; a start that fails leaves this worker unstarted (``proc`` None,
         pipe closed), so closing the pool reports the start's own error and nothing else."""
         parent, child = self.ctx.Pipe()
+        aux, aux_child = self.ctx.Pipe()
         if self.device == "cpu":
             # a spawned child takes this process's environment, and OpenMP reads it once, at load
             os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-        proc = self.ctx.Process(target=_serve, args=(child, *self.args), daemon=True,
+        proc = self.ctx.Process(target=_serve, args=(child, aux_child, *self.args), daemon=True,
                                 name=f"sysmon-blt-embed-{self.device}")
         try:
             proc.start()
         except BaseException:
             parent.close()
+            aux.close()
             raise
         finally:
             child.close()
-        self.proc, self.conn = proc, parent
+            aux_child.close()
+        self.proc, self.conn, self.aux = proc, parent, aux
 
     def ready(self) -> dict[str, dict]:
         """Wait for the worker's models; returns what each is (`_meta`)."""
@@ -230,22 +255,34 @@ class _Worker:
             raise WorkerError(f"embedding worker on {self.device} could not start: {payload}")
         return payload
 
-    def send(self, name: str, texts: list[str], op: str = "embed") -> None:
-        self.conn.send((op, name, texts))
+    def send(self, name: str, texts: list[str]) -> None:
+        self.conn.send((name, texts))
 
-    def _answer(self, timeout: float = float("inf")) -> tuple[str, object]:
-        """The worker's next message; ("died", exit code) when the process is gone."""
-        deadline = time.monotonic() + timeout
-        while not self.conn.poll(POLL_S):
-            if not self.proc.is_alive():
-                return "died", self.proc.exitcode
-            if time.monotonic() > deadline:
-                return "died", "no answer in time"
+    def surprisal(self, name: str, texts: list[str]) -> tuple[str, object]:
+        """Ask the surprisal line; its answer (("died", ...) when the process is gone)."""
         try:
-            return self.conn.recv()
+            self.aux.send((name, texts))
+        except (OSError, ValueError, AttributeError):
+            return "died", "surprisal line closed"
+        return self._answer(conn=self.aux)
+
+    def _answer(self, timeout: float = float("inf"),
+                conn: Connection | None = None) -> tuple[str, object]:
+        """The worker's next message on ``conn`` (the main line by default); ("died", exit
+        code) when the process is gone."""
+        conn = conn or self.conn
+        proc = self.proc  # the process asked (a restart on another thread may replace it)
+        deadline = time.monotonic() + timeout
+        try:
+            while not conn.poll(POLL_S):
+                if not proc.is_alive():
+                    return "died", proc.exitcode
+                if time.monotonic() > deadline:
+                    return "died", "no answer in time"
+            return conn.recv()
         except (EOFError, OSError):
-            self.proc.join(5)
-            return "died", self.proc.exitcode
+            proc.join(5)
+            return "died", proc.exitcode
 
     def result(self) -> tuple[str, object]:
         return self._answer()
@@ -262,6 +299,8 @@ class _Worker:
             self.proc.kill()
             self.proc.join(5)
         self.conn.close()
+        if self.aux is not None:
+            self.aux.close()
 
     def kill(self) -> None:
         """Stop a broken worker now (no goodbye: it may be stuck)."""
@@ -271,6 +310,8 @@ class _Worker:
             self.proc.join(5)
         if self.conn is not None:
             self.conn.close()
+        if self.aux is not None:
+            self.aux.close()
 
 
 class WorkerPool:
@@ -285,9 +326,10 @@ class WorkerPool:
         self._workers = [_Worker(ctx, str(model_dir), shadow, d, plan.threads)
                          for d in plan.devices]
         self.models: dict[str, dict] = {}  # name -> `_meta` of the workers' model
-        # one request at a time over the pipes: the flow's embed thread and its scoring thread
-        # (a surprisal for an explanation) may both ask
+        # one request at a time over each line: the flow's embed thread embeds, its scoring
+        # thread asks for surprisal (explanations), a consumer's HTTP threads for both
         self._lock = threading.Lock()
+        self._aux_lock = threading.Lock()
         try:
             for w in self._workers:  # all load their models at once
                 w.launch()
@@ -307,27 +349,18 @@ class WorkerPool:
         return {n: m["version"] for n, m in self.models.items()}
 
     def byte_surprisal(self, name: str, texts: Sequence[str]) -> list[np.ndarray]:
-        """Per text, the per-byte surprisal of model ``name`` (the BLT's entropy model), from one
-        worker; a worker that dies is restarted and asked again, up to `MAX_TRIES`."""
+        """Per text, the per-byte surprisal of model ``name`` (the BLT's entropy model), from the
+        first worker's surprisal line, which answers while that worker embeds. A worker that
+        died is not restarted here (the next embedding does that, with its retry): the caller
+        gets a `WorkerError`, and an explanation records it instead of its spans."""
         texts = list(texts)
-        with self._lock:
-            for tries in range(1, MAX_TRIES + 1):
-                w = self._workers[0]
-                try:
-                    w.send(name, texts, op="surprisal")
-                except (OSError, ValueError):
-                    pass
-                status, payload = w.result()
-                if status == "ok":
-                    return payload
-                if status == "error":
-                    raise WorkerError(f"embedding worker on {w.device}: {payload}")
-                log.warning("embedding_worker_died", device=w.device, exit=payload,
-                            texts=len(texts), tries=tries)
-                if tries < MAX_TRIES:
-                    self._restart(0)
-        raise WorkerError(f"embedding workers died {MAX_TRIES} times on a surprisal request of "
-                          f"{len(texts)} texts; stopping rather than looping")
+        with self._aux_lock:
+            w = self._workers[0]
+            status, payload = w.surprisal(name, texts)
+        if status == "ok":
+            return payload
+        raise WorkerError(f"embedding worker on {w.device}: surprisal of {len(texts)} texts: "
+                          f"{status} {payload}")
 
     def embed(self, name: str, texts: Sequence[str]) -> tuple[np.ndarray, list | None]:
         """Vectors of ``texts`` from model ``name``, in input order, over every worker; and,
