@@ -47,12 +47,12 @@ def surprising_spans(text: str, surprisal: np.ndarray, top: int = 3) -> list[dic
     return out
 
 
-def _surprisal(embedder, text: str, fetched: dict[str, np.ndarray]) -> np.ndarray:
+def _surprisal(embedder, text: str, fetched: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The text's per-byte surprisal: from the pass that just embedded it when there was one
     (the same values; an outlier is usually a new text), else from the batch's prefetch, else a
     pass of its own."""
     known = getattr(embedder, "last_surprisal", {}).get(text)
-    if known is None:
+    if known is None and fetched:
         known = fetched.get(text)
     return known if known is not None else embedder.surprisal(text)
 
