@@ -31,13 +31,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                                     "batch_size": args.batch_size})
     schemas = load_schemas(cfg.schemas_dir)
     embedder, shadow, pool = (None, None, None) if args.no_embed else load_models(cfg)
+    store = None
     try:
         store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
-    try:
+
         def make_stages() -> list:
             return configured_stages(store, cfg, embedder, shadow, pool)
 
@@ -59,7 +56,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         if pool is not None:
             pool.close()
-        store.close()
+        if store is not None:
+            store.close()
     if lacking:
         summary.note += (f"; {lacking:,} stored events have no {embedder.name} vectors (imported "
                          f"with --no-embed or another model): `sysmon-blt rescore --db {cfg.db}` "

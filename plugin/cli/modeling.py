@@ -128,13 +128,10 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     embedder, shadow, pool = load_models(cfg)
     if embedder is None:
         raise UsageError("rescore: needs a model; pass --model")
+    store = None
     try:
         store = open_store(cfg.db, data_path=cfg.lake_data_path, memory_limit=cfg.db_memory_limit)
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
-    try:
+
         def make_stages() -> list:
             return configured_stages(store, cfg, embedder, shadow, pool)
 
@@ -151,7 +148,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     finally:
         if pool is not None:
             pool.close()
-        store.close()
+        if store is not None:
+            store.close()
     print(json.dumps(res) if args.json else format_result(res))
     return 0
 

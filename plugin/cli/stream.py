@@ -44,18 +44,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
     listen = parse_listen(args.serve) if args.serve else None
     embedder, shadow, pool = ((None, None, None) if args.no_embed
                               else load_models(cfg, spare_core=True))
-    try:
-        store = open_store(cfg.db, data_path=cfg.lake_data_path,
-                           memory_limit=cfg.stream_db_memory_limit, long_running=True)
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
     metrics = StreamMetrics()
-    producer = server = http_store = enricher = None
+    store = producer = server = http_store = enricher = None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        store = open_store(cfg.db, data_path=cfg.lake_data_path,
+                           memory_limit=cfg.stream_db_memory_limit, long_running=True)
         stages = (configured_stages(store, cfg, embedder, shadow, pool,
                                     cache_texts=cfg.stream_cache_texts)
                   if embedder is not None else [])
@@ -118,7 +113,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
             producer.flush(10)
         if pool is not None:
             pool.close()
-        store.close()
+        if store is not None:
+            store.close()
     out = asdict(summary)
     log.info("consumer_stopped", **{k: v for k, v in out.items() if k != "committed"})
     print(json.dumps(out))

@@ -17,7 +17,7 @@ from plugin.models.blt.surprisal import WINDOW
 from plugin.models.blt.surprisal import window_max as _window_max
 
 
-def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW, batch: int = 64) -> np.ndarray:
+def window_surprisal(embedder, texts: Sequence[str], window: int = WINDOW) -> np.ndarray:
     """Per text: the highest mean surprisal (bits/byte) over `window` consecutive bytes.
 
     Texts the embedder has just embedded reuse the surprisal of that pass (`last_surprisal`),

@@ -93,14 +93,12 @@ class BLTEmbedder(Embedder[bytes], PerThreadSurprisal):
         with autocast(self.device, self.autocast_dtype):
             return self.run_model.encode(ids, layout, starts).vector
 
-    @torch.inference_mode()
     def surprisal(self, text: str) -> np.ndarray:
         """Per-byte surprisal in bits, ``-log2 p(byte | earlier bytes of this text)``.
 
         One value per UTF-8 byte of the (truncated) text.
         """
-        ids, layout = make_batch([to_bytes(text, self.max_bytes)], False, self.device)
-        return self.model.entropy.surprisal(ids, layout).float().cpu().numpy()
+        return self.byte_surprisal([text])[0]
 
     @torch.inference_mode()
     def byte_surprisal(self, texts: Sequence[str], batch: int = 64) -> list[np.ndarray]:

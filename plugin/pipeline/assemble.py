@@ -62,11 +62,13 @@ def _model_path(model_dir: str | None) -> Path | None:
 def load_embedder(model_dir: str | None) -> BLTEmbedder | None:
     """The BLT of the given model directory, or of the shipped default one (None, with a
     warning, when no model ships here and none was named)."""
+    path = _model_path(model_dir)
+    return None if path is None else _load_blt(path)
+
+
+def _load_blt(path: Path) -> BLTEmbedder:
     from plugin.models.embedder import BLTEmbedder
 
-    path = _model_path(model_dir)
-    if path is None:
-        return None
     try:
         return BLTEmbedder.from_dir(path)
     except ModelDirError as exc:
@@ -113,8 +115,7 @@ def load_models(cfg: Config, *, spare_core: bool = False):
         return None, None, None
     plan = plan_workers(cfg.workers, spare_core=spare_core)
     if not plan.devices:
-        embedder = load_embedder(cfg.model)
-        return embedder, load_shadow(cfg), None
+        return _load_blt(path), load_shadow(cfg), None
     shadow = _wants_shadow(cfg)
     try:
         pool = WorkerPool(path, plan, shadow=shadow)

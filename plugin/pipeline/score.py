@@ -147,7 +147,7 @@ class ScoreStage:
             text_explanation = None
             if ev.is_outlier:
                 self.outliers += 1
-            if ev.is_outlier and self.alerts and ev.score >= self.alert_bar:
+            if self._alerts_on(ev):
                 if self.explain is not None:
                     text_explanation = orjson.dumps(
                         explanation(self.explain, e.normalized, ts, ev,
@@ -177,15 +177,18 @@ class ScoreStage:
         whose surprisal no embed pass left: with the model in a worker, one request instead of
         one per text, each waiting behind the next batch's embedding."""
         prefetch = getattr(self.explain, "prefetch", None)
-        if prefetch is None or not self.alerts:
+        if prefetch is None:
             return
         before = self._explained_before
         texts = {e.normalized for e, _ts, ev in scored
-                 if ev.is_outlier and ev.score >= self.alert_bar
-                 and e.normalized not in self._explained
+                 if self._alerts_on(ev) and e.normalized not in self._explained
                  and (before is None or e.normalized not in before)}
         if texts:
             prefetch(sorted(texts))
+
+    def _alerts_on(self, ev: EventScore) -> bool:
+        """Whether this event raises an alert (and so gets an explanation)."""
+        return ev.is_outlier and self.alerts and ev.score >= self.alert_bar
 
     def _truncated(self, text: str) -> dict | None:
         """``{"text_bytes": n, "embedded_bytes": m}`` when the model embedded only the first

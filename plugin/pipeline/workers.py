@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import structlog
@@ -137,12 +137,8 @@ def _meta(model) -> dict:
             "surprisal": hasattr(model, "last_surprisal")}
 
 
-def _serve_surprisal(conn: Connection, models: dict) -> None:
-    """The worker's second line: per-byte surprisal of texts to explain, answered on a thread of
-    its own while the main line embeds, so the parent's scoring never waits behind the next
-    batch's embedding (the entropy model only reads its weights: two threads may run it)."""
-    from plugin.memory import release_freed_heap
-
+def _requests(conn: Connection) -> Iterator[Any]:
+    """The parent's requests on one line of a worker, until it says stop (None) or goes away."""
     while True:
         try:
             msg = conn.recv()
@@ -150,7 +146,16 @@ def _serve_surprisal(conn: Connection, models: dict) -> None:
             return
         if msg is None:
             return
-        name, texts = msg
+        yield msg
+
+
+def _serve_surprisal(conn: Connection, models: dict) -> None:
+    """The worker's second line: per-byte surprisal of texts to explain, answered on a thread of
+    its own while the main line embeds, so the parent's scoring never waits behind the next
+    batch's embedding (the entropy model only reads its weights: two threads may run it)."""
+    from plugin.memory import release_freed_heap
+
+    for name, texts in _requests(conn):
         try:
             conn.send(("ok", models[name].byte_surprisal(texts)))
         except Exception as exc:
@@ -195,14 +200,7 @@ def _serve(conn: Connection, aux: Connection, model_dir: str, shadow: bool, devi
     threading.Thread(target=_serve_surprisal, args=(aux, models), daemon=True,
                      name="surprisal").start()
     conn.send(("ready", {n: _meta(m) for n, m in models.items()}))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        name, texts = msg
+    for name, texts in _requests(conn):
         try:
             model = models[name]
             vectors = model.embed(texts)
@@ -451,6 +449,11 @@ class WorkerPool:
             w.stop()
 
 
+def _by_text(texts: list[str], surprisal: list) -> dict[str, np.ndarray]:
+    """A pass's per-byte surprisal, as `last_surprisal` keeps it: by text, where a worker had it."""
+    return {t: v for t, v in zip(texts, surprisal) if v is not None}
+
+
 class PooledEmbedder:
     """The embedder protocol (name, version, dim, embed) over a `WorkerPool`."""
 
@@ -468,7 +471,7 @@ class PooledEmbedder:
         texts = list(texts)
         vectors, surprisal = self.pool.embed(self.name, texts)
         if surprisal is not None and hasattr(self.local, "last_surprisal"):
-            self.local.last_surprisal = {t: v for t, v in zip(texts, surprisal) if v is not None}
+            self.local.last_surprisal = _by_text(texts, surprisal)
         return vectors
 
 
@@ -501,8 +504,7 @@ class RemoteBLT(RemoteModel, PerThreadSurprisal):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         vectors, surprisal = self.pool.embed(self.name, texts)
-        self.last_surprisal = ({t: v for t, v in zip(texts, surprisal) if v is not None}
-                               if surprisal is not None else {})
+        self.last_surprisal = _by_text(texts, surprisal) if surprisal is not None else {}
         return vectors
 
     def byte_surprisal(self, texts: Sequence[str]) -> list[np.ndarray]:
