@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,9 @@ from stream import rss_mb  # noqa: E402
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from plugin.cli import main; raise SystemExit(main())", *args]
+    """The command line as a user runs it: through the entry point, so with the allocator it
+    picks (jemalloc where installed; `SYSMON_BLT_ALLOCATOR=system` measures glibc's malloc)."""
+    return [sys.executable, "-m", "plugin.cli", *args]
 
 
 def run_import(db: Path, paths: list[str], extra: tuple[str, ...] = ()) -> dict:
@@ -132,6 +135,10 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    from plugin.memory import ALLOCATOR_ENV, choose_allocator
+    library = choose_allocator(os.environ.get(ALLOCATOR_ENV))
+    results["allocator"] = f"jemalloc ({library})" if library else "system"
+    print(f"allocator of the imports: {results['allocator']} ({ALLOCATOR_ENV}, default auto)")
     print(f"{'import':<34} {'events':>8} {'events/s':>9} {'secs':>7} {'new txt':>7} "
           f"{'BLT t/s':>7} {'tree':>6} {'main':>6} {'worker':>6} {'outliers':>8}   (RSS in MiB)")
     names = {"folder": "folder: " + ", ".join(Path(p).name for p in (args.paths or ["compound"])),

@@ -277,7 +277,17 @@ def run_rate(bootstrap: str, rate: int, seconds: int, novel_rate: float, seed: i
             "new_text_share": new_text_share(db, topic, start_offsets),
             "cpu_per_process_pct": cpu_shares(snaps[0], snaps[-1])["consumer_tree"],
             "cpu_halves": [cpu_shares(a, b) for a, b in zip(snaps, snaps[1:])],
-            "rss_last_per_process": [round(x) for x in next((x for x in reversed(rss) if x), [])]}
+            "rss_last_per_process": [round(x) for x in next((x for x in reversed(rss) if x), [])],
+            "rss_per_process_mb": per_process(rss)}
+
+
+def per_process(samples: list[list[float] | None]) -> list[list[int]]:
+    """Each process's RSS series (MB) over the samples, the consumer first, then its children in
+    `rss_mb`'s order; a long run's growth is then placed in one process (a worker that appears
+    late or leaves early is left out)."""
+    kept = [s for s in samples if s]
+    width = min((len(s) for s in kept), default=0)
+    return [[round(s[i]) for s in kept] for i in range(width)]
 
 
 def main() -> None:
@@ -322,6 +332,11 @@ def main() -> None:
                       f"last {m[-1]}, max {max(m)}; growth after 60 s: last "
                       f"{(m[-1] - base) / base:+.1%}, max {(max(m[6:] or m) - base) / base:+.1%}; "
                       f"samples {m}; last per process {r['rss_last_per_process']}", flush=True)
+                for i, series in enumerate(r["rss_per_process_mb"]):
+                    at = series[min(6, len(series) - 1)]
+                    print(f"       {'consumer' if i == 0 else f'child {i}'} RSS (MB): first {series[0]}, "
+                          f"at 60 s {at}, last {series[-1]}, max {max(series)}; growth after 60 s: "
+                          f"{(series[-1] - at) / max(at, 1):+.1%}", flush=True)
     finally:
         if broker is not None:
             broker.kill()

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from plugin.errors import UsageError
+from plugin.memory import LAUNCHER_VARIABLES
 
 ENV_PREFIX = "SYSMON_BLT_"
 
@@ -249,8 +250,10 @@ def load_config(path: str | None, overrides: Mapping[str, Any],
                  if k.startswith(kafka_prefix)}
     if kafka_env:
         cfg.kafka = {**cfg.kafka, **kafka_env}
+    # the launcher's variables (the allocator) act before Python starts, not on the config
     env_values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items()
-                  if k.startswith(ENV_PREFIX) and not k.startswith(kafka_prefix)}
+                  if k.startswith(ENV_PREFIX) and not k.startswith(kafka_prefix)
+                  and k not in LAUNCHER_VARIABLES}
     for key in env_values:
         if key not in _TYPES:
             raise UsageError(f"environment: unknown variable {ENV_PREFIX}{key.upper()}")

@@ -1,5 +1,5 @@
 """Bounding what a process holds: freed heap returned to the system between inference batches,
-and least-recently-used bounds for per-text state.
+least-recently-used bounds for per-text state, and the allocator a command starts with.
 
 Every embed call allocates tensors of new sizes; glibc keeps the freed blocks, fragmented, so
 without a trim a full OTRF import held 1.29 GB of free-but-kept heap (measured with mallinfo) on
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import TypeVar
 
 K = TypeVar("K")
@@ -93,3 +94,103 @@ class LRU(OrderedDict[K, V]):
         self.move_to_end(key)
         while len(self) > self.max_entries:
             self.popitem(last=False)
+
+
+# -- the allocator -------------------------------------------------------------------------------
+# A long-running consumer and a large import allocate and free millions of small Python objects
+# and DuckDB buffers from several threads. With glibc's malloc the freed memory stays scattered
+# over per-thread arenas, so resident memory creeps up with no reachable state behind it (a
+# consumer at 400 events/s: 329 -> 553 MiB in four minutes while its bounded caches held still;
+# its embedding worker sat ~150 MiB higher than with jemalloc). jemalloc returns such memory by
+# itself (README, SOC deployment). A process's allocator is fixed when it starts, so the choice
+# is an environment variable read by the entry points (`plugin.__main__`, `plugin.cli.__main__`),
+# not a configuration key:
+#
+# - ``SYSMON_BLT_ALLOCATOR=auto`` (the default): where the system has jemalloc (Debian and
+#   Ubuntu: ``libjemalloc2``; the Docker images install it), the entry point starts itself again
+#   once with it preloaded (``LD_PRELOAD``, same process id); embedding workers inherit it. Where
+#   it has none: glibc's malloc, as before.
+# - ``system``: never change the allocator.
+# - a path to a ``libjemalloc.so``: that library, or a usage error (exit 2) if it is not a file.
+#
+# `plugin.cli.main` called from Python (tests, notebooks) never replaces its process.
+
+
+ALLOCATOR_ENV = "SYSMON_BLT_ALLOCATOR"
+#: set in the environment of a process started again with jemalloc: names the library, so the
+#: new process neither starts once more nor guesses what it runs on
+ALLOCATOR_ACTIVE_ENV = "SYSMON_BLT_ALLOCATOR_ACTIVE"
+#: variables of this launcher, not configuration keys (`plugin.config` leaves them alone)
+LAUNCHER_VARIABLES = frozenset({ALLOCATOR_ENV, ALLOCATOR_ACTIVE_ENV})
+#: where Debian, Ubuntu, Fedora and Alpine install jemalloc's shared library
+JEMALLOC_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+)
+
+
+class AllocatorError(ValueError):
+    """``SYSMON_BLT_ALLOCATOR`` names no usable library."""
+
+
+def choose_allocator(setting: str | None,
+                     candidates: tuple[str, ...] = JEMALLOC_CANDIDATES) -> str | None:
+    """The jemalloc library to preload for ``setting`` (the variable's value), or None for the
+    system allocator."""
+    value = (setting or "auto").strip()
+    if value.lower() == "system":
+        return None
+    if value.lower() == "auto":
+        return next((c for c in candidates if Path(c).is_file()), None)
+    if not Path(value).is_file():
+        raise AllocatorError(f"{ALLOCATOR_ENV}={value}: no such file (use 'auto', 'system' or "
+                             "the path of a libjemalloc.so)")
+    return value
+
+
+def relaunch_env(environ: dict[str, str], library: str) -> dict[str, str] | None:
+    """The environment to start again with ``library`` preloaded; None when this process runs
+    with it already (started again, or preloaded by the caller), so nothing starts twice."""
+    preload = environ.get("LD_PRELOAD", "")
+    if (environ.get(ALLOCATOR_ACTIVE_ENV) or library in preload.split()
+            or library in preload.split(":")):
+        return None
+    env = dict(environ)
+    env["LD_PRELOAD"] = f"{library} {preload}".strip()
+    env[ALLOCATOR_ACTIVE_ENV] = library
+    return env
+
+
+def active_allocator() -> str:
+    """What this process allocates with, as logs and summaries report it."""
+    library = os.environ.get(ALLOCATOR_ACTIVE_ENV)
+    if library:
+        return f"jemalloc ({library})"
+    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        return "jemalloc (LD_PRELOAD)"
+    return "system"
+
+
+def relaunch_with_allocator() -> int | None:
+    """At an entry point, before the command runs: start this process again with the chosen
+    jemalloc (this call then does not return), or return None to go on as it is, or 2 after a
+    usage error about ``SYSMON_BLT_ALLOCATOR`` (printed)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        library = choose_allocator(os.environ.get(ALLOCATOR_ENV))
+    except AllocatorError as exc:
+        print(f"sysmon-blt: error: {exc}", file=sys.stderr)
+        return 2
+    env = relaunch_env(dict(os.environ), library) if library else None
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # the interpreter's own command line: the installed script, or `python -m ...`
+        os.execve(sys.executable, list(sys.orig_argv), env)
+    return None

@@ -33,6 +33,7 @@ from packaging.version import Version
 from plugin.cli import COMMANDS, build_parser
 from plugin.config import ENV_PREFIX, _TYPES, env_var, load_config
 from plugin.errors import UsageError
+from plugin.memory import LAUNCHER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -359,7 +360,7 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
 def env_name_problem(name: str) -> str | None:
     """None when a SYSMON_BLT_* name is one `load_config` reads (the bare prefixes stand for the
     placeholders SYSMON_BLT_<KEY> and SYSMON_BLT_KAFKA_<SETTING>)."""
-    if name in (ENV_PREFIX, KAFKA_ENV) or name.startswith(KAFKA_ENV):
+    if name in (ENV_PREFIX, KAFKA_ENV) or name.startswith(KAFKA_ENV) or name in LAUNCHER_VARIABLES:
         return None
     key = name[len(ENV_PREFIX):].lower()
     if key not in _TYPES or env_var(key) != name:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import structlog
 
+from plugin.memory import active_allocator
 from plugin.normalize.normalizer import Normalizer
 from plugin.pipeline.batch import BatchStage
 from plugin.pipeline.flow import Counts, Durable, Flow
@@ -101,8 +102,8 @@ class StreamConsumer:
         from confluent_kafka import Consumer
 
         t0 = time.monotonic()
-        log.info("consumer_starting", topics=self.topics, settings=redacted(
-            {k: v for k, v in self.conf.items() if k != "logger"}))
+        log.info("consumer_starting", topics=self.topics, allocator=active_allocator(),
+                 settings=redacted({k: v for k, v in self.conf.items() if k != "logger"}))
         self._flow = Flow(self.store, self.normalizer, self.stages, batch_size=self.batch_size,
                           max_wait_s=self.batch_ms / 1000)
         self._consumer = Consumer(self.conf)
