@@ -136,9 +136,9 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     from plugin.memory import ALLOCATOR_ENV, choose_allocator
-    library = choose_allocator(os.environ.get(ALLOCATOR_ENV))
-    results["allocator"] = f"jemalloc ({library})" if library else "system"
-    print(f"allocator of the imports: {results['allocator']} ({ALLOCATOR_ENV}, default auto)")
+    library = choose_allocator(os.environ.get(ALLOCATOR_ENV), "import")
+    allocator = f"jemalloc ({library})" if library else "system"
+    print(f"allocator of the imports: {allocator} ({ALLOCATOR_ENV}, default auto)")
     print(f"{'import':<34} {'events':>8} {'events/s':>9} {'secs':>7} {'new txt':>7} "
           f"{'BLT t/s':>7} {'tree':>6} {'main':>6} {'worker':>6} {'outliers':>8}   (RSS in MiB)")
     names = {"folder": "folder: " + ", ".join(Path(p).name for p in (args.paths or ["compound"])),
@@ -159,7 +159,7 @@ def main() -> None:
     if "after_fit" in results:
         ratio = results["after_fit"]["events_per_second"] / results["before_fit"]["events_per_second"]
         print(f"\nimport after a fit / before one: {ratio:.2f}x")
-    print(json.dumps(results))
+    print(json.dumps({**results, "allocator": allocator}))
 
 
 if __name__ == "__main__":

@@ -106,10 +106,10 @@ class LRU(OrderedDict[K, V]):
 # is an environment variable read by the entry points (`plugin.__main__`, `plugin.cli.__main__`),
 # not a configuration key:
 #
-# - ``SYSMON_BLT_ALLOCATOR=auto`` (the default): where the system has jemalloc (Debian and
-#   Ubuntu: ``libjemalloc2``; the Docker images install it), the entry point starts itself again
-#   once with it preloaded (``LD_PRELOAD``, same process id); embedding workers inherit it. Where
-#   it has none: glibc's malloc, as before.
+# - ``SYSMON_BLT_ALLOCATOR=auto`` (the default): for the long-running commands (`consume`,
+#   `serve`) and where the system has jemalloc (Debian and Ubuntu: ``libjemalloc2``; the Docker
+#   images install it), the entry point starts itself again once with it preloaded
+#   (``LD_PRELOAD``, same process id); embedding workers inherit it. Otherwise glibc's malloc.
 # - ``system``: never change the allocator.
 # - a path to a ``libjemalloc.so``: that library, or a usage error (exit 2) if it is not a file.
 #
@@ -132,18 +132,42 @@ JEMALLOC_CANDIDATES = (
 )
 
 
+#: the commands `auto` starts with jemalloc: the long-running ones, where memory must stay flat
+#: for days. An import ran 5-25% slower with it on the LSASS captures (its embedding worker
+#: was slower in three pairs of runs, README), so a one-shot command keeps glibc's malloc unless
+#: the variable names the library.
+LONG_RUNNING = frozenset({"consume", "serve"})
+#: global options that take a value (the command line's first other word is the command)
+_VALUED = frozenset({"--config", "--model"})
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand of a `sysmon-blt` command line (without the program name), or None."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 class AllocatorError(ValueError):
     """``SYSMON_BLT_ALLOCATOR`` names no usable library."""
 
 
-def choose_allocator(setting: str | None,
+def choose_allocator(setting: str | None, command: str | None = None,
                      candidates: tuple[str, ...] = JEMALLOC_CANDIDATES) -> str | None:
-    """The jemalloc library to preload for ``setting`` (the variable's value), or None for the
-    system allocator."""
+    """The jemalloc library to preload for ``setting`` (the variable's value) and ``command``
+    (the subcommand about to run), or None for the system allocator."""
     value = (setting or "auto").strip()
     if value.lower() == "system":
         return None
     if value.lower() == "auto":
+        if command not in LONG_RUNNING:
+            return None
         return next((c for c in candidates if Path(c).is_file()), None)
     if not Path(value).is_file():
         raise AllocatorError(f"{ALLOCATOR_ENV}={value}: no such file (use 'auto', 'system' or "
@@ -183,14 +207,18 @@ def relaunch_with_allocator() -> int | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        library = choose_allocator(os.environ.get(ALLOCATOR_ENV))
+        library = choose_allocator(os.environ.get(ALLOCATOR_ENV), command_of(sys.argv[1:]))
     except AllocatorError as exc:
         print(f"sysmon-blt: error: {exc}", file=sys.stderr)
         return 2
     env = relaunch_env(dict(os.environ), library) if library else None
-    if env is not None:
+    if env is not None and sys.executable and sys.orig_argv:
         sys.stdout.flush()
         sys.stderr.flush()
-        # the interpreter's own command line: the installed script, or `python -m ...`
-        os.execve(sys.executable, list(sys.orig_argv), env)
+        try:
+            # the interpreter's own command line: the installed script, or `python -m ...`
+            os.execve(sys.executable, list(sys.orig_argv), env)
+        except OSError as exc:  # cannot start again (a sandbox, a noexec mount): carry on as is
+            print(f"sysmon-blt: warning: could not start with {library} ({exc}); using the "
+                  "system allocator", file=sys.stderr)
     return None

@@ -1,6 +1,6 @@
-"""The entry point's allocator choice: jemalloc where the system has it (a consumer's resident
-memory otherwise creeps up in glibc's arenas), never twice, never for `main` called from Python,
-and a clear error for a path that is not a library."""
+"""The entry point's allocator choice: jemalloc for the long-running commands where the system
+has it (a consumer's resident memory otherwise creeps up in glibc's arenas), never twice, never
+for `main` called from Python, and a clear error for a path that is not a library."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ sys.exit(run())
 """
 
 
-def _probe(setting: str | None) -> subprocess.CompletedProcess:
+def _probe(setting: str | None, *argv: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in memory.LAUNCHER_VARIABLES}
     env.pop("LD_PRELOAD", None)
     if setting is not None:
         env[memory.ALLOCATOR_ENV] = setting
-    return subprocess.run([sys.executable, "-c", PROBE, "--help"], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", PROBE, *(argv or ("--help",))], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -44,12 +44,22 @@ def test_choose(tmp_path):
     lib = tmp_path / "libjemalloc.so.2"
     lib.write_bytes(b"\x7fELF")
     other = str(tmp_path / "missing.so")
-    assert memory.choose_allocator("system", (str(lib),)) is None
-    assert memory.choose_allocator(None, (other, str(lib))) == str(lib)  # auto: the first that exists
-    assert memory.choose_allocator("auto", (other,)) is None  # none on this system: glibc, no error
-    assert memory.choose_allocator(f" {lib} ") == str(lib)
+    assert memory.choose_allocator("system", "consume", (str(lib),)) is None
+    # auto: the first that exists, for a long-running command only
+    assert memory.choose_allocator(None, "consume", (other, str(lib))) == str(lib)
+    assert memory.choose_allocator("auto", "serve", (other, str(lib))) == str(lib)
+    assert memory.choose_allocator("auto", "import", (other, str(lib))) is None
+    assert memory.choose_allocator("auto", None, (other, str(lib))) is None
+    assert memory.choose_allocator("auto", "consume", (other,)) is None  # none here: no error
+    assert memory.choose_allocator(f" {lib} ", "import") == str(lib)  # named: any command
     with pytest.raises(memory.AllocatorError, match="SYSMON_BLT_ALLOCATOR=.*no such file"):
         memory.choose_allocator(other)
+
+
+def test_command_of():
+    assert memory.command_of(["-q", "--config", "consume", "import", "x"]) == "import"
+    assert memory.command_of(["--model", "m", "-v", "consume", "--serve", "8080"]) == "consume"
+    assert memory.command_of(["--version"]) is None
 
 
 def test_relaunch_env_starts_again_once():
@@ -66,7 +76,8 @@ def test_relaunch_env_starts_again_once():
 def test_launcher_variables_are_not_config_keys():
     # every SYSMON_BLT_* variable load_config does not know is an error; these two are the
     # launcher's and must not break a command
-    cfg = load_config(None, {}, environ={memory.ALLOCATOR_ENV: "system", memory.ALLOCATOR_ACTIVE_ENV: "/l.so"})
+    cfg = load_config(None, {}, environ={memory.ALLOCATOR_ENV: "system",
+                                         memory.ALLOCATOR_ACTIVE_ENV: "/l.so"})
     assert cfg is not None
 
 
@@ -85,8 +96,36 @@ def test_system_keeps_the_process():
 
 @pytest.mark.skipif(JEMALLOC is None or not sys.platform.startswith("linux"),
                     reason="needs jemalloc (Debian: libjemalloc2, which .ci/run installs)")
-@pytest.mark.parametrize("setting", [None, "auto", "explicit"])
-def test_starts_again_with_jemalloc_mapped(setting):
-    res = _probe(JEMALLOC if setting == "explicit" else setting)
+@pytest.mark.parametrize("setting,argv", [(None, ("consume", "--help")),
+                                          ("auto", ("-q", "serve", "--help")),
+                                          ("explicit", ("import", "--help"))])
+def test_starts_again_with_jemalloc_mapped(setting, argv):
+    res = _probe(JEMALLOC if setting == "explicit" else setting, *argv)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["relaunched", "True", "jemalloc", f"({JEMALLOC})"]
+
+
+def test_a_failed_start_carries_on_with_the_system_allocator(tmp_path, monkeypatch, capsys):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv(memory.ALLOCATOR_ENV, str(lib))
+    monkeypatch.delenv(memory.ALLOCATOR_ACTIVE_ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    calls = []
+
+    def refuse(path, argv, env):
+        calls.append(env["LD_PRELOAD"])
+        raise PermissionError("noexec")
+
+    monkeypatch.setattr(os, "execve", refuse)
+    assert memory.relaunch_with_allocator() is None
+    assert calls == [str(lib)]
+    assert "could not start with" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(JEMALLOC is None, reason="needs jemalloc (Debian: libjemalloc2)")
+def test_auto_keeps_a_one_shot_command_on_the_system_allocator():
+    res = _probe("auto", "import", "--help")
+    assert "relaunched" not in res.stdout
+    assert res.returncode == 0 and "usage: sysmon-blt import" in res.stdout
