@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import TypeVar
@@ -202,8 +203,6 @@ def relaunch_with_allocator() -> int | None:
     """At an entry point, before the command runs: start this process again with the chosen
     jemalloc (this call then does not return), or return None to go on as it is, or 2 after a
     usage error about ``SYSMON_BLT_ALLOCATOR`` (printed)."""
-    import sys
-
     if not sys.platform.startswith("linux"):
         return None
     try:
