@@ -295,7 +295,7 @@ def test_connection_settings_keep_stdout_clean_and_a_consumer_small(tmp_path):
     live = open_store(tmp_path / "live.duckdb", long_running=True)
     threshold = live._run("SELECT current_setting('checkpoint_threshold')")[0][0]
     live.close()
-    assert threshold.replace(" ", "").upper().startswith(("64.0MB", "64MB", "61.0MIB", "61MIB"))
+    assert threshold.replace(" ", "").upper().startswith(("16.0MB", "16MB", "15.2MIB"))
 
 
 def _copy_of(ev, **changes):
