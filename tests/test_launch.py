@@ -4,6 +4,7 @@ for `main` called from Python, and a clear error for a path that is not a librar
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -60,6 +61,17 @@ def test_command_of():
     assert memory.command_of(["-q", "--config", "consume", "import", "x"]) == "import"
     assert memory.command_of(["--model", "m", "-v", "consume", "--serve", "8080"]) == "consume"
     assert memory.command_of(["--version"]) is None
+
+
+def test_command_of_knows_every_global_option_that_takes_a_value():
+    # command_of keeps its own list so the launcher does not import the parser before exec;
+    # a global option added with a value must be added there too, or its value reads as the command
+    from plugin.cli.parser import build_parser
+
+    valued = {opt for action in build_parser()._actions if action.option_strings
+              and action.nargs != 0 and not isinstance(action, argparse._SubParsersAction)
+              for opt in action.option_strings}
+    assert valued == memory._VALUED
 
 
 def test_relaunch_env_starts_again_once():
