@@ -17,7 +17,7 @@ __all__ = ["EVENT_COLUMNS", "STATUSES", "AlertNotFound", "DeadLetter", "Incident
 #: the WAL size at which a long-running consumer checkpoints. Rows not yet checkpointed stay in
 #: memory, so the consumer's RSS saws up and down by about this much times DuckDB's in-memory
 #: overhead: a store-only stream of 200,000 simulated events swung between 214 and 347 MiB at
-#: 64MB and between 208 and 269 MiB at 16MB, in the same time (88 s against 90 s); at 4MB the
+#: 64MB and between 208 and 269 MiB at 16MB, in the same time (90 s against 88 s); at 4MB the
 #: checkpoints cost time (97 s) for no lower level
 LONG_RUNNING_CHECKPOINT = "16MB"
 
